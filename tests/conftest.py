@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tests.support import need
@@ -14,3 +16,13 @@ def postgres(db: None) -> None:
         connection.vendor == "postgresql",
         f"needs PostgreSQL; DATABASE_URL points at {connection.vendor}",
     )
+
+
+@pytest.fixture(autouse=True)
+def _plain_static_storage(settings: Any) -> None:
+    # The hashed manifest storage needs collectstatic first; tests serve the
+    # source files directly instead.
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }

@@ -1,0 +1,56 @@
+# The two commands: `make run` (quick start) and `make test` (everything CI checks).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test lint typecheck pytest sysdeps bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+# What the kernel tests need from Debian (only installed when missing, as root).
+sysdeps:
+	@if [ "$$(id -u)" = 0 ] && ! command -v nft >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables iproute2; \
+	fi
+
+run: $(STAMP)
+	$(PY) manage.py migrate --no-input -v0
+	$(PY) manage.py seed_demo --if-empty
+	$(PY) manage.py ensure_admin
+	$(PY) manage.py collectstatic --no-input -v0
+	@echo
+	@echo "portslice is starting on http://$(HOST):$(PORT)/admin/"
+	@echo "log in as 'admin' with the password in var/admin-password (cat var/admin-password)"
+	@echo
+	$(PY) manage.py runserver --noreload $(HOST):$(PORT)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+# PostgreSQL is used when DATABASE_URL says so or when 127.0.0.1:5432 answers;
+# otherwise the tests run on SQLite and the PostgreSQL-only ones skip (or fail under CI=true).
+pytest: $(STAMP) sysdeps
+	@if [ -z "$$DATABASE_URL" ] && (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then \
+	  export DATABASE_URL=postgres://postgres@127.0.0.1:5432/test; fi; \
+	echo "tests on $${DATABASE_URL:-sqlite}"; \
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	for b in bench/bench_*.py; do $(PY) -m bench.$$(basename $$b .py) || exit 1; done
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis

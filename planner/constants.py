@@ -1,0 +1,22 @@
+"""Port-space limits and error messages the tests import."""
+
+from __future__ import annotations
+
+PORT_MIN = 1
+PORT_MAX = 65535
+USABLE_LO = 1024  # 0-1023 are never handed out
+USABLE_HI = 65535
+USABLE_PORTS = USABLE_HI - USABLE_LO + 1  # 64,512
+
+ERR_COUNTRY = "%(value)r is not an ISO 3166-1 alpha-2 country code."
+ERR_REGION = "%(value)r is not an ISO 3166-2 subdivision code."
+ERR_REGION_COUNTRY = "Region %(region)r is not in country %(country)r."
+ERR_HOSTNAME = "%(value)r is not an RFC 1123 host name."
+ERR_HOST_ADDRESS = "%(value)r is not a usable host address (%(why)s)."
+ERR_USABLE_BOUNDS = "Usable ports must lie within %(lo)d-%(hi)d; got %(value)d."
+ERR_USABLE_ORDER = "usable_lo %(lo)d is above usable_hi %(hi)d."
+ERR_RESERVED = "Reserved port %(value)r is outside the usable range %(lo)d-%(hi)d."
+ERR_SLICE_ORDER = "lo %(lo)d is above hi %(hi)d."
+ERR_SLICE_RANGE = "Slice %(lo)d-%(hi)d is outside %(ip)s's usable range %(ulo)d-%(uhi)d."
+ERR_SLICE_OVERLAP = "Ports overlap a live slice on the same IP."
+ERR_POOL_DATACENTER = "Pool %(pool)s is in datacenter %(pool_dc)s, not %(dc)s."

@@ -1,0 +1,210 @@
+"""Reading inventory files into plain records, and writing geofeeds.
+
+Three input formats, told apart by their content (or named explicitly):
+
+- **JSON**: ``{"datacenters": [...], "pools": [...], "ips": [...], "machines": [...]}``,
+  each item an object with the model's field names (pools and IPs name their
+  datacenter by code; machines name their pools by key, e.g. ``fra1/warp/DE``).
+- **CSV** with a header row: egress IPs (columns ``datacenter, purpose, country,
+  region, city, address`` and optionally ``usable_lo, usable_hi, reserved_ports``)
+  or machines (``hostname, datacenter, address`` and optionally ``pools``
+  separated by ``;``, ``weight``, ``state``).
+- **RFC 8805 geofeed**: ``ip_prefix,alpha2code,region,city,postal_code`` with no
+  header and ``#`` comments; it carries no datacenter or purpose, so those are
+  given by the caller. A prefix stands for every address in it.
+
+Nothing here touches the database: parsing yields :class:`InventoryRecord`
+objects that ``services.inventory_import`` writes in one transaction.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import ipaddress
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+KINDS = ("datacenters", "pools", "ips", "machines")
+IP_COLUMNS = {"datacenter", "purpose", "country", "address"}
+MACHINE_COLUMNS = {"hostname", "datacenter", "address"}
+GEOFEED_FIELDS = ("ip_prefix", "alpha2code", "region", "city", "postal_code")
+MAX_ADDRESSES_PER_PREFIX = 65536
+
+
+class InventoryError(ValueError):
+    """A bad inventory row: where it is, which field, which value, and why."""
+
+    def __init__(self, where: str, field: str, value: Any, message: str) -> None:
+        self.where, self.field, self.value, self.message = where, field, value, message
+        super().__init__(f"{where}: field {field!r}, value {value!r}: {message}")
+
+
+@dataclass(frozen=True)
+class InventoryRecord:
+    """One object to create or update; ``where`` locates it in the source file."""
+
+    kind: str
+    where: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def detect_format(text: str) -> str:
+    stripped = text.lstrip()
+    if stripped.startswith("{"):
+        return "json"
+    first = next((ln for ln in stripped.splitlines() if ln.strip() and not ln.startswith("#")), "")
+    header = {cell.strip() for cell in first.split(",")}
+    if header >= MACHINE_COLUMNS and "hostname" in header:
+        return "machines-csv"
+    if header >= IP_COLUMNS:
+        return "ips-csv"
+    return "geofeed"
+
+
+def parse_inventory(
+    text: str, *, fmt: str = "auto", datacenter: str = "", purpose: str = ""
+) -> list[InventoryRecord]:
+    fmt = detect_format(text) if fmt == "auto" else fmt
+    if fmt == "json":
+        return list(_parse_json(text))
+    if fmt in {"ips-csv", "machines-csv"}:
+        return list(_parse_csv(text, kind="ips" if fmt == "ips-csv" else "machines"))
+    if fmt == "geofeed":
+        return list(_parse_geofeed(text, datacenter=datacenter, purpose=purpose))
+    raise InventoryError(
+        "arguments", "format", fmt, "expected auto, json, ips-csv, machines-csv or geofeed"
+    )
+
+
+def _parse_json(text: str) -> Iterator[InventoryRecord]:
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InventoryError(
+            f"line {error.lineno}", "(json)", error.doc[error.pos : error.pos + 20], error.msg
+        ) from None
+    if not isinstance(document, dict):
+        raise InventoryError("document", "(root)", type(document).__name__, "expected an object")
+    for key in document:
+        if key not in KINDS:
+            raise InventoryError("document", key, key, f"unknown section; expected one of {KINDS}")
+    for kind in KINDS:
+        items = document.get(kind, [])
+        if not isinstance(items, list):
+            raise InventoryError(kind, kind, type(items).__name__, "expected a list")
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise InventoryError(f"{kind}[{index}]", "(item)", item, "expected an object")
+            yield InventoryRecord(kind, f"{kind}[{index}]", item)
+
+
+def _parse_csv(text: str, *, kind: str) -> Iterator[InventoryRecord]:
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+    reader = csv.DictReader(io.StringIO("\n".join(lines)), skipinitialspace=True)
+    for row in reader:
+        where = f"line {_source_line(text, reader.line_num)}"
+        values = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
+        if kind == "machines":
+            values["pools"] = [p.strip() for p in values.get("pools", "").split(";") if p.strip()]
+        elif "reserved_ports" in values:
+            values["reserved_ports"] = _parse_port_list(where, values["reserved_ports"])
+        yield InventoryRecord(kind, where, {k: v for k, v in values.items() if v != ""})
+
+
+def _parse_port_list(where: str, text: str) -> list[int]:
+    """``"1080;3128;5000-5002"`` -> ``[1080, 3128, 5000, 5001, 5002]``."""
+    ports: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        lo, _, hi = part.partition("-")
+        try:
+            first, last = int(lo), int(hi or lo)
+        except ValueError:
+            raise InventoryError(
+                where, "reserved_ports", part, "expected a port or lo-hi"
+            ) from None
+        ports.extend(range(first, last + 1))
+    return ports
+
+
+def _source_line(text: str, data_line: int) -> int:
+    """Map a csv reader line number (comments removed) back to the file's line."""
+    seen = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.lstrip().startswith("#"):
+            seen += 1
+            if seen == data_line:
+                return number
+    return data_line
+
+
+def _parse_geofeed(text: str, *, datacenter: str, purpose: str) -> Iterator[InventoryRecord]:
+    if not datacenter or not purpose:
+        missing = "datacenter" if not datacenter else "purpose"
+        raise InventoryError("arguments", missing, "", "a geofeed names neither; give --" + missing)
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"line {number}"
+        cells = next(csv.reader([line]))
+        if len(cells) > len(GEOFEED_FIELDS) or len(cells) < 2:
+            raise InventoryError(where, "(row)", line, f"expected {len(GEOFEED_FIELDS)} fields")
+        entry = dict(zip(GEOFEED_FIELDS, [c.strip() for c in cells], strict=False))
+        for address in _prefix_addresses(where, entry["ip_prefix"]):
+            yield InventoryRecord(
+                "ips",
+                where,
+                {
+                    "datacenter": datacenter,
+                    "purpose": purpose,
+                    "country": entry.get("alpha2code", ""),
+                    "region": entry.get("region", ""),
+                    "city": entry.get("city", ""),
+                    "address": address,
+                },
+            )
+
+
+def _prefix_addresses(where: str, prefix: str) -> Iterator[str]:
+    try:
+        network = ipaddress.ip_network(prefix, strict=True)
+    except ValueError as error:
+        raise InventoryError(where, "ip_prefix", prefix, str(error)) from None
+    if network.num_addresses > MAX_ADDRESSES_PER_PREFIX:
+        raise InventoryError(
+            where, "ip_prefix", prefix, f"more than {MAX_ADDRESSES_PER_PREFIX} addresses"
+        )
+    for address in network:
+        yield str(address)
+
+
+@dataclass(frozen=True)
+class GeofeedEntry:
+    address: str
+    country: str
+    region: str
+    city: str
+
+
+def render_geofeed(entries: Iterable[GeofeedEntry], *, comment: str = "") -> str:
+    """An RFC 8805 feed: adjacent addresses with the same place collapse to one prefix."""
+    by_place: dict[tuple[str, str, str], list[Any]] = {}
+    for entry in entries:
+        place = (entry.country, entry.region, entry.city)
+        by_place.setdefault(place, []).append(ipaddress.ip_address(entry.address))
+    rows = []
+    for (country, region, city), addresses in by_place.items():
+        for version in (4, 6):
+            same_family = [a for a in addresses if a.version == version]
+            for network in ipaddress.collapse_addresses(same_family):
+                rows.append((network, country, region, city))
+    rows.sort(key=lambda row: (row[0].version, row[0]))
+    out = io.StringIO()
+    if comment:
+        out.write(f"# {comment}\n")
+    writer = csv.writer(out, lineterminator="\n")
+    for network, country, region, city in rows:
+        writer.writerow([str(network), country, region, city, ""])
+    return out.getvalue()

@@ -1,0 +1,200 @@
+"""Inventory: where egress IPs live, what they are for, and who may use them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+from planner import constants
+from planner.choices import IPState, MachineState
+from planner.validators import (
+    validate_country,
+    validate_host_address,
+    validate_hostname,
+    validate_region,
+    validate_region_in_country,
+    validate_usable_port,
+)
+
+
+class GeoFields(models.Model):
+    """The RFC 8805 geolocation a datacenter or a pool carries."""
+
+    country = models.CharField(
+        max_length=2, validators=[validate_country], help_text="ISO 3166-1 alpha-2, e.g. DE"
+    )
+    region = models.CharField(
+        max_length=6,
+        blank=True,
+        validators=[validate_region],
+        help_text="ISO 3166-2 subdivision, e.g. DE-HE",
+    )
+    city = models.CharField(max_length=100, blank=True)
+
+    class Meta:
+        abstract = True
+
+    def clean(self) -> None:
+        validate_region_in_country(region=self.region, country=self.country)
+
+
+class Datacenter(GeoFields):
+    """A site whose machines share the egress IPs of its pools."""
+
+    code = models.SlugField(max_length=32, unique=True, help_text="Short code, e.g. fra1")
+    name = models.CharField(max_length=100)
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class EgressPool(GeoFields):
+    """The egress IPs of one datacenter for one purpose and one geolocation.
+
+    Every IP in a pool carries the pool's geo identity; the slice policy
+    (size and count per machine) is per pool.
+    """
+
+    datacenter = models.ForeignKey(Datacenter, on_delete=models.PROTECT, related_name="pools")
+    purpose = models.SlugField(max_length=32, help_text="Traffic class, e.g. warp, cdn, internal")
+    slice_size = models.PositiveIntegerField(
+        default=2048,
+        validators=[MinValueValidator(1), MaxValueValidator(constants.USABLE_PORTS)],
+    )
+    slices_per_machine = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(1)]
+    )
+    max_slices_per_machine = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)]
+    )
+
+    class Meta:
+        ordering = ["datacenter__code", "purpose", "country"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["datacenter", "purpose", "country", "region", "city"],
+                name="pool_unique_geo_purpose",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.key
+
+    @property
+    def key(self) -> str:
+        """The pool's name as the allocator and the bundles know it."""
+        parts = [self.datacenter.code, self.purpose, self.country]
+        parts += [part for part in (self.region, self.city) if part]
+        return "/".join(parts)
+
+    def clean(self) -> None:
+        super().clean()
+        maximum = self.max_slices_per_machine
+        if maximum is not None and maximum < self.slices_per_machine:
+            raise ValidationError(
+                {
+                    "max_slices_per_machine": (
+                        f"max_slices_per_machine {maximum} is below "
+                        f"slices_per_machine {self.slices_per_machine}."
+                    )
+                }
+            )
+
+
+class EgressIP(models.Model):
+    """One shared egress address and the part of its port space we may hand out."""
+
+    address = models.GenericIPAddressField(unique=True, validators=[validate_host_address])
+    pool = models.ForeignKey(EgressPool, on_delete=models.PROTECT, related_name="ips")
+    usable_lo = models.PositiveIntegerField(
+        default=constants.USABLE_LO, validators=[validate_usable_port]
+    )
+    usable_hi = models.PositiveIntegerField(
+        default=constants.USABLE_HI, validators=[validate_usable_port]
+    )
+    reserved_ports = models.JSONField(
+        default=list, blank=True, help_text="Ports inside the usable range never handed out"
+    )
+    state = models.CharField(max_length=16, choices=IPState.choices, default=IPState.ACTIVE)
+
+    class Meta:
+        verbose_name = "egress IP"
+        ordering = ["address"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(usable_lo__lte=models.F("usable_hi")),
+                name="egressip_usable_lo_le_hi",
+                violation_error_message="usable_lo is above usable_hi.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.address
+
+    def clean(self) -> None:
+        if (
+            isinstance(self.usable_lo, int)
+            and isinstance(self.usable_hi, int)
+            and self.usable_lo > self.usable_hi
+        ):
+            raise ValidationError(
+                {
+                    "usable_hi": ValidationError(
+                        constants.ERR_USABLE_ORDER,
+                        code="usable_order",
+                        params={"lo": self.usable_lo, "hi": self.usable_hi},
+                    )
+                }
+            )
+        self._clean_reserved_ports()
+
+    def _clean_reserved_ports(self) -> None:
+        ports: Any = self.reserved_ports
+        if not isinstance(ports, list):
+            raise ValidationError({"reserved_ports": "Expected a list of port numbers."})
+        for port in ports:
+            if not (isinstance(port, int) and self.usable_lo <= port <= self.usable_hi):
+                raise ValidationError(
+                    {
+                        "reserved_ports": ValidationError(
+                            constants.ERR_RESERVED,
+                            code="reserved",
+                            params={"value": port, "lo": self.usable_lo, "hi": self.usable_hi},
+                        )
+                    }
+                )
+        self.reserved_ports = sorted(set(ports))
+
+
+class Machine(models.Model):
+    """A host that sources egress connections from its own port slices."""
+
+    hostname = models.CharField(max_length=253, unique=True, validators=[validate_hostname])
+    datacenter = models.ForeignKey(Datacenter, on_delete=models.PROTECT, related_name="machines")
+    address = models.GenericIPAddressField(
+        validators=[validate_host_address],
+        help_text="The machine's own address: the next hop the load balancer steers to",
+    )
+    state = models.CharField(
+        max_length=16, choices=MachineState.choices, default=MachineState.ACTIVE
+    )
+    weight = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
+    pools = models.ManyToManyField(EgressPool, related_name="machines", blank=True)
+    last_seen = models.DateTimeField(null=True, blank=True)
+    applied_serial = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["hostname"]
+
+    def __str__(self) -> str:
+        return self.hostname
+
+    def clean(self) -> None:
+        if self.hostname:
+            self.hostname = self.hostname.lower().rstrip(".")

@@ -1,0 +1,78 @@
+"""Field validators: each raises ``ValidationError`` quoting the bad value.
+
+Countries and regions are checked against pycountry's ISO 3166 tables, so a
+geofeed we publish never carries a code a geolocation provider would reject.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import pycountry
+from django.core.exceptions import ValidationError
+
+from planner import constants
+
+# RFC 1123 section 2.1: labels of letters, digits and hyphens, 1-63 characters,
+# not starting or ending with a hyphen; at most 253 characters in all.
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.IGNORECASE)
+
+
+def validate_country(value: str) -> None:
+    if len(value) != 2 or value != value.upper() or not pycountry.countries.get(alpha_2=value):
+        raise ValidationError(constants.ERR_COUNTRY, code="country", params={"value": value})
+
+
+def validate_region(value: str) -> None:
+    if not value:
+        return
+    if value != value.upper() or pycountry.subdivisions.get(code=value) is None:
+        raise ValidationError(constants.ERR_REGION, code="region", params={"value": value})
+
+
+def validate_region_in_country(*, region: str, country: str) -> None:
+    """Raise a ``region`` field error when the subdivision is of another country."""
+    if region and not region.startswith(f"{country}-"):
+        raise ValidationError(
+            {
+                "region": ValidationError(
+                    constants.ERR_REGION_COUNTRY,
+                    code="region_country",
+                    params={"region": region, "country": country},
+                )
+            }
+        )
+
+
+def validate_hostname(value: str) -> None:
+    labels = value.rstrip(".").split(".")
+    if len(value) > 253 or not all(_LABEL.match(label) for label in labels):
+        raise ValidationError(constants.ERR_HOSTNAME, code="hostname", params={"value": value})
+
+
+def validate_host_address(value: str) -> None:
+    """Accept a single unicast IPv4 or IPv6 address, never a prefix or a special one."""
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        why = "a prefix, not one address" if "/" in value else "not an IP address"
+        raise ValidationError(
+            constants.ERR_HOST_ADDRESS, code="address", params={"value": value, "why": why}
+        ) from None
+    for flag in ("is_unspecified", "is_multicast", "is_loopback", "is_link_local"):
+        if getattr(address, flag):
+            raise ValidationError(
+                constants.ERR_HOST_ADDRESS,
+                code="address",
+                params={"value": value, "why": flag.removeprefix("is_").replace("_", "-")},
+            )
+
+
+def validate_usable_port(value: int) -> None:
+    if not constants.USABLE_LO <= value <= constants.USABLE_HI:
+        raise ValidationError(
+            constants.ERR_USABLE_BOUNDS,
+            code="usable_port",
+            params={"lo": constants.USABLE_LO, "hi": constants.USABLE_HI, "value": value},
+        )
