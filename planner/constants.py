@@ -20,3 +20,7 @@ ERR_SLICE_ORDER = "lo %(lo)d is above hi %(hi)d."
 ERR_SLICE_RANGE = "Slice %(lo)d-%(hi)d is outside %(ip)s's usable range %(ulo)d-%(uhi)d."
 ERR_SLICE_OVERLAP = "Ports overlap a live slice on the same IP."
 ERR_POOL_DATACENTER = "Pool %(pool)s is in datacenter %(pool_dc)s, not %(dc)s."
+ERR_STALE_BASE = (
+    "Plan is based on revision %(base)d but revision %(current)d is current; preview again."
+)
+ERR_LOCKED = "Another plan is being applied to %(datacenter)s; try again."

@@ -7,16 +7,21 @@ one transaction: they apply whole or not at all.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import models, transaction
+from django.db import OperationalError, models, transaction
+from django.utils import timezone
 
+import allocator as alloc
+from planner import constants
 from planner.audit import audit_record
-from planner.choices import AuditAction, SliceState
+from planner.choices import AuditAction, RevisionStatus, SliceState
 from planner.inventory_io import InventoryError, InventoryRecord
 from planner.models import Datacenter, EgressIP, EgressPool, Machine, PlanRevision, PortSlice
+from planner.selectors import current_revision, live_slices, planner_inputs
 
 POOL_KEY_FIELDS = ("purpose", "country", "region", "city")
 POLICY_FIELDS = ("slice_size", "slices_per_machine", "max_slices_per_machine")
@@ -172,3 +177,151 @@ def inventory_import(*, records: Iterable[InventoryRecord]) -> dict[str, int]:
             changes=importer.counts,
         )
     return importer.counts
+
+
+# --- plans -------------------------------------------------------------------
+
+DRAIN_FOR = timedelta(hours=1)
+_BATCH = 2000
+
+
+class PlanConflict(Exception):
+    """The plan was made against a revision that is no longer current, or another
+    apply holds the datacenter. Re-read, preview again, then apply."""
+
+
+@dataclass(frozen=True)
+class PlanPreview:
+    """What applying now would do, computed without writing anything."""
+
+    datacenter: str
+    base_revision: int
+    plan: alloc.Plan | None
+    shortfalls: tuple[alloc.Shortfall, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return self.plan is not None
+
+
+def plan_preview(*, datacenter: Datacenter, now: datetime | None = None) -> PlanPreview:
+    """The diff and capacity of a plan from the current inventory, or its shortfalls."""
+    base = current_revision(datacenter=datacenter)
+    try:
+        plan = _compute_plan(datacenter=datacenter, now=now or timezone.now())
+    except alloc.CapacityError as error:
+        return PlanPreview(datacenter.code, base, None, error.shortfalls)
+    return PlanPreview(datacenter.code, base, plan)
+
+
+def _compute_plan(*, datacenter: Datacenter, now: datetime) -> alloc.Plan:
+    inputs = planner_inputs(datacenter=datacenter)
+    return alloc.plan(
+        ips=inputs.ips,
+        machines=inputs.machines,
+        previous=inputs.previous,
+        policies=inputs.policies,
+        now=now,
+        drain_for=DRAIN_FOR,
+    )
+
+
+def plan_apply(
+    *,
+    datacenter: Datacenter,
+    base_revision: int,
+    user: Any = None,
+    reason: str = "",
+    now: datetime | None = None,
+) -> PlanRevision:
+    """Plan the datacenter again and write the whole result, or nothing.
+
+    Holds the datacenter row (``SELECT ... FOR UPDATE NOWAIT``; SQLite's
+    ``BEGIN IMMEDIATE`` serializes instead), re-reads everything under the lock,
+    and refuses with :class:`PlanConflict` when ``base_revision`` is not the
+    current one or another apply holds the lock. Raises
+    :class:`allocator.CapacityError` when a pool is short.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        _lock(datacenter)
+        current = current_revision(datacenter=datacenter)
+        if base_revision != current:
+            raise PlanConflict(
+                constants.ERR_STALE_BASE % {"base": base_revision, "current": current}
+            )
+        plan = _compute_plan(datacenter=datacenter, now=now)
+        revision = _record_revision(datacenter, current + 1, plan, user, reason, now)
+        _write_slices(datacenter, plan, revision)
+        audit_record(
+            action=AuditAction.PLAN_APPLY, instance=revision, changes=revision.diff_summary
+        )
+    return revision
+
+
+def _lock(datacenter: Datacenter) -> None:
+    try:
+        Datacenter.objects.select_for_update(nowait=True).filter(pk=datacenter.pk).get()
+    except OperationalError:
+        raise PlanConflict(constants.ERR_LOCKED % {"datacenter": datacenter.code}) from None
+
+
+def _record_revision(
+    datacenter: Datacenter, number: int, plan: alloc.Plan, user: Any, reason: str, now: datetime
+) -> PlanRevision:
+    PlanRevision.objects.filter(datacenter=datacenter, status=RevisionStatus.APPLIED).update(
+        status=RevisionStatus.SUPERSEDED
+    )
+    summary: dict[str, Any] = dict(plan.diff.summary())
+    summary["machines_touched"] = sorted(plan.diff.machines_touched())
+    return PlanRevision.objects.create(
+        datacenter=datacenter,
+        number=number,
+        status=RevisionStatus.APPLIED,
+        reason=reason,
+        created_by=user if getattr(user, "pk", None) else None,
+        applied_at=now,
+        diff_summary=summary,
+    )
+
+
+def _write_slices(datacenter: Datacenter, plan: alloc.Plan, revision: PlanRevision) -> None:
+    """Turn the stored slices into ``plan.slices``: delete, then update, then insert.
+
+    Deleting first frees ports a new slice may take in the same plan; the
+    exclusion constraint checks each statement, so the order matters.
+    """
+    stored = {
+        (ip, lo, hi, machine): (pk, state, until)
+        for pk, ip, lo, hi, machine, state, until in live_slices(datacenter=datacenter).values_list(
+            "pk", "ip__address", "lo", "hi", "machine__hostname", "state", "drain_until"
+        )
+    }
+    wanted = {(s.ip, s.lo, s.hi, s.machine): s for s in plan.slices}
+    gone = [pk for key, (pk, _, _) in stored.items() if key not in wanted]
+    for start in range(0, len(gone), _BATCH):
+        PortSlice.objects.filter(pk__in=gone[start : start + _BATCH]).delete()
+    changed = [
+        PortSlice(pk=stored[key][0], state=s.state, drain_until=s.drain_until, revision=revision)
+        for key, s in wanted.items()
+        if key in stored and stored[key][1:] != (s.state, s.drain_until)
+    ]
+    PortSlice.objects.bulk_update(changed, ["state", "drain_until", "revision"], batch_size=_BATCH)
+    ip_ids = dict(EgressIP.objects.filter(pool__datacenter=datacenter).values_list("address", "pk"))
+    machine_ids = dict(Machine.objects.filter(datacenter=datacenter).values_list("hostname", "pk"))
+    PortSlice.objects.bulk_create(
+        [
+            PortSlice(
+                ip_id=ip_ids[s.ip],
+                machine_id=machine_ids[s.machine],
+                lo=s.lo,
+                hi=s.hi,
+                state=s.state,
+                drain_until=s.drain_until,
+                revision=revision,
+            )
+            for key, s in wanted.items()
+            if key not in stored
+        ],
+        batch_size=_BATCH,
+    )

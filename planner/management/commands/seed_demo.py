@@ -2,7 +2,7 @@
 
 Addresses come from the documentation ranges (RFC 5737), one /24 per
 datacenter, so nothing here is routable. The inventory goes through the same
-import service as a file would.
+import service as a file would, and each datacenter gets its first plan applied.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from planner.audit import acting_as
 from planner.inventory_io import InventoryRecord
 from planner.models import Datacenter
-from planner.services import inventory_import
+from planner.services import inventory_import, plan_apply
 
 # code, name, country, region, city, egress /24, machine count, pools (purpose, country, slice size)
 DATACENTERS: list[tuple[str, str, str, str, str, str, int, list[tuple[str, str, int]]]] = [
@@ -72,6 +72,7 @@ def demo_records(seed: int = 42) -> list[InventoryRecord]:
                 {"code": code, "name": name, "country": country, "region": region, "city": city},
             )
         )
+        weights = [2 if rng.random() < 0.1 else 1 for _ in range(count)]
         addresses = iter(ipaddress.ip_network(prefix))
         next(addresses)  # leave .0 alone: some tools still treat it as the network
         pool_keys = []
@@ -91,11 +92,11 @@ def demo_records(seed: int = 42) -> list[InventoryRecord]:
                 )
             )
             per_ip = 64512 // size
-            for _ in range(math.ceil(count / per_ip) + HEADROOM_IPS):
+            for _ in range(math.ceil(sum(weights) / per_ip) + HEADROOM_IPS):
                 records.append(
                     InventoryRecord("ips", code, {**geo, "address": str(next(addresses))})
                 )
-        for number in range(1, count + 1):
+        for number, weight in enumerate(weights, start=1):
             records.append(
                 InventoryRecord(
                     "machines",
@@ -104,7 +105,7 @@ def demo_records(seed: int = 42) -> list[InventoryRecord]:
                         "hostname": f"{code}-m{number:03d}.example.net",
                         "datacenter": code,
                         "address": f"10.{index + 1}.{number // 250}.{number % 250 + 2}",
-                        "weight": 2 if rng.random() < 0.1 else 1,
+                        "weight": weight,
                         "pools": pool_keys,
                     },
                 )
@@ -126,4 +127,10 @@ class Command(BaseCommand):
             return
         with acting_as("system:seed_demo"):
             counts = inventory_import(records=demo_records())
-        self.stdout.write("seeded demo: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+            for datacenter in Datacenter.objects.all():
+                plan_apply(datacenter=datacenter, base_revision=0, reason="demo: first plan")
+        self.stdout.write(
+            "seeded demo: "
+            + ", ".join(f"{n} {k}" for k, n in counts.items())
+            + ", and applied a first plan in each datacenter"
+        )

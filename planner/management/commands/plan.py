@@ -1,0 +1,87 @@
+"""manage.py plan CODE [--apply] [--json]: preview a datacenter's plan, or apply it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+import allocator as alloc
+from planner.audit import acting_as
+from planner.models import Datacenter
+from planner.services import PlanConflict, PlanPreview, plan_apply, plan_preview
+
+
+class Command(BaseCommand):
+    help = "Show the diff and capacity a new plan for a datacenter would give; --apply writes it."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("datacenter", help="datacenter code, e.g. fra1")
+        parser.add_argument("--apply", action="store_true", help="write the plan")
+        parser.add_argument("--reason", default="manage.py plan")
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        code = options["datacenter"]
+        datacenter = Datacenter.objects.filter(code=code).first()
+        if datacenter is None:
+            raise CommandError(f"datacenter: no datacenter with code {code!r}")
+        preview = plan_preview(datacenter=datacenter)
+        self._show(preview, as_json=options["json"])
+        if not preview.ok:
+            raise CommandError(f"{code}: not enough IPs; nothing applied")
+        if options["apply"]:
+            try:
+                with acting_as("system:manage.py plan"):
+                    revision = plan_apply(
+                        datacenter=datacenter,
+                        base_revision=preview.base_revision,
+                        reason=options["reason"],
+                    )
+            except (PlanConflict, alloc.CapacityError) as error:
+                raise CommandError(f"{code}: {error}") from None
+            if not options["json"]:
+                self.stdout.write(f"applied {code} revision {revision.number}")
+
+    def _show(self, preview: PlanPreview, *, as_json: bool) -> None:
+        if as_json:
+            self.stdout.write(json.dumps(preview_as_dict(preview), indent=2))
+            return
+        self.stdout.write(
+            f"datacenter {preview.datacenter}, based on revision {preview.base_revision}"
+        )
+        if preview.plan is None:
+            for shortfall in preview.shortfalls:
+                self.stdout.write(f"  SHORT {shortfall}")
+            return
+        summary = preview.plan.diff.summary()
+        self.stdout.write("  diff: " + ", ".join(f"{n} {kind}" for kind, n in summary.items()))
+        self.stdout.write(f"  {'pool':<44} {'ips':>4} {'slots':>6} {'free':>6} {'machines':>8}")
+        for pool, cap in sorted(preview.plan.capacity.items()):
+            self.stdout.write(
+                f"  {pool:<44} {cap.ips:>4} {cap.slots_total:>6} "
+                f"{cap.slots_free:>6} {cap.machines_served:>8}"
+            )
+
+
+def preview_as_dict(preview: PlanPreview) -> dict[str, Any]:
+    """The preview as JSON-ready data (the API returns the same shape)."""
+    result: dict[str, Any] = {
+        "datacenter": preview.datacenter,
+        "base_revision": preview.base_revision,
+        "ok": preview.ok,
+        "shortfalls": [
+            {**asdict(s), "machines_unserved": list(s.machines_unserved), "message": str(s)}
+            for s in preview.shortfalls
+        ],
+    }
+    if preview.plan is not None:
+        result["diff"] = preview.plan.diff.summary()
+        result["machines_touched"] = sorted(preview.plan.diff.machines_touched())
+        result["capacity"] = {
+            pool: {**asdict(cap), "utilization": round(cap.utilization, 4)}
+            for pool, cap in sorted(preview.plan.capacity.items())
+        }
+    return result
