@@ -3,3 +3,33 @@
 Plans which machine owns which port range of which egress IP. It never imports
 Django, the planner or the agent; both of those may import it.
 """
+
+from allocator.capacity import CapacityError, PoolCapacity, Shortfall
+from allocator.diff import PlanDiff
+from allocator.model import (
+    EgressIP,
+    Machine,
+    PolicyError,
+    PoolPolicy,
+    Slice,
+    validate_policy,
+)
+from allocator.planning import Plan, plan
+from allocator.ports import USABLE_PORTS, PortRange
+
+__all__ = [
+    "USABLE_PORTS",
+    "CapacityError",
+    "EgressIP",
+    "Machine",
+    "Plan",
+    "PlanDiff",
+    "PolicyError",
+    "PoolCapacity",
+    "PoolPolicy",
+    "PortRange",
+    "Shortfall",
+    "Slice",
+    "plan",
+    "validate_policy",
+]
