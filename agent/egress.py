@@ -1,0 +1,610 @@
+"""Egress sockets whose source port is inside one of this host's port slices.
+
+TCP (:func:`connect_tcp`) is the kernel's job: ``IP_BIND_ADDRESS_NO_PORT``
+defers the port choice to ``connect()``, ``IP_LOCAL_PORT_RANGE`` (Linux >= 6.3)
+bounds it to the slice, and the kernel finds a port whose 4-tuple is free, so
+one port serves many destinations; ``EADDRNOTAVAIL`` means the slice is full
+toward that destination. Measured here: with the per-socket range every port of
+a slice is usable (no even/odd split, which only applies to the netns range).
+Two caveats the code handles:
+
+* The per-socket bound only narrows ``net.ipv4.ip_local_port_range``; each end
+  outside the netns range is ignored. A slice overlapping the netns range gets
+  the overlap (ports still inside the slice, fewer of them); a slice disjoint
+  from it gets the whole netns range — outside the slice. :func:`connect_tcp`
+  refuses that case *before* a SYN leaves (:class:`RangeNotEnforced`), checks
+  the port after ``connect()`` as well, and :func:`ensure_netns_port_range`
+  widens the netns range where allowed.
+* Ports in ``net.ipv4.ip_local_reserved_ports`` are skipped by the kernel, slice
+  or not.
+
+UDP (:func:`connect_udp`) is done in user space because the kernel does not
+detect UDP 4-tuple conflicts (DESIGN §2): two sockets bound with
+``SO_REUSEADDR`` and connected to the same destination from the same port both
+succeed, and the newer one silently takes the traffic. The protocol, for a
+candidate port P of the slice toward destination D:
+
+1. Take the *port mutex* for (netns, source IP, P) — a non-blocking OFD
+   byte-range lock (``F_OFD_SETLK``) on one lock file per network namespace. If
+   another process or thread holds it, P is *busy*: skip it for now.
+2. Ask the kernel whether a socket is connected from (IP, P) to D: one sock_diag
+   exact lookup (:class:`agent.sockdiag.UdpTupleQuery`, ~3 µs). If so, P is taken.
+3. ``bind((IP, P))`` with ``SO_REUSEADDR=1`` (so the port stays shared with the
+   sockets talking to other destinations), then ``SO_REUSEADDR=0``, ``connect(D)``,
+   ``SO_REUSEADDR=1``; release the mutex. ``EADDRINUSE`` at bind means a socket
+   outside this protocol holds P exclusively: P is taken.
+
+Why it is race-free among processes using this module: steps 2 and 3 for a
+given (IP, P) happen under the mutex, so they are serialized; every socket that
+connected to D from P before we looked is seen by the lookup, and none can
+connect after we looked until we have connected (it would need the mutex). The
+OFD lock is released by the kernel when its file is closed, including when the
+process dies, so a crash never leaves a port locked.
+
+Why a mutex and not only Cloudflare's ``SO_REUSEADDR=0`` lock: that lock
+(bind with ``SO_REUSEADDR=1``, then turn it off so later binds of P fail) leaves
+a window between ``bind`` and the ``setsockopt`` in which a second process can
+bind P too; both then hold the "lock", both look up, neither sees the other
+(neither is connected yet), both connect. A preemption between the two calls
+stretches the window to milliseconds. We keep the ``SO_REUSEADDR=0`` step so
+that processes following Cloudflare's connectx convention fail to bind P while
+we are mid-connect. Sockets that bind with ``SO_REUSEADDR`` and follow neither
+convention can always collide; nothing in user space can prevent that.
+
+Choosing P: first a few random ports of the slice, each tried as above — at low
+and medium occupancy the first or second is free, and a taken port costs one
+lookup and one lock, no socket. If those all fail the slice is crowded: one
+sock_diag dump filtered in the kernel (source IP, slice, connected to D) gives
+the taken set, and the free ports are tried in random order. Ports found busy
+(another process mid-connect on them) are retried after a short back-off, so
+:class:`PortsExhausted` means every port of the slice is connected to D.
+Measured (bench/bench_egress.py, docs/benchmarks.md): a dump costs at least
+15 µs of kernel walk over the UDP hash table plus ~0.2 µs per socket returned,
+so at 50 % occupancy the random probes beat it; per-port probing alone (what
+Cloudflare does) degrades linearly as the slice fills, the dump does not.
+
+The lock file lives in ``$PORTSLICE_RUN_DIR`` (default ``/run/portslice``,
+created mode 1777, lock files 0666): every process of a network namespace that
+uses this module must see the same directory.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import functools
+import ipaddress
+import logging
+import os
+import random
+import socket
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Final, Literal
+
+from joserfc.jwk import OKPKey
+
+from agent.bundle import Bundle, BundleSlice, decode_unverified
+from agent.sockdiag import TCP_ESTABLISHED, SockDiag, UdpTupleQuery, family_of
+from agent.state import StateStore
+
+log = logging.getLogger(__name__)
+
+IP_BIND_ADDRESS_NO_PORT: Final = 24
+IP_LOCAL_PORT_RANGE: Final = 51
+PORT_RANGE_SYSCTL: Final = Path("/proc/sys/net/ipv4/ip_local_port_range")
+RUN_DIR_ENV: Final = "PORTSLICE_RUN_DIR"
+DEFAULT_RUN_DIR: Final = "/run/portslice"
+
+#: Random ports tried before a dump of the slice.
+UDP_RANDOM_PROBES: Final = 8
+#: How long to keep retrying ports other processes are mid-connect on.
+UDP_BUSY_TIMEOUT: Final = 1.0
+#: How long a read of the netns port range is trusted.
+NETNS_RANGE_TTL: Final = 1.0
+
+_RANGE = struct.Struct("=I")
+_F_OFD_SETLK: Final = getattr(fcntl, "F_OFD_SETLK", 37)
+_FLOCK = struct.Struct("=hhqqi4x")
+
+Address = tuple[str, int]
+
+
+class PortsExhausted(OSError):
+    """No free source port in the slice toward this destination (``EADDRNOTAVAIL``)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source_ip: str | None = None,
+        port_range: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__(errno.EADDRNOTAVAIL, message)
+        self.source_ip = source_ip
+        self.port_range = port_range
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class RangeNotEnforced(Exception):
+    """The kernel would (or did) pick a source port outside the slice."""
+
+
+class NoSliceAvailable(LookupError):
+    """No active slice of the applied bundle matches the request."""
+
+
+class EgressError(Exception):
+    """The egress library cannot work here (e.g. its lock directory is unusable)."""
+
+
+# --- the netns port range -------------------------------------------------------------
+
+_netns_range: tuple[float, tuple[int, int]] | None = None
+
+
+def netns_port_range() -> tuple[int, int]:
+    """``net.ipv4.ip_local_port_range`` of this network namespace, read now."""
+    low, high = PORT_RANGE_SYSCTL.read_text().split()
+    return int(low), int(high)
+
+
+def _cached_netns_range() -> tuple[int, int]:
+    global _netns_range
+    now = time.monotonic()
+    if _netns_range is None or now - _netns_range[0] > NETNS_RANGE_TTL:
+        _netns_range = (now, netns_port_range())
+    return _netns_range[1]
+
+
+def _forget_netns_range() -> None:
+    global _netns_range
+    _netns_range = None
+
+
+def ensure_netns_port_range(ranges: Iterable[tuple[int, int]]) -> bool:
+    """Widen the netns port range to cover every ``(lo, hi)``; True if it now does.
+
+    Only widens, to the smallest range covering the old one and the slices (other
+    software's ephemeral ports are drawn from it too). Returns False, and logs
+    why, when the sysctl cannot be written (no CAP_NET_ADMIN, read-only
+    ``/proc/sys`` in a container) or the kernel refuses (a slice below
+    ``net.ipv4.ip_unprivileged_port_start``).
+    """
+    wanted = list(ranges)
+    if not wanted:
+        return True
+    need_lo = min(lo for lo, _ in wanted)
+    need_hi = max(hi for _, hi in wanted)
+    low, high = netns_port_range()
+    if low <= need_lo and need_hi <= high:
+        return True
+    new = (min(low, need_lo), max(high, need_hi))
+    try:
+        PORT_RANGE_SYSCTL.write_text(f"{new[0]} {new[1]}\n")
+    except OSError as error:
+        log.warning(
+            "netns port range %s-%s does not cover slices %s-%s and cannot be widened: %s",
+            low,
+            high,
+            need_lo,
+            need_hi,
+            error,
+        )
+        return False
+    finally:
+        _forget_netns_range()
+    low, high = netns_port_range()
+    return low <= need_lo and need_hi <= high
+
+
+# --- argument checks --------------------------------------------------------------------
+# Cached: connect_tcp must cost little more than the kernel's own connect(), and
+# ipaddress parsing alone would be a tenth of a loopback TCP handshake.
+
+
+@functools.lru_cache(maxsize=4096)
+def _family(address: str) -> int:
+    return family_of(address)
+
+
+@functools.lru_cache(maxsize=1024)
+def _packed_range(lo: int, hi: int) -> bytes:
+    if not (type(lo) is int and type(hi) is int and 1 <= lo <= hi <= 65535):
+        raise ValueError(f"port range ({lo!r}, {hi!r}) is not 1 <= lo <= hi <= 65535")
+    return _RANGE.pack(hi << 16 | lo)
+
+
+def _check_destination(dst: Address, family: int) -> None:
+    if _family(dst[0]) != family:
+        raise ValueError(f"destination {dst[0]} is not the source address's IP version")
+
+
+def _describe(source_ip: str, lo: int, hi: int) -> str:
+    return f"{source_ip} ports {lo}-{hi}"
+
+
+# --- TCP --------------------------------------------------------------------------------
+
+
+def _check_enforceable(source_ip: str, lo: int, hi: int) -> None:
+    low, high = _cached_netns_range()
+    if hi < low or lo > high:
+        raise RangeNotEnforced(
+            f"slice {_describe(source_ip, lo, hi)} lies outside the netns port range "
+            f"{low}-{high}: the kernel would ignore it (see ensure_netns_port_range)"
+        )
+
+
+def connect_tcp(
+    dst: Address, *, source_ip: str, port_range: tuple[int, int], timeout: float | None = None
+) -> socket.socket:
+    """A TCP connection to ``dst`` from ``source_ip`` with a source port in ``port_range``.
+
+    ``dst`` is an (IP literal, port) pair of the source's IP version. ``timeout``
+    as for :meth:`socket.socket.settimeout` (None keeps the module default); 0
+    returns a non-blocking socket whose connect is in progress (its port is
+    already chosen and checked). Raises :class:`PortsExhausted`,
+    :class:`RangeNotEnforced`, or the ``OSError`` of the connect.
+    """
+    lo, hi = port_range
+    packed = _packed_range(lo, hi)
+    family = _family(source_ip)
+    _check_destination(dst, family)
+    _check_enforceable(source_ip, lo, hi)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.setsockopt(socket.SOL_IP, IP_LOCAL_PORT_RANGE, packed)
+        sock.bind((source_ip, 0))
+        if timeout is not None:
+            sock.settimeout(timeout)
+        _tcp_connect(sock, dst, source_ip, lo, hi)
+        port = sock.getsockname()[1]
+        if not lo <= port <= hi:
+            _forget_netns_range()
+            raise RangeNotEnforced(
+                f"the kernel chose port {port} outside {_describe(source_ip, lo, hi)}; "
+                f"netns port range is {netns_port_range()}"
+            )
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _tcp_connect(sock: socket.socket, dst: Address, source_ip: str, lo: int, hi: int) -> None:
+    try:
+        if sock.gettimeout() == 0:
+            code = sock.connect_ex(dst)
+            if code not in (0, errno.EINPROGRESS):
+                raise OSError(code, os.strerror(code))
+        else:
+            sock.connect(dst)
+    except OSError as error:
+        if error.errno == errno.EADDRNOTAVAIL:
+            raise PortsExhausted(
+                f"no free port in {_describe(source_ip, lo, hi)} toward {dst[0]}:{dst[1]}",
+                source_ip=source_ip,
+                port_range=(lo, hi),
+            ) from error
+        raise
+
+
+# --- UDP --------------------------------------------------------------------------------
+
+
+class _PortLocks:
+    """Non-blocking per-(source IP, port) mutexes of one network namespace.
+
+    OFD locks belong to an open file description, so each thread opens its own
+    (see :func:`_thread_state`) and a forked child reopens rather than sharing
+    its parent's.
+    """
+
+    def __init__(self) -> None:
+        netns = os.stat("/proc/self/ns/net").st_ino
+        directory = Path(os.environ.get(RUN_DIR_ENV, DEFAULT_RUN_DIR))
+        self.path = directory / f"udp-ports-net{netns}.lock"
+        try:
+            if not directory.is_dir():
+                directory.mkdir(parents=True, exist_ok=True)
+                os.chmod(directory, 0o1777)
+            self._fd = os.open(
+                self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666
+            )
+        except OSError as error:
+            raise EgressError(
+                f"cannot open the UDP port lock file {self.path} ({error}); "
+                f"set {RUN_DIR_ENV} to a directory every egress process can write"
+            ) from error
+        if os.fstat(self._fd).st_uid == os.geteuid():
+            os.fchmod(self._fd, 0o666)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def try_lock(self, offset: int) -> bool:
+        try:
+            fcntl.fcntl(
+                self._fd, _F_OFD_SETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
+            )
+        except OSError as error:
+            if error.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        return True
+
+    def unlock(self, offset: int) -> None:
+        fcntl.fcntl(self._fd, _F_OFD_SETLK, _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, offset, 1, 0))
+
+
+class _ThreadState(threading.local):
+    pid = -1
+    diag: SockDiag | None = None
+    locks: _PortLocks | None = None
+
+    def __init__(self) -> None:
+        self.queries: dict[tuple[str, str, int], UdpTupleQuery] = {}
+
+
+_local = _ThreadState()
+
+
+def _thread_state() -> tuple[SockDiag, _PortLocks]:
+    """This thread's sock_diag socket and lock file, reopened after a fork.
+
+    Both belong to the network namespace the thread had when they were opened:
+    a thread that changes namespace must call :func:`forget_thread_state`.
+    """
+    state = _local
+    if state.pid != os.getpid() or state.diag is None or state.locks is None:
+        forget_thread_state()
+        state.diag = SockDiag()
+        state.locks = _PortLocks()
+        state.pid = os.getpid()
+    return state.diag, state.locks
+
+
+def forget_thread_state() -> None:
+    """Close this thread's cached sock_diag socket and lock file (after ``setns``)."""
+    state = _local
+    for resource in (state.diag, state.locks):
+        if resource is not None:
+            resource.close()
+    state.diag = state.locks = None
+    state.queries.clear()
+    state.pid = -1
+    _forget_netns_range()
+
+
+@functools.lru_cache(maxsize=1024)
+def _lock_base(source_ip: str) -> int:
+    """The lock-file offset of ``source_ip``'s 65,536 per-port locks."""
+    return zlib.crc32(ipaddress.ip_address(source_ip).packed) << 16
+
+
+_QUERY_CACHE_SIZE: Final = 1024
+
+
+def _query(diag: SockDiag, source_ip: str, dst: tuple[str, int]) -> UdpTupleQuery:
+    """This thread's prepared lookup for (source, destination); building one costs µs."""
+    queries = _local.queries
+    key = (source_ip, dst[0], dst[1])
+    query = queries.get(key)
+    if query is None:
+        if len(queries) >= _QUERY_CACHE_SIZE:
+            queries.clear()
+        query = queries[key] = diag.udp_tuple_query(src=source_ip, dst=dst[0], dport=dst[1])
+    return query
+
+
+_CLAIMED, _TAKEN, _BUSY = "claimed", "taken", "busy"
+
+
+class _UdpClaim:
+    """Steps 1-3 of the module docstring for one socket, one destination, any port."""
+
+    def __init__(self, sock: socket.socket, source_ip: str, dst: tuple[str, int]) -> None:
+        diag, self.locks = _thread_state()
+        self.sock = sock
+        self.source_ip = source_ip
+        self.dst = dst
+        self.query = _query(diag, source_ip, dst)
+        self.lock_base = _lock_base(source_ip)
+
+    def claim(self, port: int) -> str:
+        offset = self.lock_base | port
+        if not self.locks.try_lock(offset):
+            return _BUSY
+        try:
+            if self.query.held(port):
+                return _TAKEN
+            try:
+                self.sock.bind((self.source_ip, port))
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    return _TAKEN
+                raise
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+            self.sock.connect(self.dst)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            return _CLAIMED
+        finally:
+            self.locks.unlock(offset)
+
+
+def _claim_random(claim: _UdpClaim, lo: int, hi: int) -> bool:
+    return any(claim.claim(random.randint(lo, hi)) == _CLAIMED for _ in range(UDP_RANDOM_PROBES))
+
+
+def _claim_free(claim: _UdpClaim, lo: int, hi: int) -> bool:
+    """Try every port not connected to the destination; retry busy ones for a while."""
+    diag, _ = _thread_state()
+    family = family_of(claim.source_ip)
+    deadline = time.monotonic() + UDP_BUSY_TIMEOUT
+    backoff = 0.0002
+    while True:
+        taken = set(
+            diag.dump_sports(
+                family=family,
+                protocol=socket.IPPROTO_UDP,
+                states=1 << TCP_ESTABLISHED,
+                src=claim.source_ip,
+                sport_range=(lo, hi),
+                dst=claim.dst[0],
+                dport=claim.dst[1],
+            )
+        )
+        free = [port for port in range(lo, hi + 1) if port not in taken]
+        random.shuffle(free)
+        busy = False
+        for port in free:
+            outcome = claim.claim(port)
+            if outcome == _CLAIMED:
+                return True
+            busy = busy or outcome == _BUSY
+        if not busy or time.monotonic() > deadline:
+            return False
+        time.sleep(backoff)
+        backoff = min(backoff * 2, 0.01)
+
+
+def connect_udp(dst: Address, *, source_ip: str, port_range: tuple[int, int]) -> socket.socket:
+    """A connected UDP socket to ``dst`` whose 4-tuple no other socket holds.
+
+    The source port is in ``port_range`` and shared with sockets to other
+    destinations. Safe to call from many processes and threads at once. Raises
+    :class:`PortsExhausted` when every port of the range is connected to ``dst``.
+    """
+    lo, hi = port_range
+    _packed_range(lo, hi)
+    family = _family(source_ip)
+    _check_destination(dst, family)
+    destination = (dst[0], dst[1])
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        claim = _UdpClaim(sock, source_ip, destination)
+        if _claim_random(claim, lo, hi) or _claim_free(claim, lo, hi):
+            return sock
+        raise PortsExhausted(
+            f"every port of {_describe(source_ip, lo, hi)} is connected to "
+            f"{destination[0]}:{destination[1]}",
+            source_ip=source_ip,
+            port_range=(lo, hi),
+        )
+    except BaseException:
+        sock.close()
+        raise
+
+
+# --- the applied bundle -----------------------------------------------------------------
+
+
+def _weighted_order(slices: list[BundleSlice]) -> list[BundleSlice]:
+    """A random order in which bigger slices tend to come first (Efraimidis-Spirakis)."""
+    return sorted(slices, key=lambda s: random.random() ** (1.0 / s.size), reverse=True)
+
+
+class Egress:
+    """Connections from the slices of the bundle this host has applied.
+
+    ``Egress.load(state_dir)`` reads the agent's state store. Without ``keys`` it
+    trusts the file as the agent's own (it is root-owned and only the agent
+    writes it; the schema is still checked); with ``keys`` and ``hostname`` it
+    verifies the token as :meth:`StateStore.load_verified` does. An ``Egress``
+    is a snapshot: load again after the agent applies a new bundle.
+    """
+
+    def __init__(self, bundle: Bundle | None) -> None:
+        self.bundle = bundle
+
+    @classmethod
+    def load(
+        cls,
+        state_dir: str | os.PathLike[str],
+        *,
+        keys: Mapping[str, OKPKey] | None = None,
+        hostname: str | None = None,
+        now: float | None = None,
+    ) -> Egress:
+        store = StateStore(state_dir)
+        if keys is not None:
+            if hostname is None:
+                raise TypeError("Egress.load: hostname is required with keys")
+            clock = time.time() if now is None else now
+            return cls(store.load_verified(keys=keys, hostname=hostname, now=clock))
+        state = store.load()
+        return cls(None if state is None else decode_unverified(state.token))
+
+    def slices(
+        self,
+        *,
+        version: int,
+        pool: str | None = None,
+        purpose: str | None = None,
+        country: str | None = None,
+    ) -> list[BundleSlice]:
+        """Active slices of IP ``version`` matching every filter given."""
+        if self.bundle is None:
+            return []
+        return [
+            s
+            for s in self.bundle.slices
+            if s.active
+            and s.version == version
+            and pool in (None, s.pool)
+            and purpose in (None, s.purpose)
+            and country in (None, s.country)
+        ]
+
+    def connect(
+        self,
+        dst: Address,
+        proto: Literal["tcp", "udp"] = "tcp",
+        *,
+        pool: str | None = None,
+        purpose: str | None = None,
+        country: str | None = None,
+        timeout: float | None = None,
+    ) -> socket.socket:
+        """Connect from a random matching active slice, moving on when one is full.
+
+        Raises :class:`NoSliceAvailable` when no active slice matches and
+        :class:`PortsExhausted` when every matching slice is full toward ``dst``.
+        """
+        if proto not in ("tcp", "udp"):
+            raise ValueError(f"proto={proto!r} is not 'tcp' or 'udp'")
+        version = ipaddress.ip_address(dst[0]).version
+        matches = self.slices(version=version, pool=pool, purpose=purpose, country=country)
+        if not matches:
+            raise NoSliceAvailable(self._no_match(version, pool, purpose, country))
+        for chosen in _weighted_order(matches):
+            try:
+                if proto == "tcp":
+                    return connect_tcp(
+                        dst, source_ip=chosen.ip, port_range=(chosen.lo, chosen.hi), timeout=timeout
+                    )
+                return connect_udp(dst, source_ip=chosen.ip, port_range=(chosen.lo, chosen.hi))
+            except PortsExhausted:
+                log.debug("slice %s %s-%s is full toward %s", chosen.ip, chosen.lo, chosen.hi, dst)
+        raise PortsExhausted(
+            f"all {len(matches)} matching slices are out of {proto} ports toward {dst[0]}:{dst[1]}"
+        )
+
+    def _no_match(
+        self, version: int, pool: str | None, purpose: str | None, country: str | None
+    ) -> str:
+        if self.bundle is None:
+            return "no bundle has been applied on this host"
+        return (
+            f"no active IPv{version} slice with pool={pool!r} purpose={purpose!r} "
+            f"country={country!r} in bundle serial {self.bundle.serial}"
+        )

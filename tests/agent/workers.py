@@ -1,0 +1,171 @@
+"""Scenarios the tests run inside a network namespace.
+
+``python -m tests.agent.workers NAME '{"json": "kwargs"}'`` calls ``NAME(**kwargs)``
+and prints its result as one JSON line. ``udp_hold`` is the exception: it talks
+to the test over stdin/stdout while it holds its sockets.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from agent import egress
+from agent.sockdiag import UDP_STATES, SockDiag
+
+Result = dict[str, Any]
+
+
+def tcp_fill(
+    source_ip: str, lo: int, hi: int, origins: list[str], port: int, spread: int
+) -> Result:
+    """``spread`` connections round-robin over ``origins``, then fill the first origin."""
+    held: list[socket.socket] = []
+    tuples = []
+    for i in range(spread):
+        dst = (origins[i % len(origins)], port)
+        sock = egress.connect_tcp(dst, source_ip=source_ip, port_range=(lo, hi), timeout=5)
+        held.append(sock)
+        tuples.append([*sock.getsockname()[:2], *sock.getpeername()[:2]])
+    to_first = sum(1 for t in tuples if t[2] == origins[0])
+    error = None
+    while error is None:
+        try:
+            sock = egress.connect_tcp(
+                (origins[0], port), source_ip=source_ip, port_range=(lo, hi), timeout=5
+            )
+        except egress.PortsExhausted as exc:
+            error = {"type": type(exc).__name__, "errno": exc.errno, "message": str(exc)}
+        else:
+            held.append(sock)
+            tuples.append([*sock.getsockname()[:2], *sock.getpeername()[:2]])
+            to_first += 1
+    return {"tuples": tuples, "to_first": to_first, "error": error}
+
+
+def tcp_connect(source_ip: str, lo: int, hi: int, dst: str, port: int, count: int = 1) -> Result:
+    """Up to ``count`` connections; the ports obtained and how it stopped."""
+    held, ports, error = [], [], None
+    for _ in range(count):
+        try:
+            sock = egress.connect_tcp(
+                (dst, port), source_ip=source_ip, port_range=(lo, hi), timeout=5
+            )
+        except (egress.PortsExhausted, egress.RangeNotEnforced) as exc:
+            error = type(exc).__name__
+            break
+        held.append(sock)
+        ports.append(sock.getsockname()[1])
+    return {"ports": ports, "error": error, "netns_range": list(egress.netns_port_range())}
+
+
+def widen_then_connect(source_ip: str, lo: int, hi: int, dst: str, port: int) -> Result:
+    before = tcp_connect(source_ip, lo, hi, dst, port)
+    widened = egress.ensure_netns_port_range([(lo, hi)])
+    after = tcp_connect(source_ip, lo, hi, dst, port)
+    return {"before": before, "widened": widened, "after": after}
+
+
+def stale_range_check(source_ip: str, lo: int, hi: int, dst: str, port: int) -> Result:
+    """Narrow the netns range behind the cached view: the post-connect check must catch it."""
+    first = egress.connect_tcp((dst, port), source_ip=source_ip, port_range=(lo, hi), timeout=5)
+    egress.PORT_RANGE_SYSCTL.write_text("50000 50999\n")  # disjoint from the slice
+    try:
+        egress.connect_tcp((dst, port), source_ip=source_ip, port_range=(lo, hi), timeout=5)
+    except egress.RangeNotEnforced as exc:
+        outcome = {"error": "RangeNotEnforced", "message": str(exc)}
+    else:
+        outcome = {"error": None}
+    first.close()
+    # Nothing may be left connected outside the slice.
+    with SockDiag() as diag:
+        leftovers = diag.dump_sports(
+            family=socket.AF_INET, protocol=socket.IPPROTO_TCP, src=source_ip
+        )
+    return {**outcome, "leftover_ports": leftovers}
+
+
+def udp_pairs(source_ip: str, lo: int, hi: int, origins: list[str], port: int) -> Result:
+    """Fill the range toward each origin in turn; the (sport, origin) pairs obtained."""
+    held, pairs, errors = [], [], 0
+    for origin in origins:
+        while True:
+            try:
+                sock = egress.connect_udp((origin, port), source_ip=source_ip, port_range=(lo, hi))
+            except egress.PortsExhausted:
+                errors += 1
+                break
+            held.append(sock)
+            pairs.append([sock.getsockname()[1], sock.getpeername()[0]])
+    return {"pairs": pairs, "exhausted": errors}
+
+
+def udp_hold() -> None:
+    """Wait for "go", connect until exhausted, report, hold the sockets until stdin closes."""
+    args = json.loads(sys.argv[2])
+    dst = (args["dst"], args["port"])
+    assert sys.stdin.readline().strip() == "go"
+    held, error = [], None
+    while error is None:
+        try:
+            held.append(
+                egress.connect_udp(
+                    dst, source_ip=args["source_ip"], port_range=(args["lo"], args["hi"])
+                )
+            )
+        except egress.PortsExhausted as exc:
+            error = type(exc).__name__
+    ports = [sock.getsockname()[1] for sock in held]
+    print(json.dumps({"ports": ports, "error": error}), flush=True)
+    sys.stdin.read()
+
+
+def udp_dump(source_ip: str) -> Result:
+    """Every UDP socket on ``source_ip`` as [sport, dst, dport] (IPv4 or IPv6)."""
+    family = socket.AF_INET6 if ":" in source_ip else socket.AF_INET
+    with SockDiag() as diag:
+        found = diag.dump(
+            family=family, protocol=socket.IPPROTO_UDP, states=UDP_STATES, src=source_ip
+        )
+    return {"sockets": [[s.sport, s.dst, s.dport] for s in found]}
+
+
+def egress_connect(state_dir: str, dst: str, port: int, proto: str, count: int, **filters: str):
+    """``count`` Egress.connect calls; the source (ip, port) of each, or the error that ended it."""
+    chosen = egress.Egress.load(state_dir)
+    held, sources, error = [], [], None
+    for _ in range(count):
+        try:
+            sock = chosen.connect((dst, port), proto, timeout=5, **filters)  # type: ignore[arg-type]
+        except (egress.NoSliceAvailable, egress.PortsExhausted) as exc:
+            error = {"type": type(exc).__name__, "message": str(exc)}
+            break
+        held.append(sock)
+        sources.append(list(sock.getsockname()[:2]))
+    return {"sources": sources, "error": error}
+
+
+COMMANDS: dict[str, Callable[..., Any]] = {
+    "tcp_fill": tcp_fill,
+    "tcp_connect": tcp_connect,
+    "widen_then_connect": widen_then_connect,
+    "stale_range_check": stale_range_check,
+    "udp_pairs": udp_pairs,
+    "udp_dump": udp_dump,
+    "egress_connect": egress_connect,
+}
+
+
+def main() -> None:
+    name = sys.argv[1]
+    if name == "udp_hold":
+        udp_hold()
+        return
+    print(json.dumps(COMMANDS[name](**json.loads(sys.argv[2]))))
+
+
+if __name__ == "__main__":
+    main()
