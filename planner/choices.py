@@ -33,3 +33,24 @@ class AuditAction(models.TextChoices):
     DELETE = "delete", "Delete"
     IMPORT = "import", "Import"
     PLAN_APPLY = "plan_apply", "Plan applied"
+
+
+class KeyStatus(models.TextChoices):
+    ACTIVE = "active", "Active (signs)"
+    PUBLISHED = "published", "Published (verifies only)"
+    RETIRED = "retired", "Retired"
+
+
+class BundleStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENT = "sent", "Sent"
+    APPLIED = "applied", "Applied"
+    REJECTED = "rejected", "Rejected"
+    FAILED = "failed", "Failed"
+    SUPERSEDED = "superseded", "Superseded"
+
+
+class TokenKind(models.TextChoices):
+    USER = "user", "User (acts with the user's role)"
+    AGENT = "agent", "Agent (one machine's bundle and the keys)"
+    LOAD_BALANCER = "lb", "Load balancer (steering tables)"

@@ -24,3 +24,7 @@ ERR_STALE_BASE = (
     "Plan is based on revision %(base)d but revision %(current)d is current; preview again."
 )
 ERR_LOCKED = "Another plan is being applied to %(datacenter)s; try again."
+ERR_KEY_EXISTS = "An active signing key exists; use 'rotate' to replace it."
+ERR_KEY_UNKNOWN = "No signing key with kid %(kid)r."
+ERR_KEY_ACTIVE = "Key %(kid)r is the active key; rotate first, then retire it."
+ERR_NO_ACTIVE_KEY = "No active signing key; run 'manage.py signing_key generate'."

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
-from django.db.models import QuerySet
+from django.conf import settings
+from django.db.models import Count, Q, QuerySet
 
 import allocator as alloc
+from allocator.capacity import ips_needed, slots_per_ip
+from planner import signing
 from planner.choices import RevisionStatus
 from planner.inventory_io import GeofeedEntry
 from planner.models import Datacenter, EgressIP, EgressPool, Machine, PlanRevision, PortSlice
+from planner.steering import SteeringRow
 
 
 def geofeed_entries(*, datacenter: str | None = None) -> list[GeofeedEntry]:
@@ -90,3 +96,115 @@ def planner_inputs(*, datacenter: Datacenter) -> PlannerInputs:
 
 def live_slices(*, datacenter: Datacenter) -> QuerySet[PortSlice]:
     return PortSlice.objects.filter(ip__pool__datacenter=datacenter)
+
+
+def bundle_slices(*, machine_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """Each machine's live slices as bundle claims, in one query."""
+    rows = (
+        PortSlice.objects.filter(machine_id__in=machine_ids)
+        .order_by("ip__address", "lo")
+        .values_list(
+            "machine_id",
+            "ip__address",
+            "lo",
+            "hi",
+            "state",
+            "ip__pool__datacenter__code",
+            "ip__pool__purpose",
+            "ip__pool__country",
+            "ip__pool__region",
+            "ip__pool__city",
+        )
+    )
+    result: dict[int, list[dict[str, Any]]] = {}
+    for machine_id, ip, lo, hi, state, dc, purpose, country, region, city in rows:
+        pool = "/".join(part for part in (dc, purpose, country, region, city) if part)
+        result.setdefault(machine_id, []).append(
+            {
+                "ip": ip,
+                "lo": lo,
+                "hi": hi,
+                "state": state,
+                "pool": pool,
+                "purpose": purpose,
+                "country": country,
+            }
+        )
+    return result
+
+
+def bundle_claims(
+    *,
+    machine: Machine,
+    serial: int,
+    revision: PlanRevision | None,
+    slices: list[dict[str, Any]],
+    now: datetime,
+) -> dict[str, Any]:
+    """The claims of DESIGN §6 for one machine."""
+    issued = int(now.timestamp())
+    return {
+        "iss": signing.ISSUER,
+        "aud": signing.AUDIENCE,
+        "sub": machine.hostname,
+        "iat": issued,
+        "exp": issued + settings.BUNDLE_TTL_SECONDS,
+        "serial": serial,
+        "revision": revision.number if revision else 0,
+        "datacenter": machine.datacenter.code,
+        "slices": slices,
+    }
+
+
+def steering_table(*, datacenter: Datacenter) -> list[SteeringRow]:
+    """Every live slice of the datacenter with its owner's address, by IP then port."""
+    rows = (
+        live_slices(datacenter=datacenter)
+        .order_by("ip__address", "lo")
+        .values_list("ip__address", "lo", "hi", "machine__hostname", "machine__address", "state")
+    )
+    return [SteeringRow(*row) for row in rows]
+
+
+@dataclass(frozen=True)
+class PoolHeadroom:
+    pool: str
+    slots_total: int
+    free_slots: int
+    unserved_machines: int
+    ips_needed: int
+
+
+def pool_headroom() -> list[PoolHeadroom]:
+    """Per pool: slots of its active IPs, how many are free, who is unserved.
+
+    Counts, no planning: cheap enough for every metrics scrape.
+    """
+    result = []
+    pools = EgressPool.objects.select_related("datacenter").annotate(
+        served=Count("machines", filter=Q(machines__state="active"), distinct=True)
+    )
+    for pool in pools:
+        ips = list(EgressIP.objects.filter(pool=pool, state="active"))
+        per_ip = [
+            slots_per_ip(alloc.PortRange(ip.usable_lo, ip.usable_hi), pool.slice_size) for ip in ips
+        ]
+        used = PortSlice.objects.filter(ip__pool=pool, ip__state="active").count()
+        with_slice = (
+            PortSlice.objects.filter(ip__pool=pool, state="active", machine__state="active")
+            .values("machine")
+            .distinct()
+            .count()
+        )
+        unserved = max(pool.served - with_slice, 0)
+        typical = max(per_ip, default=slots_per_ip(alloc.USABLE_PORTS, pool.slice_size))
+        result.append(
+            PoolHeadroom(
+                pool=pool.key,
+                slots_total=sum(per_ip),
+                free_slots=max(sum(per_ip) - used, 0),
+                unserved_machines=unserved,
+                ips_needed=ips_needed(unserved * pool.slices_per_machine, typical),
+            )
+        )
+    return result

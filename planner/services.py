@@ -7,21 +7,40 @@ one transaction: they apply whole or not at all.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import OperationalError, models, transaction
+from django.db.models import F
 from django.utils import timezone
 
 import allocator as alloc
-from planner import constants
+from planner import constants, signing
 from planner.audit import audit_record
-from planner.choices import AuditAction, RevisionStatus, SliceState
+from planner.choices import AuditAction, BundleStatus, KeyStatus, RevisionStatus, SliceState
 from planner.inventory_io import InventoryError, InventoryRecord
-from planner.models import Datacenter, EgressIP, EgressPool, Machine, PlanRevision, PortSlice
-from planner.selectors import current_revision, live_slices, planner_inputs
+from planner.models import (
+    ApiToken,
+    ConfigBundle,
+    Datacenter,
+    EgressIP,
+    EgressPool,
+    Machine,
+    PlanRevision,
+    PortSlice,
+    SigningKey,
+)
+from planner.models.tokens import hash_token, new_token_key
+from planner.selectors import (
+    bundle_claims,
+    bundle_slices,
+    current_revision,
+    live_slices,
+    planner_inputs,
+)
 
 POOL_KEY_FIELDS = ("purpose", "country", "region", "city")
 POLICY_FIELDS = ("slice_size", "slices_per_machine", "max_slices_per_machine")
@@ -150,15 +169,54 @@ class _Importer:
 
 
 def _save(record: InventoryRecord, instance: models.Model, values: dict[str, Any]) -> None:
-    for name, value in values.items():
-        setattr(instance, name, value)
     try:
-        instance.full_clean()
+        model_save(instance=instance, values=values)
     except ValidationError as error:
         name, messages = next(iter(error.message_dict.items()))
         value = record.values.get(name, getattr(instance, name, None))
         raise InventoryError(record.where, name, value, " ".join(messages)) from None
+
+
+def model_save(*, instance: models.Model, values: dict[str, Any]) -> models.Model:
+    """Set ``values`` on ``instance``, validate every model rule, save (audited).
+
+    Raises Django's ``ValidationError`` with field names; nothing is written then.
+    """
+    for name, value in values.items():
+        setattr(instance, name, value)
+    instance.full_clean()
     instance.save()
+    return instance
+
+
+def machine_save(
+    *, machine: Machine, values: dict[str, Any], pools: Iterable[EgressPool] | None = None
+) -> Machine:
+    """Save a machine and, when given, the pools it serves (all of its datacenter)."""
+    with transaction.atomic():
+        model_save(instance=machine, values=values)
+        if pools is not None:
+            pools = list(pools)
+            for pool in pools:
+                if pool.datacenter_id != machine.datacenter_id:
+                    raise ValidationError(
+                        {
+                            "pools": constants.ERR_POOL_DATACENTER
+                            % {
+                                "pool": pool.pk,
+                                "pool_dc": pool.datacenter.code,
+                                "dc": machine.datacenter.code,
+                            }
+                        }
+                    )
+            machine.pools.set(pools)
+    return machine
+
+
+def inventory_delete(*, instance: models.Model) -> None:
+    """Delete an inventory row; Django's ``ProtectedError`` when slices or IPs still use it."""
+    with transaction.atomic():
+        instance.delete()
 
 
 def inventory_import(*, records: Iterable[InventoryRecord]) -> dict[str, int]:
@@ -202,6 +260,30 @@ class PlanPreview:
     @property
     def ok(self) -> bool:
         return self.plan is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: what ``manage.py plan --json`` prints and the API returns."""
+        result: dict[str, Any] = {
+            "datacenter": self.datacenter,
+            "base_revision": self.base_revision,
+            "ok": self.ok,
+            "shortfalls": shortfalls_as_list(self.shortfalls),
+        }
+        if self.plan is not None:
+            result["diff"] = self.plan.diff.summary()
+            result["machines_touched"] = sorted(self.plan.diff.machines_touched())
+            result["capacity"] = {
+                pool: {**asdict(cap), "utilization": round(cap.utilization, 4)}
+                for pool, cap in sorted(self.plan.capacity.items())
+            }
+        return result
+
+
+def shortfalls_as_list(shortfalls: Iterable[alloc.Shortfall]) -> list[dict[str, Any]]:
+    return [
+        {**asdict(s), "machines_unserved": list(s.machines_unserved), "message": str(s)}
+        for s in shortfalls
+    ]
 
 
 def plan_preview(*, datacenter: Datacenter, now: datetime | None = None) -> PlanPreview:
@@ -253,10 +335,41 @@ def plan_apply(
         plan = _compute_plan(datacenter=datacenter, now=now)
         revision = _record_revision(datacenter, current + 1, plan, user, reason, now)
         _write_slices(datacenter, plan, revision)
+        _sign_touched(datacenter, plan, revision, now)
         audit_record(
             action=AuditAction.PLAN_APPLY, instance=revision, changes=revision.diff_summary
         )
     return revision
+
+
+def _sign_touched(
+    datacenter: Datacenter, plan: alloc.Plan, revision: PlanRevision, now: datetime
+) -> None:
+    """Sign new bundles for the machines whose slices changed, and push them after commit.
+
+    Without an active signing key the plan still applies (the quick start may
+    plan before making a key); the revision says so and bundles follow once a
+    key exists (``manage.py signing_key generate`` signs for every machine).
+    """
+    touched = Machine.objects.filter(
+        datacenter=datacenter, hostname__in=plan.diff.machines_touched()
+    )
+    try:
+        bundles = bundles_build(machines=touched, revision=revision, now=now)
+    except signing.SigningKeyMissing:
+        revision.diff_summary["bundles"] = constants.ERR_NO_ACTIVE_KEY
+    else:
+        revision.diff_summary["bundles"] = len(bundles)
+        if bundles:
+            transaction.on_commit(lambda: _enqueue_publish(revision.pk))
+    # update(), not save(): the plan_apply audit entry already carries the summary.
+    PlanRevision.objects.filter(pk=revision.pk).update(diff_summary=revision.diff_summary)
+
+
+def _enqueue_publish(revision_id: int) -> None:
+    from planner.celery import app
+
+    app.send_task("planner.publish_revision", args=[revision_id], queue="planner")
 
 
 def _lock(datacenter: Datacenter) -> None:
@@ -325,3 +438,172 @@ def _write_slices(datacenter: Datacenter, plan: alloc.Plan, revision: PlanRevisi
         ],
         batch_size=_BATCH,
     )
+
+
+# --- signing keys ------------------------------------------------------------
+
+
+class SigningKeyError(Exception):
+    """A key operation that cannot be done (no such kid, retiring the active key)."""
+
+
+def signing_key_generate() -> SigningKey:
+    """The first key, active at once; with an active key already, use rotate."""
+    with transaction.atomic():
+        if SigningKey.objects.filter(status=KeyStatus.ACTIVE).exists():
+            raise SigningKeyError(constants.ERR_KEY_EXISTS)
+        kid, public = signing.generate_key_file()
+        return SigningKey.objects.create(kid=kid, public_jwk=public, status=KeyStatus.ACTIVE)
+
+
+def signing_key_rotate() -> SigningKey:
+    """A new active key; the old active one stays published (agents trust both)."""
+    with transaction.atomic():
+        SigningKey.objects.select_for_update().filter(status=KeyStatus.ACTIVE).update(
+            status=KeyStatus.PUBLISHED
+        )
+        kid, public = signing.generate_key_file()
+        return SigningKey.objects.create(kid=kid, public_jwk=public, status=KeyStatus.ACTIVE)
+
+
+def signing_key_retire(*, kid: str) -> SigningKey:
+    """Drop a published key from the JWKS. The active key cannot be retired."""
+    with transaction.atomic():
+        key = SigningKey.objects.select_for_update().filter(kid=kid).first()
+        if key is None:
+            raise SigningKeyError(constants.ERR_KEY_UNKNOWN % {"kid": kid})
+        if key.status == KeyStatus.ACTIVE:
+            raise SigningKeyError(constants.ERR_KEY_ACTIVE % {"kid": kid})
+        key.status, key.retired_at = KeyStatus.RETIRED, timezone.now()
+        key.save()
+    return key
+
+
+# --- bundles -----------------------------------------------------------------
+
+
+def bundles_build(
+    *,
+    machines: Iterable[Machine],
+    revision: PlanRevision | None = None,
+    now: datetime | None = None,
+) -> list[ConfigBundle]:
+    """Sign a fresh bundle for each machine: its live slices, a new serial each.
+
+    Serials come from one ``UPDATE ... SET bundle_serial = bundle_serial + 1``,
+    whose row locks order concurrent builders, so serials strictly increase
+    per machine. Older unacknowledged bundles of those machines are superseded.
+    Raises :class:`planner.signing.SigningKeyMissing` without an active key.
+    """
+    ids = [m.pk for m in machines]
+    if not ids:
+        return []
+    now = now or timezone.now()
+    key = SigningKey.objects.filter(status=KeyStatus.ACTIVE).first()
+    if key is None:
+        raise signing.SigningKeyMissing(constants.ERR_NO_ACTIVE_KEY)
+    with transaction.atomic():
+        Machine.objects.filter(pk__in=ids).update(bundle_serial=F("bundle_serial") + 1)
+        machines = Machine.objects.filter(pk__in=ids).select_related("datacenter")
+        serials = dict(Machine.objects.filter(pk__in=ids).values_list("pk", "bundle_serial"))
+        ConfigBundle.objects.filter(
+            machine_id__in=ids, status__in=[BundleStatus.PENDING, BundleStatus.SENT]
+        ).update(status=BundleStatus.SUPERSEDED)
+        slices = bundle_slices(machine_ids=ids)
+        expires = now + timedelta(seconds=settings.BUNDLE_TTL_SECONDS)
+        bundles = [
+            ConfigBundle(
+                machine=m,
+                serial=serials[m.pk],
+                revision=revision,
+                kid=key.kid,
+                expires_at=expires,
+                token=signing.sign_claims(
+                    bundle_claims(
+                        machine=m,
+                        serial=serials[m.pk],
+                        revision=revision,
+                        slices=slices.get(m.pk, []),
+                        now=now,
+                    ),
+                    kid=key.kid,
+                ),
+            )
+            for m in machines
+        ]
+        return ConfigBundle.objects.bulk_create(bundles, batch_size=_BATCH)
+
+
+def bundle_ack(
+    *,
+    hostname: str,
+    serial: int,
+    status: str,
+    reason: str = "",
+    detail: str = "",
+    at: datetime | None = None,
+) -> int:
+    """Record what an agent did with bundle ``serial``; returns rows updated (0 or 1).
+
+    An ``applied`` ack also moves the machine's ``applied_serial`` forward
+    (never back: acks may arrive out of order).
+    """
+    at = at or timezone.now()
+    if status not in {BundleStatus.APPLIED, BundleStatus.REJECTED, BundleStatus.FAILED}:
+        raise ValueError(f"status: {status!r} is not applied, rejected or failed")
+    with transaction.atomic():
+        updated = ConfigBundle.objects.filter(machine__hostname=hostname, serial=serial).update(
+            status=status, acked_at=at, error=f"{reason}: {detail}"[:500] if reason else ""
+        )
+        machine = Machine.objects.filter(hostname=hostname)
+        machine.update(last_seen=at)
+        if status == BundleStatus.APPLIED:
+            machine.filter(applied_serial__lt=serial).update(applied_serial=serial)
+    return updated
+
+
+def bundles_send(*, bundles: Iterable[ConfigBundle], send: Any) -> int:
+    """Hand each pending bundle to ``send(hostname, token)`` and mark it sent.
+
+    ``send`` puts the token on the machine's queue (the Celery task does it by
+    name); the broker is an untrusted transport, the signature protects the host.
+    """
+    sent = 0
+    for bundle in bundles:
+        if bundle.status != BundleStatus.PENDING:
+            continue
+        send(bundle.machine.hostname, bundle.token)
+        ConfigBundle.objects.filter(pk=bundle.pk, status=BundleStatus.PENDING).update(
+            status=BundleStatus.SENT, sent_at=timezone.now()
+        )
+        sent += 1
+    return sent
+
+
+# --- API tokens ----------------------------------------------------------------
+
+
+def api_token_create(
+    *,
+    name: str,
+    kind: str,
+    user: Any = None,
+    machine: Machine | None = None,
+    datacenter: Datacenter | None = None,
+) -> tuple[ApiToken, str]:
+    """Make a token; returns it and its key, which is shown once and never stored."""
+    key = new_token_key()
+    token = ApiToken(
+        name=name,
+        kind=kind,
+        user=user,
+        machine=machine,
+        datacenter=datacenter,
+        key_hash=hash_token(key),
+    )
+    model_save(instance=token, values={})
+    return token, key
+
+
+def api_token_revoke(*, token: ApiToken) -> None:
+    model_save(instance=token, values={"revoked": True})

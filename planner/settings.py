@@ -77,12 +77,17 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django.contrib.postgres",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "planner",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "planner.middleware.BodySizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -148,6 +153,10 @@ STORAGES = {
 SESSION_COOKIE_SECURE = envbool("SECURE_COOKIES")
 CSRF_COOKIE_SECURE = envbool("SECURE_COOKIES")
 
+# Ed25519 private keys for bundle signing: files, never rows (planner/signing.py).
+SIGNING_KEY_DIR = Path(os.environ.get("SIGNING_KEY_DIR", VAR_DIR / "signing-keys"))
+BUNDLE_TTL_SECONDS = envint("BUNDLE_TTL_SECONDS", 7 * 24 * 3600)
+
 # The quick start needs no broker server: kombu's filesystem transport passes
 # messages through folders under var/. Production points this at Redis or RabbitMQ.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
@@ -164,6 +173,46 @@ CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = (
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
+
+MAX_REQUEST_BODY = 1024 * 1024  # 1 MiB; larger bodies get 413
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY
+METRICS_TOKEN = envsecret("METRICS_TOKEN")
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "planner.api.authentication.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["planner.api.permissions.RolePermission"],
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend",
+        "rest_framework.filters.OrderingFilter",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "planner.api.pagination.Pagination",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.ScopedRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "bundle": os.environ.get("THROTTLE_BUNDLE", "600/min"),
+        "steering": os.environ.get("THROTTLE_STEERING", "120/min"),
+    },
+    "EXCEPTION_HANDLER": "planner.api.exceptions.handle",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "portslice API",
+    "DESCRIPTION": "Egress IPs, port slices, plans, signed bundles and steering tables.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI's assets come from drf-spectacular-sidecar, served locally: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        # IPs and slices share active/draining.
+        "LiveStateEnum": "planner.choices.SliceState",
+        "MachineStateEnum": "planner.choices.MachineState",
+        "RevisionStatusEnum": "planner.choices.RevisionStatus",
+    },
+}
 
 LOGGING = {
     "version": 1,

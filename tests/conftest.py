@@ -22,6 +22,8 @@ def postgres(db: None) -> None:
 def _plain_static_storage(settings: Any) -> None:
     # The hashed manifest storage needs collectstatic first; tests serve the
     # source files directly instead.
+    # Password hashing is deliberately slow; tests need users, not security.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.STORAGES = {
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

@@ -2,9 +2,14 @@
 
 from planner.models.audit import AuditEntry
 from planner.models.inventory import Datacenter, EgressIP, EgressPool, Machine
+from planner.models.signing import ConfigBundle, SigningKey
 from planner.models.slices import PlanRevision, PortSlice
+from planner.models.tokens import ApiToken
 
 __all__ = [
+    "ApiToken",
+    "ConfigBundle",
+    "SigningKey",
     "AuditEntry",
     "Datacenter",
     "EgressIP",

@@ -188,6 +188,9 @@ class Machine(models.Model):
     pools = models.ManyToManyField(EgressPool, related_name="machines", blank=True)
     last_seen = models.DateTimeField(null=True, blank=True)
     applied_serial = models.PositiveBigIntegerField(default=0)
+    bundle_serial = models.PositiveBigIntegerField(
+        default=0, editable=False, help_text="Serial of the newest bundle signed for it"
+    )
 
     class Meta:
         ordering = ["hostname"]

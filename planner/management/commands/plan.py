@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -47,7 +46,7 @@ class Command(BaseCommand):
 
     def _show(self, preview: PlanPreview, *, as_json: bool) -> None:
         if as_json:
-            self.stdout.write(json.dumps(preview_as_dict(preview), indent=2))
+            self.stdout.write(json.dumps(preview.as_dict(), indent=2))
             return
         self.stdout.write(
             f"datacenter {preview.datacenter}, based on revision {preview.base_revision}"
@@ -64,24 +63,3 @@ class Command(BaseCommand):
                 f"  {pool:<44} {cap.ips:>4} {cap.slots_total:>6} "
                 f"{cap.slots_free:>6} {cap.machines_served:>8}"
             )
-
-
-def preview_as_dict(preview: PlanPreview) -> dict[str, Any]:
-    """The preview as JSON-ready data (the API returns the same shape)."""
-    result: dict[str, Any] = {
-        "datacenter": preview.datacenter,
-        "base_revision": preview.base_revision,
-        "ok": preview.ok,
-        "shortfalls": [
-            {**asdict(s), "machines_unserved": list(s.machines_unserved), "message": str(s)}
-            for s in preview.shortfalls
-        ],
-    }
-    if preview.plan is not None:
-        result["diff"] = preview.plan.diff.summary()
-        result["machines_touched"] = sorted(preview.plan.diff.machines_touched())
-        result["capacity"] = {
-            pool: {**asdict(cap), "utilization": round(cap.utilization, 4)}
-            for pool, cap in sorted(preview.plan.capacity.items())
-        }
-    return result

@@ -1,0 +1,39 @@
+"""Domain errors to HTTP: 400 field errors, 409 conflicts, 413, 422 shortfalls."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import ProtectedError
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+import allocator as alloc
+from planner.services import PlanConflict, shortfalls_as_list
+
+
+def handle(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, DjangoValidationError):
+        detail = (
+            exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+        )
+        return Response(detail, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, PlanConflict):
+        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+    if isinstance(exc, ProtectedError):
+        used_by = sorted({str(obj) for obj in list(exc.protected_objects)[:5]})
+        return Response(
+            {"detail": "Still in use; remove what uses it first.", "used_by": used_by},
+            status=status.HTTP_409_CONFLICT,
+        )
+    if isinstance(exc, alloc.CapacityError):
+        return Response(
+            {"detail": "Not enough IPs.", "shortfalls": shortfalls_as_list(exc.shortfalls)},
+            status=status.HTTP_422_UNPROCESSABLE_ENTITY,
+        )
+    if isinstance(exc, RequestDataTooBig):
+        return Response({"detail": str(exc)}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+    return exception_handler(exc, context)

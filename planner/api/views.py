@@ -1,0 +1,242 @@
+"""API views: thin. They parse, call a service or selector, and shape the answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Model, QuerySet
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
+from rest_framework.views import APIView
+
+from planner import selectors, services, steering
+from planner.api import serializers as s
+from planner.api.filters import EgressIPFilter, EgressPoolFilter, MachineFilter, PortSliceFilter
+from planner.api.permissions import ADMIN, OPERATOR
+from planner.api.renderers import CsvRenderer, JoseRenderer, NftRenderer
+from planner.choices import KeyStatus, TokenKind
+from planner.inventory_io import render_geofeed
+from planner.models import (
+    ConfigBundle,
+    Datacenter,
+    EgressIP,
+    EgressPool,
+    Machine,
+    PlanRevision,
+    PortSlice,
+    SigningKey,
+)
+from planner.signing import jwks
+
+# An IPv4 or IPv6 address in a URL path segment.
+ADDRESS_IN_PATH = r"[0-9A-Fa-f:.]+"
+
+
+class InventoryViewSet(viewsets.ModelViewSet):
+    """CRUD whose writes go through :func:`services.model_save` / ``inventory_delete``."""
+
+    def perform_create(self, serializer: BaseSerializer[Any]) -> None:
+        self._save(serializer, self.get_queryset().model())
+
+    def perform_update(self, serializer: BaseSerializer[Any]) -> None:
+        self._save(serializer, serializer.instance)
+
+    def _save(self, serializer: BaseSerializer[Any], instance: Any) -> None:
+        serializer.instance = services.model_save(
+            instance=instance, values=dict(serializer.validated_data)
+        )
+
+    def perform_destroy(self, instance: Model) -> None:
+        services.inventory_delete(instance=instance)
+
+
+class DatacenterViewSet(InventoryViewSet):
+    queryset = Datacenter.objects.all()
+    serializer_class = s.DatacenterSerializer
+    lookup_field = "code"
+    filterset_fields = ["country"]
+    ordering_fields = ["code", "name", "country"]
+    roles = {"plan_apply": ADMIN, "plan_preview": OPERATOR}
+
+    @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT})
+    @action(detail=True, methods=["post"], url_path="plan/preview")
+    def plan_preview(self, request: Request, code: str) -> Response:
+        """The diff and the capacity per pool a plan would give now; writes nothing."""
+        preview = services.plan_preview(datacenter=self.get_object())
+        return Response(preview.as_dict())
+
+    @extend_schema(
+        request=s.PlanApplySerializer,
+        responses={
+            201: s.PlanRevisionSerializer,
+            409: OpenApiResponse(
+                description="stale base revision, or another apply holds the lock"
+            ),
+            422: OpenApiResponse(description="a pool lacks IPs: the shortfall per pool"),
+        },
+    )
+    @action(detail=True, methods=["post"], url_path="plan/apply")
+    def plan_apply(self, request: Request, code: str) -> Response:
+        """Apply a plan made against ``base_revision``: whole, or not at all."""
+        body = s.PlanApplySerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        revision = services.plan_apply(
+            datacenter=self.get_object(),
+            base_revision=body.validated_data["base_revision"],
+            reason=body.validated_data["reason"],
+            user=request.user,
+        )
+        return Response(s.PlanRevisionSerializer(revision).data, status=status.HTTP_201_CREATED)
+
+
+class SteeringView(APIView):
+    """For each live slice: ``{ip, lo, hi, machine, next_hop, state}`` and the revision.
+
+    ``?format=nft`` gives a script for a Linux gateway doing the load
+    balancer's job: the nftables map, then the ``ip rule``/``ip route`` lines.
+    """
+
+    renderer_classes = [JSONRenderer, NftRenderer]
+    token_kinds = {"get": (TokenKind.LOAD_BALANCER,)}
+    throttle_scope = "steering"
+
+    @extend_schema(
+        parameters=[OpenApiParameter("format", str, enum=["json", "nft"])],
+        responses={
+            (200, "application/json"): OpenApiTypes.OBJECT,
+            (200, "text/plain"): OpenApiTypes.STR,
+        },
+    )
+    def get(self, request: Request, code: str) -> Response:
+        datacenter = get_object_or_404(Datacenter, code=code)
+        rows = selectors.steering_table(datacenter=datacenter)
+        revision = selectors.current_revision(datacenter=datacenter)
+        if request.accepted_renderer.format == "nft":
+            script = steering.render_nft(rows, datacenter=code, revision=revision)
+            rules = steering.render_ip_rules(rows)
+            return Response(script + "\n# policy routing (run with sh):\n" + _commented(rules))
+        return Response(
+            {
+                "datacenter": code,
+                "revision": revision,
+                "marks": steering.machine_marks(rows),
+                "slices": [
+                    {
+                        "ip": r.ip,
+                        "lo": r.lo,
+                        "hi": r.hi,
+                        "machine": r.machine,
+                        "next_hop": r.next_hop,
+                        "state": r.state,
+                    }
+                    for r in rows
+                ],
+            }
+        )
+
+
+def _commented(text: str) -> str:
+    return "".join(
+        f"#   {line}\n" if not line.startswith("#") else f"{line}\n" for line in text.splitlines()
+    )
+
+
+class EgressPoolViewSet(InventoryViewSet):
+    queryset = EgressPool.objects.select_related("datacenter")
+    serializer_class = s.EgressPoolSerializer
+    filterset_class = EgressPoolFilter
+    ordering_fields = ["id", "purpose", "country"]
+
+
+class EgressIPViewSet(InventoryViewSet):
+    queryset = EgressIP.objects.all()
+    serializer_class = s.EgressIPSerializer
+    lookup_field = "address"
+    lookup_value_regex = ADDRESS_IN_PATH
+    filterset_class = EgressIPFilter
+    ordering_fields = ["address", "state"]
+
+
+class MachineViewSet(InventoryViewSet):
+    queryset = Machine.objects.select_related("datacenter").prefetch_related("pools")
+    serializer_class = s.MachineSerializer
+    lookup_field = "hostname"
+    lookup_value_regex = r"[A-Za-z0-9.-]+"
+    filterset_class = MachineFilter
+    ordering_fields = ["hostname", "state", "last_seen"]
+    token_kinds = {"bundle": (TokenKind.AGENT,)}
+    throttle_scope: str | None = None  # the bundle action sets "bundle"
+
+    def _save(self, serializer: BaseSerializer[Any], instance: Any) -> None:
+        values = dict(serializer.validated_data)
+        pools = values.pop("pools", None)
+        serializer.instance = services.machine_save(machine=instance, values=values, pools=pools)
+
+    @extend_schema(responses={(200, "application/jose"): OpenApiTypes.STR})
+    @action(
+        detail=True,
+        methods=["get"],
+        renderer_classes=[JoseRenderer, JSONRenderer],
+        throttle_scope="bundle",
+    )
+    def bundle(self, request: Request, hostname: str) -> Response:
+        """The machine's latest signed bundle (JWS compact, ``application/jose``)."""
+        machine = get_object_or_404(Machine, hostname=hostname)
+        bundle = ConfigBundle.objects.filter(machine=machine).order_by("-serial").first()
+        if bundle is None:
+            return Response({"detail": f"No bundle signed for {hostname} yet."}, status=404)
+        if request.accepted_renderer.format == "jose":
+            return Response(bundle.token)
+        return Response({"serial": bundle.serial, "status": bundle.status, "token": bundle.token})
+
+
+class PortSliceViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = PortSlice.objects.select_related("ip__pool__datacenter", "machine", "revision")
+    serializer_class = s.PortSliceSerializer
+    filterset_class = PortSliceFilter
+    ordering_fields = ["id", "lo", "state"]
+
+
+class PlanRevisionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    queryset = PlanRevision.objects.select_related("datacenter", "created_by")
+    serializer_class = s.PlanRevisionSerializer
+    filterset_fields = ["status"]
+    ordering_fields = ["number", "created_at"]
+
+    def get_queryset(self) -> QuerySet[PlanRevision]:
+        code = self.request.query_params.get("datacenter")
+        queryset = super().get_queryset()
+        return queryset.filter(datacenter__code=code) if code else queryset
+
+
+class KeysView(APIView):
+    """The public keys agents verify bundles with (RFC 7517 JWKS): active and published."""
+
+    token_kinds = {"get": (TokenKind.AGENT,)}
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    def get(self, request: Request) -> Response:
+        keys = SigningKey.objects.filter(status__in=[KeyStatus.ACTIVE, KeyStatus.PUBLISHED])
+        return Response(jwks([key.public_jwk for key in keys]))
+
+
+class GeofeedView(APIView):
+    """The egress IPs as an RFC 8805 geofeed. Public: geolocation providers fetch it."""
+
+    renderer_classes = [CsvRenderer]
+    authentication_classes: list[Any] = []
+    permission_classes: list[Any] = []
+
+    @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR})
+    def get(self, request: Request) -> Response:
+        with transaction.atomic():
+            entries = selectors.geofeed_entries(datacenter=request.query_params.get("datacenter"))
+        return Response(render_geofeed(entries, comment="portslice egress geofeed (RFC 8805)"))

@@ -1,0 +1,81 @@
+"""Prometheus metrics at /metrics, computed from the database at scrape time.
+
+Set ``METRICS_TOKEN`` (or ``METRICS_TOKEN_FILE``) to require
+``Authorization: Bearer <token>`` from the scraper.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterator
+
+from django.conf import settings
+from django.db.models import Count
+from django.http import HttpRequest, HttpResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from planner.choices import BundleStatus
+from planner.models import ConfigBundle, Machine, PortSlice
+from planner.selectors import pool_headroom
+
+
+class PlannerCollector(Collector):
+    def collect(self) -> Iterator[Metric]:
+        slices = GaugeMetricFamily(
+            "portslice_slices", "Live port slices", labels=["datacenter", "state"]
+        )
+        for dc, state, n in (
+            PortSlice.objects.values_list("ip__pool__datacenter__code", "state")
+            .annotate(n=Count("id"))
+            .order_by()
+        ):
+            slices.add_metric([dc, state], n)
+        yield slices
+        yield from self._pools()
+        pending = GaugeMetricFamily(
+            "portslice_bundles_pending",
+            "Bundles signed but not yet acknowledged",
+            labels=["status"],
+        )
+        for status in (BundleStatus.PENDING, BundleStatus.SENT):
+            pending.add_metric([status], ConfigBundle.objects.filter(status=status).count())
+        yield pending
+        machines = GaugeMetricFamily("portslice_machines", "Machines", labels=["state"])
+        for state, n in Machine.objects.values_list("state").annotate(n=Count("id")).order_by():
+            machines.add_metric([state], n)
+        yield machines
+
+    def _pools(self) -> Iterator[Metric]:
+        free = GaugeMetricFamily(
+            "portslice_pool_free_slots", "Slices a pool could still hand out", labels=["pool"]
+        )
+        unserved = GaugeMetricFamily(
+            "portslice_pool_unserved_machines",
+            "Active machines serving the pool without an active slice in it",
+            labels=["pool"],
+        )
+        needed = GaugeMetricFamily(
+            "portslice_pool_ips_needed",
+            "More IPs the pool needs to serve everyone",
+            labels=["pool"],
+        )
+        for row in pool_headroom():
+            free.add_metric([row.pool], row.free_slots)
+            unserved.add_metric([row.pool], row.unserved_machines)
+            needed.add_metric([row.pool], row.ips_needed)
+        yield from (free, unserved, needed)
+
+
+registry = CollectorRegistry(auto_describe=False)
+registry.register(PlannerCollector())
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    token = settings.METRICS_TOKEN
+    if token:
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return HttpResponse("metrics: bearer token required\n", status=401)
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
