@@ -253,7 +253,7 @@ def _slice(raw: object, index: int) -> BundleSlice:
 
 
 def _check_overlap(slices: tuple[BundleSlice, ...]) -> None:
-    ordered = sorted(slices, key=lambda s: (ipaddress.ip_address(s.ip), s.lo))
+    ordered = sorted(slices, key=lambda s: (s.ip, s.lo))  # ip is already normalized
     for before, after in zip(ordered, ordered[1:], strict=False):
         if before.ip == after.ip and after.lo <= before.hi:
             raise _reject(

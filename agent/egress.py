@@ -108,6 +108,7 @@ UDP_BUSY_TIMEOUT: Final = 1.0
 NETNS_RANGE_TTL: Final = 1.0
 
 _RANGE = struct.Struct("=I")
+_LINGER_ABORT = struct.pack("ii", 1, 0)
 _F_OFD_SETLK: Final = getattr(fcntl, "F_OFD_SETLK", 37)
 _FLOCK = struct.Struct("=hhqqi4x")
 
@@ -269,6 +270,9 @@ def connect_tcp(
         port = sock.getsockname()[1]
         if not lo <= port <= hi:
             _forget_netns_range()
+            # Abort rather than close: a RST ends it now instead of a FIN_WAIT/TIME_WAIT
+            # socket lingering on a port that belongs to another host.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
             raise RangeNotEnforced(
                 f"the kernel chose port {port} outside {_describe(source_ip, lo, hi)}; "
                 f"netns port range is {netns_port_range()}"

@@ -83,7 +83,7 @@ def stale_range_check(source_ip: str, lo: int, hi: int, dst: str, port: int) -> 
     # Nothing may be left connected outside the slice.
     with SockDiag() as diag:
         leftovers = diag.dump_sports(
-            family=socket.AF_INET, protocol=socket.IPPROTO_TCP, src=source_ip
+            family=socket.AF_INET, protocol=socket.IPPROTO_TCP, src=source_ip, dport=port
         )
     return {**outcome, "leftover_ports": leftovers}
 

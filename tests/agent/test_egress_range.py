@@ -1,0 +1,84 @@
+"""A slice outside the netns port range is widened or reported, never used outside the slice."""
+
+from __future__ import annotations
+
+import shutil
+
+from tests.agent.netns import EGRESS_V4, ORIGIN_PORT, ORIGINS_V4, Testbed, in_netns, run_worker
+from tests.support import need
+
+DEFAULT_RANGE = [32768, 60999]  # a new namespace's ip_local_port_range
+
+
+def test_a_slice_below_the_netns_range_is_refused_then_works_once_widened(
+    testbed: Testbed,
+) -> None:
+    result = run_worker(
+        testbed.host,
+        "widen_then_connect",
+        source_ip=EGRESS_V4,
+        lo=1024,
+        hi=1087,
+        dst=ORIGINS_V4[0],
+        port=ORIGIN_PORT,
+    )
+    assert result["before"] == {
+        "ports": [],
+        "error": "RangeNotEnforced",
+        "netns_range": DEFAULT_RANGE,
+    }
+    assert result["widened"] is True
+    assert result["after"]["netns_range"] == [1024, 60999]
+    assert result["after"]["error"] is None
+    assert 1024 <= result["after"]["ports"][0] <= 1087
+
+
+def test_a_slice_half_inside_the_netns_range_uses_only_the_overlap(testbed: Testbed) -> None:
+    result = run_worker(
+        testbed.host,
+        "tcp_connect",
+        source_ip=EGRESS_V4,
+        lo=32700,
+        hi=32799,
+        dst=ORIGINS_V4[0],
+        port=ORIGIN_PORT,
+        count=200,
+    )
+    assert sorted(result["ports"]) == list(range(32768, 32800))
+    assert result["error"] == "PortsExhausted"
+
+
+def test_the_range_is_reported_when_it_cannot_be_widened(testbed: Testbed) -> None:
+    need(shutil.which("unshare") is not None, "needs util-linux unshare")
+    # /proc/sys read-only, as in a container without CAP_NET_ADMIN over its netns.
+    script = (
+        "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && "
+        "exec python -c 'from agent import egress; import sys; "
+        "sys.exit(0 if egress.ensure_netns_port_range([(1024, 1087)]) is False else 1)'"
+    )
+    import subprocess
+
+    from tests.agent.netns import PYTHON, REPO, child_env
+
+    done = subprocess.run(
+        in_netns(testbed.host, "unshare", "-m", "--propagation", "private", "sh", "-c",
+                 script.replace("python", PYTHON)),
+        cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "cannot be widened" in done.stderr
+
+
+def test_a_range_narrowed_behind_the_cache_is_caught_after_connect(testbed: Testbed) -> None:
+    result = run_worker(
+        testbed.host,
+        "stale_range_check",
+        source_ip=EGRESS_V4,
+        lo=40000,
+        hi=40063,
+        dst=ORIGINS_V4[0],
+        port=ORIGIN_PORT,
+    )
+    assert result["error"] == "RangeNotEnforced"
+    assert "outside" in result["message"]
+    assert all(40000 <= port <= 40063 for port in result["leftover_ports"])
