@@ -1,0 +1,290 @@
+"""Make the kernel hold this host to its slices: the netns port range and an nftables guard.
+
+Two parts, each reported as ``on``, ``off`` (not managed here, with the reason)
+or ``failed`` (tried and could not):
+
+* **port range** — ``IP_LOCAL_PORT_RANGE`` only narrows the network namespace's
+  ``net.ipv4.ip_local_port_range``; a bound outside it is silently ignored
+  (DESIGN §2). Every live slice must lie inside the netns range, widened by
+  :func:`agent.egress.ensure_netns_port_range` when ``manage_port_range`` is on.
+  If it cannot be made to cover them the bundle is *not* applied.
+* **nftables** — a table of our own, ``inet portslice``, that drops egress TCP
+  and UDP from a shared IP (any IP of the bundle) whose source port lies
+  outside this host's live slices (active and draining), counting drops per
+  protocol and packets per slice in named counters. The table is replaced in
+  one ``nft -f`` transaction (``table`` + ``delete table`` + the definition):
+  the kernel applies all of it or none, so a failed apply leaves the previous
+  ruleset in place.
+
+Why the ``output`` hook and not ``postrouting``: the guard is for sockets of
+this host, and ``output`` sees every locally generated packet with its final
+source address (the route lookup that fills in an unbound socket's source runs
+before the hook). A drop there makes the offending ``sendto``/``connect`` fail
+with ``EPERM`` in the process that chose the wrong port, which is where the
+bug is. ``postrouting`` would also see forwarded traffic and packets after
+SNAT; catching containers masqueraded onto a shared IP would need that, but the
+NAT would also have to pin its ports to a slice (``snat to IP:lo-hi``), which
+is a separate, unsupported setup — and a guard on ``postrouting`` would drop a
+router's transit traffic to a shared IP's other owners' ports on gateways that
+also run an agent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from agent.bundle import Bundle, BundleSlice
+from agent.egress import ensure_netns_port_range, netns_port_range
+
+TABLE: Final = "portslice"
+FAMILY: Final = "inet"
+DROP_COUNTERS: Final = ("dropped_tcp", "dropped_udp")
+NFT_TIMEOUT: Final = 30.0
+
+ON: Final = "on"
+OFF: Final = "off"
+FAILED: Final = "failed"
+
+_CAP_NET_ADMIN: Final = 12
+_NAME_JUNK: Final = re.compile(r"[^A-Za-z0-9]")
+
+
+class EnforcementError(Exception):
+    """nft refused the ruleset (or could not be run); the previous ruleset stays."""
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One part of enforcement: ``state`` is on, off or failed; ``detail`` says why."""
+
+    state: str
+    detail: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"state": self.state, "detail": self.detail}
+
+
+@dataclass(frozen=True, slots=True)
+class Enforcement:
+    """What :func:`enforce` did for one bundle."""
+
+    serial: int
+    port_range: Part
+    nftables: Part
+
+    @property
+    def ok(self) -> bool:
+        """True unless a part failed: ``off`` (not managed, not possible here) is not a failure."""
+        return FAILED not in (self.port_range.state, self.nftables.state)
+
+    @property
+    def errors(self) -> str:
+        failed = [
+            f"{name}: {part.detail}"
+            for name, part in (("port_range", self.port_range), ("nftables", self.nftables))
+            if part.state == FAILED
+        ]
+        return "; ".join(failed)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "serial": self.serial,
+            "port_range": self.port_range.as_dict(),
+            "nftables": self.nftables.as_dict(),
+        }
+
+
+# --- the ruleset -----------------------------------------------------------------------------
+
+
+def live_slices(bundle: Bundle) -> tuple[BundleSlice, ...]:
+    """Slices whose ports are this host's: active and draining alike."""
+    return tuple(s for s in bundle.slices if s.state in ("active", "draining"))
+
+
+def counter_name(item: BundleSlice) -> str:
+    """``slice_198_51_100_7_40000_40063``: the named counter of one slice."""
+    return "slice_" + _NAME_JUNK.sub("_", f"{item.ip}_{item.lo}_{item.hi}")
+
+
+def _element(item: BundleSlice) -> str:
+    ports = str(item.lo) if item.lo == item.hi else f"{item.lo}-{item.hi}"
+    return f"{item.ip} . {ports}"
+
+
+def _elements(items: Iterable[str]) -> str:
+    listed = ", ".join(items)
+    return f" elements = {{ {listed} }};" if listed else ""
+
+
+def _family_block(version: int, slices: list[BundleSlice]) -> tuple[list[str], list[str]]:
+    """Sets/maps and rules of one IP version (``ip``/``ipv4_addr`` or ``ip6``/``ipv6_addr``)."""
+    v, addr_type, match = (4, "ipv4_addr", "ip") if version == 4 else (6, "ipv6_addr", "ip6")
+    shared = sorted({s.ip for s in slices})
+    allowed = ", ".join(_element(s) for s in slices)
+    counters = ", ".join(f'{_element(s)} : "{counter_name(s)}"' for s in slices)
+    definitions = [
+        f"set shared_v{v} {{ type {addr_type};{_elements(shared)} }}",
+        f"set allowed_v{v} {{ type {addr_type} . inet_service; flags interval;"
+        f"{_elements([allowed] if allowed else [])} }}",
+        f"map slice_counters_v{v} {{ type {addr_type} . inet_service : counter; flags interval;"
+        f"{_elements([counters] if counters else [])} }}",
+    ]
+    guard = f"{match} saddr @shared_v{v} meta l4proto {{ tcp, udp }}"
+    rules = [
+        f"{guard} {match} saddr . th sport != @allowed_v{v} "
+        "counter name meta l4proto map @dropped drop",
+        f"{guard} counter name {match} saddr . th sport map @slice_counters_v{v}",
+    ]
+    return definitions, rules
+
+
+def render_ruleset(bundle: Bundle) -> str:
+    """The ``nft -f`` script that replaces table ``inet portslice`` for ``bundle``, atomically."""
+    slices = sorted(live_slices(bundle), key=lambda s: (s.version, s.ip, s.lo))
+    lines = [
+        f"# portslice agent: bundle serial {bundle.serial}, revision {bundle.revision}",
+        f"table {FAMILY} {TABLE}",
+        f"delete table {FAMILY} {TABLE}",
+        f"table {FAMILY} {TABLE} {{",
+    ]
+    lines += [f"\tcounter {name} {{ }}" for name in DROP_COUNTERS]
+    lines += [f"\tcounter {counter_name(s)} {{ }}" for s in slices]
+    lines.append(
+        '\tmap dropped { type inet_proto : counter; elements = { tcp : "dropped_tcp", '
+        'udp : "dropped_udp" }; }'
+    )
+    rules: list[str] = []
+    for version in (4, 6):
+        definitions, family_rules = _family_block(
+            version, [s for s in slices if s.version == version]
+        )
+        lines += [f"\t{line}" for line in definitions]
+        rules += family_rules
+    lines.append("\tchain egress {")
+    lines.append("\t\ttype filter hook output priority filter; policy accept;")
+    lines += [f"\t\t{rule}" for rule in rules]
+    lines += ["\t}", "}", ""]
+    return "\n".join(lines)
+
+
+# --- nft ---------------------------------------------------------------------------------------
+
+
+def nft_unavailable() -> str | None:
+    """Why nft cannot be used here, or ``None`` if it can (binary found, CAP_NET_ADMIN held)."""
+    if shutil.which("nft") is None:
+        return "the nft command is not installed"
+    if not _has_net_admin():
+        return "the agent lacks CAP_NET_ADMIN (run it as root)"
+    return None
+
+
+def _has_net_admin() -> bool:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> _CAP_NET_ADMIN & 1)
+    except OSError:
+        pass
+    return os.geteuid() == 0
+
+
+def _nft(*args: str, script: str | None = None) -> str:
+    try:
+        result = subprocess.run(
+            ["nft", *args],
+            input=script,
+            capture_output=True,
+            text=True,
+            timeout=NFT_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise EnforcementError(f"nft {' '.join(args)}: {error}") from None
+    if result.returncode != 0:
+        message = result.stderr.strip() or f"exit status {result.returncode}"
+        raise EnforcementError(f"nft {' '.join(args)}: {message}")
+    return result.stdout
+
+
+def apply_ruleset(text: str) -> None:
+    """Load an ``nft -f`` script in one transaction; :class:`EnforcementError` if refused."""
+    _nft("-f", "-", script=text)
+
+
+def remove_ruleset() -> None:
+    """Delete table ``inet portslice`` if it exists (in one transaction, so never half)."""
+    _nft("-f", "-", script=f"table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n")
+
+
+def table_present() -> bool:
+    try:
+        _nft("list", "table", FAMILY, TABLE)
+    except EnforcementError:
+        return False
+    return True
+
+
+def read_counters() -> dict[str, tuple[int, int]]:
+    """``{counter name: (packets, bytes)}`` of table ``inet portslice``; empty if it is absent."""
+    try:
+        output = _nft("-j", "list", "counters", "table", FAMILY, TABLE)
+    except EnforcementError:
+        return {}
+    counters: dict[str, tuple[int, int]] = {}
+    for item in json.loads(output).get("nftables", []):
+        counter = item.get("counter")
+        if counter and counter.get("table") == TABLE:
+            counters[counter["name"]] = (int(counter["packets"]), int(counter["bytes"]))
+    return counters
+
+
+# --- enforcement --------------------------------------------------------------------------------
+
+
+def _port_range_part(bundle: Bundle, *, manage: bool) -> Part:
+    ranges = [(s.lo, s.hi) for s in live_slices(bundle)]
+    if not ranges:
+        return Part(ON, "no live slices")
+    need = f"{min(lo for lo, _ in ranges)}-{max(hi for _, hi in ranges)}"
+    if manage and ensure_netns_port_range(ranges):
+        low, high = netns_port_range()
+        return Part(ON, f"netns port range {low}-{high} covers the slices ({need})")
+    low, high = netns_port_range()
+    if low <= min(lo for lo, _ in ranges) and max(hi for _, hi in ranges) <= high:
+        return Part(ON, f"netns port range {low}-{high} covers the slices ({need})")
+    why = "could not be widened (see the agent log)" if manage else "manage_port_range is off"
+    return Part(FAILED, f"netns port range {low}-{high} does not cover slices {need}; {why}")
+
+
+def _nftables_part(bundle: Bundle, *, manage: bool) -> Part:
+    if not manage:
+        return Part(OFF, "manage_nftables is off")
+    reason = nft_unavailable()
+    if reason is not None:
+        return Part(OFF, reason)
+    try:
+        apply_ruleset(render_ruleset(bundle))
+    except EnforcementError as error:
+        return Part(FAILED, f"previous ruleset kept: {error}")
+    count = len(live_slices(bundle))
+    return Part(ON, f"table {FAMILY} {TABLE} guards {count} slices")
+
+
+def enforce(bundle: Bundle, *, manage_port_range: bool, manage_nftables: bool) -> Enforcement:
+    """Bring the port range and the nftables guard in line with ``bundle``; never raises for
+    what the host refuses, it reports it."""
+    port_range = _port_range_part(bundle, manage=manage_port_range)
+    if port_range.state == FAILED:
+        # Guarding slices the kernel cannot honour would block this host's egress outright.
+        return Enforcement(bundle.serial, port_range, Part(OFF, "not applied: port range failed"))
+    return Enforcement(bundle.serial, port_range, _nftables_part(bundle, manage=manage_nftables))
