@@ -16,17 +16,17 @@ or ``failed`` (tried and could not):
   the kernel applies all of it or none, so a failed apply leaves the previous
   ruleset in place.
 
-Why the ``output`` hook and not ``postrouting``: the guard is for sockets of
-this host, and ``output`` sees every locally generated packet with its final
-source address (the route lookup that fills in an unbound socket's source runs
+Why the ``output`` hook and not ``postrouting``: the guard is for this host's
+own sockets, and ``output`` sees every locally generated packet with its final
+source address (the route lookup that picks an unbound socket's source runs
 before the hook). A drop there makes the offending ``sendto``/``connect`` fail
-with ``EPERM`` in the process that chose the wrong port, which is where the
-bug is. ``postrouting`` would also see forwarded traffic and packets after
-SNAT; catching containers masqueraded onto a shared IP would need that, but the
-NAT would also have to pin its ports to a slice (``snat to IP:lo-hi``), which
-is a separate, unsupported setup — and a guard on ``postrouting`` would drop a
-router's transit traffic to a shared IP's other owners' ports on gateways that
-also run an agent.
+with ``EPERM`` in the process that chose the wrong port, which is where the bug
+is. ``postrouting`` would also see forwarded packets: on a host that routes for
+others (a gateway, a hypervisor) it would drop the *other* owners' egress from
+the same shared IP, whose ports are by design outside this host's slices. It
+would also see packets after SNAT, which only matters if containers are
+masqueraded onto a shared IP — that needs ``snat to IP:lo-hi`` pinned to a
+slice, a separate setup the agent does not manage.
 """
 
 from __future__ import annotations
@@ -255,15 +255,16 @@ def _port_range_part(bundle: Bundle, *, manage: bool) -> Part:
     ranges = [(s.lo, s.hi) for s in live_slices(bundle)]
     if not ranges:
         return Part(ON, "no live slices")
-    need = f"{min(lo for lo, _ in ranges)}-{max(hi for _, hi in ranges)}"
-    if manage and ensure_netns_port_range(ranges):
-        low, high = netns_port_range()
-        return Part(ON, f"netns port range {low}-{high} covers the slices ({need})")
+    need_lo, need_hi = min(lo for lo, _ in ranges), max(hi for _, hi in ranges)
+    if manage:
+        ensure_netns_port_range(ranges)  # logs why when it cannot widen
     low, high = netns_port_range()
-    if low <= min(lo for lo, _ in ranges) and max(hi for _, hi in ranges) <= high:
-        return Part(ON, f"netns port range {low}-{high} covers the slices ({need})")
+    if low <= need_lo and need_hi <= high:
+        return Part(ON, f"netns port range {low}-{high} covers the slices ({need_lo}-{need_hi})")
     why = "could not be widened (see the agent log)" if manage else "manage_port_range is off"
-    return Part(FAILED, f"netns port range {low}-{high} does not cover slices {need}; {why}")
+    return Part(
+        FAILED, f"netns port range {low}-{high} does not cover slices {need_lo}-{need_hi}; {why}"
+    )
 
 
 def _nftables_part(bundle: Bundle, *, manage: bool) -> Part:

@@ -218,7 +218,7 @@ class Agent:
         if not enforcement.ok:
             log.error("bundle serial %s not applied: %s", bundle.serial, enforcement.errors)
             if previous is not None and previous.serial != bundle.serial:
-                self.store.save(previous)
+                self._restore(previous)
             return self._ack(
                 bundle,
                 FAILED,
@@ -231,6 +231,13 @@ class Agent:
         self._floor = max(self._floor, bundle.serial)
         log.info("bundle serial %s applied: %s", bundle.serial, enforcement.as_dict())
         return self._ack(bundle, APPLIED, now=now)
+
+    def _restore(self, previous: Bundle) -> None:
+        try:
+            self.store.save(previous)
+        except OSError as error:
+            # A restart would then enforce the new bundle, or fail the same way and say so.
+            log.error("cannot restore bundle serial %s in the store: %s", previous.serial, error)
 
     def _enforce(self, bundle: Bundle) -> Enforcement:
         enforcement = enforce(
