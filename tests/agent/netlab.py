@@ -1,17 +1,13 @@
-"""A two-namespace network for agent tests, and a relay that lets a namespace reach Redis.
+"""Agent processes in network namespaces, and a relay that lets a namespace reach Redis.
 
-``netns_pair()`` builds::
-
-    [ psh<id> : "host" ]  veth  [ psp<id> : "peer" ]
-      198.51.100.7/24               198.51.100.1/24
-      2001:db8::7/64                2001:db8::1/64
-
-The host side is where the agent (or a probe) runs: 198.51.100.7 plays the
-shared egress IP. The peer side runs :data:`PEER_SERVER`, which logs every TCP
-connection and UDP datagram it receives. Everything runs in subprocesses
-(``ip netns exec``), never by ``setns`` in the test process; leaving the
-context kills every process started through :meth:`Netns.spawn` and deletes
-both namespaces (and with them their veths and nftables tables).
+The namespaces are :class:`tests.agent.netns.Testbed`'s: ``host`` has the
+shared egress IPs (198.51.100.7, 2001:db8::7), ``origin`` (here "peer") the
+destinations (203.0.113.1, 2001:db8:1::1). On top of it this module adds what
+the agent's tests need: :class:`Netns` runs commands and long-lived processes
+(with a log file, stopped by SIGTERM so Celery shuts down cleanly) in one
+namespace; :data:`PEER_SERVER` logs every TCP connection and UDP datagram the
+peer receives. Leaving :func:`netns_pair` stops every process and deletes both
+namespaces (and with them their veths and nftables tables).
 
 Redis listens on 127.0.0.1 of the root namespace only, which a process in
 another namespace cannot reach; :class:`UnixRelay` forwards a Unix socket (the
@@ -23,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -35,13 +30,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from tests.agent.netns import EGRESS_V4, EGRESS_V6, ORIGINS_V4, ORIGINS_V6, Testbed
+
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 
-SHARED_V4 = "198.51.100.7"
-PEER_V4 = "198.51.100.1"
-SHARED_V6 = "2001:db8::7"
-PEER_V6 = "2001:db8::1"
+SHARED_V4 = EGRESS_V4
+SHARED_V6 = EGRESS_V6
+PEER_V4 = ORIGINS_V4[0]
+PEER_V6 = ORIGINS_V6[0]
 PEER_PORT = 9000
 
 # Logs "<proto> <peer ip> <peer port>" for each TCP connection or UDP datagram.
@@ -150,32 +147,18 @@ def have_command(name: str) -> bool:
     return shutil.which(name) is not None
 
 
-def _ip(*args: str, check: bool = True) -> None:
-    subprocess.run(["ip", *args], check=check, capture_output=True)
-
-
 @contextlib.contextmanager
 def netns_pair() -> Iterator[tuple[Netns, Netns]]:
-    suffix = secrets.token_hex(3)
-    host, peer = Netns(f"psh{suffix}"), Netns(f"psp{suffix}")
+    """``(host, peer)`` namespaces of a fresh :class:`Testbed`, removed on exit."""
+    bed = Testbed()
+    host, peer = Netns(bed.host), Netns(bed.origin)
     try:
-        for ns in (host, peer):
-            _ip("netns", "add", ns.name)
-            _ip("-n", ns.name, "link", "set", "lo", "up")
-        _ip("link", "add", f"psv{suffix}", "netns", host.name, "type", "veth", "peer",
-            "name", f"psw{suffix}", "netns", peer.name)  # fmt: skip
-        for ns, link, v4, v6 in (
-            (host, f"psv{suffix}", SHARED_V4, SHARED_V6),
-            (peer, f"psw{suffix}", PEER_V4, PEER_V6),
-        ):
-            _ip("-n", ns.name, "addr", "add", f"{v4}/24", "dev", link)
-            _ip("-n", ns.name, "-6", "addr", "add", f"{v6}/64", "dev", link, "nodad")
-            _ip("-n", ns.name, "link", "set", link, "up")
+        bed.build()
         yield host, peer
     finally:
         for ns in (host, peer):
             ns.stop_processes()
-            _ip("netns", "del", ns.name, check=False)
+        bed.teardown()
 
 
 def start_peer_server(peer: Netns, log: Path, port: int = PEER_PORT) -> None:
