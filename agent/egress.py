@@ -21,47 +21,57 @@ Two caveats the code handles:
 UDP (:func:`connect_udp`) is done in user space because the kernel does not
 detect UDP 4-tuple conflicts (DESIGN §2): two sockets bound with
 ``SO_REUSEADDR`` and connected to the same destination from the same port both
-succeed, and the newer one silently takes the traffic. The protocol, for a
-candidate port P of the slice toward destination D:
+succeed, and the newer one silently takes the traffic. For a candidate port P of
+the slice toward destination D there are two ways to claim it:
 
-1. Take the *port mutex* for (netns, source IP, P) — a non-blocking OFD
-   byte-range lock (``F_OFD_SETLK``) on one lock file per network namespace. If
-   another process or thread holds it, P is *busy*: skip it for now.
-2. Ask the kernel whether a socket is connected from (IP, P) to D: one sock_diag
-   exact lookup (:class:`agent.sockdiag.UdpTupleQuery`, ~3 µs). If so, P is taken.
-3. ``bind((IP, P))`` with ``SO_REUSEADDR=1`` (so the port stays shared with the
-   sockets talking to other destinations), then ``SO_REUSEADDR=0``, ``connect(D)``,
-   ``SO_REUSEADDR=1``; release the mutex. ``EADDRINUSE`` at bind means a socket
-   outside this protocol holds P exclusively: P is taken.
+* **Exclusive (fast path).** ``bind((IP, P))`` *without* ``SO_REUSEADDR``. The
+  kernel lets that bind succeed only if no socket at all holds (IP, P), and while
+  our socket has ``SO_REUSEADDR=0`` every other bind of (IP, P) fails — so after
+  ``connect(D)`` our 4-tuple is unique with no lookup and no lock. Then
+  ``SO_REUSEADDR=1``, so that later sockets to other destinations can share P.
+  ``EADDRINUSE`` means P has sockets (to D or elsewhere): use the shared path.
+* **Shared.** (1) Take the *port mutex* for (netns, IP, P): a non-blocking OFD
+  byte-range lock (``F_OFD_SETLK``) on one lock file per network namespace; if
+  another process or thread holds it, P is busy, skip it for now. (2) With
+  ``SO_REUSEADDR=1`` ``bind((IP, P))``, then ``SO_REUSEADDR=0`` (Cloudflare's
+  connectx lock). (3) Ask the kernel whether a socket is connected from (IP, P)
+  to D: one sock_diag exact lookup (:class:`agent.sockdiag.UdpTupleQuery`). If
+  so, P is taken. (4) ``connect(D)``, ``SO_REUSEADDR=1``, release the mutex.
 
-Why it is race-free among processes using this module: steps 2 and 3 for a
-given (IP, P) happen under the mutex, so they are serialized; every socket that
-connected to D from P before we looked is seen by the lookup, and none can
-connect after we looked until we have connected (it would need the mutex). The
-OFD lock is released by the kernel when its file is closed, including when the
-process dies, so a crash never leaves a port locked.
+Why this is race-free among processes using this module: shared claims of one
+(IP, P) are serialized by the mutex, and each looks up *after* binding. A socket
+that connected to D from P before our bind is seen by the lookup. One that
+comes later must bind P after us: an exclusive bind fails because our socket
+exists, a shared one waits for the mutex, which we release only once connected
+(where its lookup sees us). An exclusive socket mid-connect has
+``SO_REUSEADDR=0``, so our shared bind fails rather than join it. The OFD lock is
+released by the kernel when its file is closed, including when the process
+dies, so a crash never leaves a port locked.
 
-Why a mutex and not only Cloudflare's ``SO_REUSEADDR=0`` lock: that lock
-(bind with ``SO_REUSEADDR=1``, then turn it off so later binds of P fail) leaves
-a window between ``bind`` and the ``setsockopt`` in which a second process can
-bind P too; both then hold the "lock", both look up, neither sees the other
-(neither is connected yet), both connect. A preemption between the two calls
-stretches the window to milliseconds. We keep the ``SO_REUSEADDR=0`` step so
-that processes following Cloudflare's connectx convention fail to bind P while
-we are mid-connect. Sockets that bind with ``SO_REUSEADDR`` and follow neither
-convention can always collide; nothing in user space can prevent that.
+Why a mutex and not only the ``SO_REUSEADDR=0`` lock: that lock (bind with
+``SO_REUSEADDR=1``, then turn it off so later binds of P fail) leaves a window
+between ``bind`` and the ``setsockopt`` in which a second process can bind P
+too; both then hold the "lock", both look up, neither sees the other (neither is
+connected yet), both connect. A preemption between the two calls stretches the
+window to milliseconds (tests/agent/test_egress_udp.py steps through it). We keep the ``SO_REUSEADDR=0`` step so that
+processes following Cloudflare's convention fail to bind P while we connect.
+Sockets that bind with ``SO_REUSEADDR`` and follow neither convention can
+always collide; nothing in user space can prevent that. Sockets of the other
+address family (IPv4-mapped IPv6) are not considered.
 
-Choosing P: first a few random ports of the slice, each tried as above — at low
-and medium occupancy the first or second is free, and a taken port costs one
-lookup and one lock, no socket. If those all fail the slice is crowded: one
-sock_diag dump filtered in the kernel (source IP, slice, connected to D) gives
-the taken set, and the free ports are tried in random order. Ports found busy
-(another process mid-connect on them) are retried after a short back-off, so
+Choosing P: random ports of the slice — two exclusive tries, then shared ones,
+each preceded by a lock-free lookup that skips taken ports for the cost of one
+netlink round trip. At low and medium occupancy that ends within a try or two.
+If ``UDP_RANDOM_PROBES`` tries fail the slice is crowded: one sock_diag dump
+filtered in the kernel (source IP, slice, connected to D) gives the taken set
+and the other ports are tried in turn from a random start. Ports found busy
+(another process mid-claim) are retried after a short back-off, so
 :class:`PortsExhausted` means every port of the slice is connected to D.
-Measured (bench/bench_egress.py, docs/benchmarks.md): a dump costs at least
-15 µs of kernel walk over the UDP hash table plus ~0.2 µs per socket returned,
-so at 50 % occupancy the random probes beat it; per-port probing alone (what
-Cloudflare does) degrades linearly as the slice fills, the dump does not.
+Why not dump first, as the design suggested: a dump walks the whole UDP hash
+table (16,384 slots here) whatever the filter, about 15 µs before the first
+socket, plus ~0.2 µs per socket returned; it loses to a few lookups until the
+slice is nearly full (bench/bench_egress.py measures all three ways; figures in
+docs/benchmarks.md).
 
 The lock file lives in ``$PORTSLICE_RUN_DIR`` (default ``/run/portslice``,
 created mode 1777, lock files 0666): every process of a network namespace that
@@ -89,7 +99,7 @@ from typing import Final, Literal
 from joserfc.jwk import OKPKey
 
 from agent.bundle import Bundle, BundleSlice, decode_unverified
-from agent.sockdiag import TCP_ESTABLISHED, SockDiag, UdpTupleQuery, family_of
+from agent.sockdiag import TCP_ESTABLISHED, SockDiag, family_of
 from agent.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -100,10 +110,14 @@ PORT_RANGE_SYSCTL: Final = Path("/proc/sys/net/ipv4/ip_local_port_range")
 RUN_DIR_ENV: Final = "PORTSLICE_RUN_DIR"
 DEFAULT_RUN_DIR: Final = "/run/portslice"
 
-#: Random ports tried before a dump of the slice.
-UDP_RANDOM_PROBES: Final = 8
+#: Random ports tried before a dump of the slice (a dump costs about ten lookups).
+UDP_RANDOM_PROBES: Final = 32
+#: Of those, how many try an exclusive bind first (the fast path, see the docstring).
+UDP_EXCLUSIVE_TRIES: Final = 2
 #: How long to keep retrying ports other processes are mid-connect on.
 UDP_BUSY_TIMEOUT: Final = 1.0
+#: Dump rounds for ports held exclusively (usually a fast-path connect in progress).
+UDP_IN_USE_ROUNDS: Final = 3
 #: How long a read of the netns port range is trusted.
 NETNS_RANGE_TTL: Final = 1.0
 
@@ -147,7 +161,7 @@ class EgressError(Exception):
 
 # --- the netns port range -------------------------------------------------------------
 
-_netns_range: tuple[float, tuple[int, int]] | None = None
+_netns_range: tuple[float, int, int] | None = None
 
 
 def netns_port_range() -> tuple[int, int]:
@@ -156,12 +170,14 @@ def netns_port_range() -> tuple[int, int]:
     return int(low), int(high)
 
 
-def _cached_netns_range() -> tuple[int, int]:
+def _cached_netns_range() -> tuple[float, int, int]:
+    """(expires, low, high): the netns range as read at most NETNS_RANGE_TTL ago."""
     global _netns_range
-    now = time.monotonic()
-    if _netns_range is None or now - _netns_range[0] > NETNS_RANGE_TTL:
-        _netns_range = (now, netns_port_range())
-    return _netns_range[1]
+    cached = _netns_range
+    if cached is None or time.monotonic() > cached[0]:
+        low, high = netns_port_range()
+        cached = _netns_range = (time.monotonic() + NETNS_RANGE_TTL, low, high)
+    return cached
 
 
 def _forget_netns_range() -> None:
@@ -235,7 +251,7 @@ def _describe(source_ip: str, lo: int, hi: int) -> str:
 
 
 def _check_enforceable(source_ip: str, lo: int, hi: int) -> None:
-    low, high = _cached_netns_range()
+    _, low, high = _cached_netns_range()
     if hi < low or lo > high:
         raise RangeNotEnforced(
             f"slice {_describe(source_ip, lo, hi)} lies outside the netns port range "
@@ -257,8 +273,11 @@ def connect_tcp(
     lo, hi = port_range
     packed = _packed_range(lo, hi)
     family = _family(source_ip)
-    _check_destination(dst, family)
-    _check_enforceable(source_ip, lo, hi)
+    if _family(dst[0]) != family:
+        _check_destination(dst, family)
+    netns = _netns_range
+    if netns is None or time.monotonic() > netns[0] or hi < netns[1] or lo > netns[2]:
+        _check_enforceable(source_ip, lo, hi)  # the slow path, inlined above for speed
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
@@ -355,7 +374,7 @@ class _ThreadState(threading.local):
     locks: _PortLocks | None = None
 
     def __init__(self) -> None:
-        self.queries: dict[tuple[str, str, int], UdpTupleQuery] = {}
+        self.targets: dict[tuple[str, str, int], _UdpTarget] = {}
 
 
 _local = _ThreadState()
@@ -383,7 +402,7 @@ def forget_thread_state() -> None:
         if resource is not None:
             resource.close()
     state.diag = state.locks = None
-    state.queries.clear()
+    state.targets.clear()
     state.pid = -1
     _forget_netns_range()
 
@@ -394,90 +413,153 @@ def _lock_base(source_ip: str) -> int:
     return zlib.crc32(ipaddress.ip_address(source_ip).packed) << 16
 
 
-_QUERY_CACHE_SIZE: Final = 1024
+_CLAIMED, _TAKEN, _BUSY, _IN_USE = "claimed", "taken", "busy", "in use"
 
 
-def _query(diag: SockDiag, source_ip: str, dst: tuple[str, int]) -> UdpTupleQuery:
-    """This thread's prepared lookup for (source, destination); building one costs µs."""
-    queries = _local.queries
+class _UdpTarget:
+    """What one thread needs to claim ports of ``source_ip`` toward ``dst``: cached."""
+
+    def __init__(self, diag: SockDiag, source_ip: str, dst: tuple[str, int]) -> None:
+        self.family = _family(source_ip)
+        self.source_ip = source_ip
+        self.dst = dst
+        self.query = diag.udp_tuple_query(src=source_ip, dst=dst[0], dport=dst[1])
+        self.lock_base = _lock_base(source_ip)
+
+
+_TARGET_CACHE_SIZE: Final = 1024
+
+
+def _target(source_ip: str, dst: tuple[str, int]) -> _UdpTarget:
+    diag, _ = _thread_state()
+    targets = _local.targets
     key = (source_ip, dst[0], dst[1])
-    query = queries.get(key)
-    if query is None:
-        if len(queries) >= _QUERY_CACHE_SIZE:
-            queries.clear()
-        query = queries[key] = diag.udp_tuple_query(src=source_ip, dst=dst[0], dport=dst[1])
-    return query
-
-
-_CLAIMED, _TAKEN, _BUSY = "claimed", "taken", "busy"
+    target = targets.get(key)
+    if target is None:
+        if len(targets) >= _TARGET_CACHE_SIZE:
+            targets.clear()
+        target = targets[key] = _UdpTarget(diag, source_ip, dst)
+    return target
 
 
 class _UdpClaim:
-    """Steps 1-3 of the module docstring for one socket, one destination, any port."""
+    """One connect_udp call: its socket (replaced when a bound one must be dropped)."""
 
-    def __init__(self, sock: socket.socket, source_ip: str, dst: tuple[str, int]) -> None:
-        diag, self.locks = _thread_state()
-        self.sock = sock
-        self.source_ip = source_ip
-        self.dst = dst
-        self.query = _query(diag, source_ip, dst)
-        self.lock_base = _lock_base(source_ip)
+    def __init__(self, target: _UdpTarget) -> None:
+        self.target = target
+        self.sock = socket.socket(target.family, socket.SOCK_DGRAM)
+        self.reuse = False
 
-    def claim(self, port: int) -> str:
-        offset = self.lock_base | port
-        if not self.locks.try_lock(offset):
+    def close(self) -> None:
+        self.sock.close()
+
+    def exclusive(self, port: int) -> str:
+        """Fast path: bind without SO_REUSEADDR, which succeeds only if no socket at all
+        holds (IP, port) and keeps every other bind out until we connect — no lock,
+        no lookup needed. ``_IN_USE`` if the port has sockets (free toward dst or not)."""
+        try:
+            self.sock.bind((self.target.source_ip, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return _IN_USE
+            raise
+        self.sock.connect(self.target.dst)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        return _CLAIMED
+
+    def shared(self, port: int) -> str:
+        """Shared path, steps 1-3 of the module docstring, for a port others also use."""
+        target = self.target
+        locks = _local.locks
+        assert locks is not None
+        offset = target.lock_base | port
+        if not locks.try_lock(offset):
             return _BUSY
         try:
-            if self.query.held(port):
-                return _TAKEN
-            try:
-                self.sock.bind((self.source_ip, port))
-            except OSError as error:
-                if error.errno == errno.EADDRINUSE:
-                    return _TAKEN
-                raise
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
-            self.sock.connect(self.dst)
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            return _CLAIMED
+            return self._shared_locked(port)
         finally:
-            self.locks.unlock(offset)
+            locks.unlock(offset)
+
+    def _shared_locked(self, port: int) -> str:
+        target, sock = self.target, self.sock
+        if not self.reuse:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.reuse = True
+        try:
+            sock.bind((target.source_ip, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return _IN_USE  # an exclusive (fast-path or foreign) socket holds it
+            raise
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        # Looked up only now, bound: a fast-path socket that connected before our bind
+        # is seen here, and none can bind after us until we connect.
+        if target.query.held(port):
+            self._replace_socket()
+            return _TAKEN
+        sock.connect(target.dst)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        return _CLAIMED
+
+    def _replace_socket(self) -> None:
+        self.sock.close()
+        self.sock = socket.socket(self.target.family, socket.SOCK_DGRAM)
+        self.reuse = False
+
+
+def _random_port(lo: int, hi: int) -> int:
+    return lo + int(random.random() * (hi - lo + 1))
 
 
 def _claim_random(claim: _UdpClaim, lo: int, hi: int) -> bool:
-    return any(claim.claim(random.randint(lo, hi)) == _CLAIMED for _ in range(UDP_RANDOM_PROBES))
+    """A few random ports: exclusively first, then shared with a lock-free lookup first."""
+    query = claim.target.query
+    for attempt in range(UDP_RANDOM_PROBES):
+        port = _random_port(lo, hi)
+        if attempt < UDP_EXCLUSIVE_TRIES:
+            if claim.exclusive(port) == _CLAIMED:
+                return True
+        elif not query.held(port) and claim.shared(port) == _CLAIMED:
+            return True
+    return False
 
 
 def _claim_free(claim: _UdpClaim, lo: int, hi: int) -> bool:
-    """Try every port not connected to the destination; retry busy ones for a while."""
+    """Try every port not connected to the destination; retry contended ones a while."""
     diag, _ = _thread_state()
-    family = family_of(claim.source_ip)
+    target = claim.target
     deadline = time.monotonic() + UDP_BUSY_TIMEOUT
     backoff = 0.0002
-    while True:
+    for round_ in range(1_000_000):
         taken = set(
             diag.dump_sports(
-                family=family,
+                family=target.family,
                 protocol=socket.IPPROTO_UDP,
                 states=1 << TCP_ESTABLISHED,
-                src=claim.source_ip,
+                src=target.source_ip,
                 sport_range=(lo, hi),
-                dst=claim.dst[0],
-                dport=claim.dst[1],
+                dst=target.dst[0],
+                dport=target.dst[1],
             )
         )
         free = [port for port in range(lo, hi + 1) if port not in taken]
-        random.shuffle(free)
-        busy = False
-        for port in free:
-            outcome = claim.claim(port)
+        start = random.randrange(len(free)) if free else 0  # cheaper than a shuffle
+        busy = in_use = False
+        for port in free[start:] + free[:start]:
+            outcome = claim.shared(port)
             if outcome == _CLAIMED:
                 return True
             busy = busy or outcome == _BUSY
-        if not busy or time.monotonic() > deadline:
+            in_use = in_use or outcome == _IN_USE
+        # A busy port is another process mid-connect; an in-use one may be a fast-path
+        # socket mid-connect (resolved within microseconds) or a foreign exclusive
+        # socket (never), hence only a few rounds for those.
+        retry = busy or (in_use and round_ < UDP_IN_USE_ROUNDS)
+        if not retry or time.monotonic() > deadline:
             return False
         time.sleep(backoff)
         backoff = min(backoff * 2, 0.01)
+    return False
 
 
 def connect_udp(dst: Address, *, source_ip: str, port_range: tuple[int, int]) -> socket.socket:
@@ -489,23 +571,19 @@ def connect_udp(dst: Address, *, source_ip: str, port_range: tuple[int, int]) ->
     """
     lo, hi = port_range
     _packed_range(lo, hi)
-    family = _family(source_ip)
-    _check_destination(dst, family)
-    destination = (dst[0], dst[1])
-    sock = socket.socket(family, socket.SOCK_DGRAM)
+    if _family(dst[0]) != _family(source_ip):
+        _check_destination(dst, _family(source_ip))
+    claim = _UdpClaim(_target(source_ip, (dst[0], dst[1])))
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        claim = _UdpClaim(sock, source_ip, destination)
         if _claim_random(claim, lo, hi) or _claim_free(claim, lo, hi):
-            return sock
+            return claim.sock
         raise PortsExhausted(
-            f"every port of {_describe(source_ip, lo, hi)} is connected to "
-            f"{destination[0]}:{destination[1]}",
+            f"every port of {_describe(source_ip, lo, hi)} is connected to {dst[0]}:{dst[1]}",
             source_ip=source_ip,
             port_range=(lo, hi),
         )
     except BaseException:
-        sock.close()
+        claim.close()
         raise
 
 

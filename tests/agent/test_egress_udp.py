@@ -6,6 +6,8 @@ import json
 import time
 from collections import Counter
 
+import pytest
+
 from tests.agent.netns import (
     EGRESS_V4,
     EGRESS_V6,
@@ -20,34 +22,43 @@ PROCESSES = 8
 DNS = 53
 
 
-def test_it_gives_8_racing_processes_256_distinct_4_tuples_then_exhausts(
-    testbed: Testbed,
-) -> None:
-    args = json.dumps(
-        {"source_ip": EGRESS_V4, "lo": LO, "hi": HI, "dst": ORIGINS_V4[0], "port": DNS}
-    )
+def start_holders(testbed: Testbed, count: int, dst: str) -> list:
+    args = json.dumps({"source_ip": EGRESS_V4, "lo": LO, "hi": HI, "dst": dst, "port": DNS})
     workers = [
         testbed.spawn(testbed.host, "-m", "tests.agent.workers", "udp_hold", args)
-        for _ in range(PROCESSES)
+        for _ in range(count)
     ]
-    time.sleep(0.5)  # let every worker import and block on its "go"
     for worker in workers:
-        assert worker.stdin is not None
-        worker.stdin.write("go\n")
+        assert worker.stdout.readline() == "ready\n", worker.stderr.read()
+    start_at = time.time() + 0.2
+    for worker in workers:
+        worker.stdin.write(f"go {start_at}\n")
         worker.stdin.flush()
     reports = []
     for worker in workers:
-        assert worker.stdout is not None
         line = worker.stdout.readline()
-        assert line, worker.stderr.read() if worker.stderr else "worker died"
+        assert line, worker.stderr.read()
         reports.append(json.loads(line))
+    return reports
+
+
+@pytest.mark.parametrize("ports_shared", [False, True], ids=["fresh-ports", "shared-ports"])
+def test_it_gives_8_racing_processes_256_distinct_4_tuples_then_exhausts(
+    testbed: Testbed, ports_shared: bool
+) -> None:
+    if ports_shared:
+        # Every port already talks to another origin: no exclusive bind can succeed,
+        # so every claim takes the locked, shared path.
+        start_holders(testbed, 1, ORIGINS_V4[1])
+    reports = start_holders(testbed, PROCESSES, ORIGINS_V4[0])
 
     # While every worker still holds its sockets, ask the kernel what exists.
     sockets = run_worker(testbed.host, "udp_dump", source_ip=EGRESS_V4)["sockets"]
-    tuples = Counter(tuple(s) for s in sockets)
+    tuples = Counter(tuple(s) for s in sockets if s[1] == ORIGINS_V4[0])
     assert max(tuples.values()) == 1, [t for t, n in tuples.items() if n > 1]
     assert len(tuples) == HI - LO + 1
-    assert all(LO <= sport <= HI and dst == ORIGINS_V4[0] for sport, dst, _ in tuples)
+    assert all(LO <= sport <= HI for sport, _, _ in tuples)
+    assert len(sockets) == (HI - LO + 1) * (2 if ports_shared else 1)
 
     claimed = [port for report in reports for port in report["ports"]]
     assert len(claimed) == HI - LO + 1 == len(set(claimed))
@@ -84,3 +95,33 @@ def test_it_works_over_ipv6(testbed: Testbed) -> None:
     pairs = [tuple(p) for p in result["pairs"]]
     assert len(pairs) == len(set(pairs)) == 32
     assert {sport for sport, _ in pairs} == set(range(LO, LO + 16))
+
+
+def test_the_reuseaddr_lock_alone_lets_two_sockets_share_a_4_tuple(testbed: Testbed) -> None:
+    # Why connect_udp adds a mutex: both sockets bind before either turns
+    # SO_REUSEADDR off, neither lookup sees a connected socket, both connect.
+    result = run_worker(
+        testbed.host, "reuseaddr_lock_race", source_ip=EGRESS_V4, port=LO, dst=ORIGINS_V4[0]
+    )
+    assert result["lookups_saw_a_connected_socket"] == [False, False]
+    first, second = result["tuples"]
+    assert first == second
+
+
+def test_it_does_not_claim_a_port_whose_mutex_another_process_holds(testbed: Testbed) -> None:
+    result = run_worker(
+        testbed.host,
+        "locked_port",
+        source_ip=EGRESS_V4,
+        port=LO,
+        dst=ORIGINS_V4[0],
+        other=ORIGINS_V4[1],
+    )
+    assert result == {"while_locked": "PortsExhausted", "after": LO}
+
+
+def test_it_never_joins_a_port_held_without_reuseaddr(testbed: Testbed) -> None:
+    result = run_worker(
+        testbed.host, "exclusive_foreign_socket", source_ip=EGRESS_V4, port=LO, dst=ORIGINS_V4[0]
+    )
+    assert result == {"error": "PortsExhausted"}

@@ -8,8 +8,10 @@ to the test over stdin/stdout while it holds its sockets.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -104,10 +106,15 @@ def udp_pairs(source_ip: str, lo: int, hi: int, origins: list[str], port: int) -
 
 
 def udp_hold() -> None:
-    """Wait for "go", connect until exhausted, report, hold the sockets until stdin closes."""
+    """Say "ready"; on "go T" start at time T; connect until exhausted; report; hold
+    the sockets until stdin closes."""
     args = json.loads(sys.argv[2])
     dst = (args["dst"], args["port"])
-    assert sys.stdin.readline().strip() == "go"
+    print("ready", flush=True)
+    command, start_at = sys.stdin.readline().split()
+    assert command == "go"
+    while time.time() < float(start_at):  # spin, so every worker is runnable at once
+        pass
     held, error = [], None
     while error is None:
         try:
@@ -118,6 +125,7 @@ def udp_hold() -> None:
             )
         except egress.PortsExhausted as exc:
             error = type(exc).__name__
+        os.sched_yield()  # one claim per turn, so the workers interleave on few CPUs
     ports = [sock.getsockname()[1] for sock in held]
     print(json.dumps({"ports": ports, "error": error}), flush=True)
     sys.stdin.read()
@@ -148,7 +156,60 @@ def egress_connect(state_dir: str, dst: str, port: int, proto: str, count: int, 
     return {"sources": sources, "error": error}
 
 
+def reuseaddr_lock_race(source_ip: str, port: int, dst: str) -> Result:
+    """The window of Cloudflare's SO_REUSEADDR=0 lock, stepped through by hand."""
+    a, b = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+    for sock in (a, b):  # both bind before either takes the "lock"
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((source_ip, port))
+    for sock in (a, b):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+    with SockDiag() as diag:
+        seen = [diag.udp_lookup(src=source_ip, sport=port, dst=dst, dport=53) for _ in (a, b)]
+    for sock in (a, b):
+        sock.connect((dst, 53))
+    return {
+        "lookups_saw_a_connected_socket": [s is not None and s.connected for s in seen],
+        "tuples": [[*s.getsockname(), *s.getpeername()] for s in (a, b)],
+    }
+
+
+def locked_port(source_ip: str, port: int, dst: str, other: str) -> Result:
+    """A port another process holds the mutex of is not claimed until released."""
+    egress.UDP_BUSY_TIMEOUT = 0.05  # type: ignore[misc]
+    sharer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sharer.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sharer.bind((source_ip, port))
+    sharer.connect((other, 53))  # the port is in use, so only the shared path can claim it
+    rival = egress._PortLocks()  # its own open file description, as another process has
+    offset = egress._lock_base(source_ip) | port
+    assert rival.try_lock(offset)
+    try:
+        egress.connect_udp((dst, 53), source_ip=source_ip, port_range=(port, port))
+    except egress.PortsExhausted:
+        while_locked = "PortsExhausted"
+    else:
+        while_locked = "claimed"
+    rival.unlock(offset)
+    sock = egress.connect_udp((dst, 53), source_ip=source_ip, port_range=(port, port))
+    return {"while_locked": while_locked, "after": sock.getsockname()[1]}
+
+
+def exclusive_foreign_socket(source_ip: str, port: int, dst: str) -> Result:
+    """A socket bound without SO_REUSEADDR owns its port: connect_udp never joins it."""
+    foreign = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    foreign.bind((source_ip, port))
+    try:
+        egress.connect_udp((dst, 53), source_ip=source_ip, port_range=(port, port))
+    except egress.PortsExhausted as exc:
+        return {"error": type(exc).__name__}
+    return {"error": None}
+
+
 COMMANDS: dict[str, Callable[..., Any]] = {
+    "reuseaddr_lock_race": reuseaddr_lock_race,
+    "locked_port": locked_port,
+    "exclusive_foreign_socket": exclusive_foreign_socket,
     "tcp_fill": tcp_fill,
     "tcp_connect": tcp_connect,
     "widen_then_connect": widen_then_connect,
