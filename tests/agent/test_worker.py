@@ -55,12 +55,20 @@ class Lab:
         values.update(overrides)
         return netlab.write_agent_config(self.tmp / name, **values)
 
-    def start_agent(self, config: Path) -> Any:
-        return self.host.spawn(
+    def start_agent(self, config: Path, *, ready: str = " ready.") -> Any:
+        """Start ``python -m agent run`` and wait until its log shows ``ready``."""
+        before = self.log()
+        agent = self.host.spawn(
             netlab.PYTHON, "-m", "agent", "--config", str(config), "run",
             log=self.tmp / "agent.log",
             env={"PORTSLICE_RUN_DIR": str(self.tmp / "run")},
         )  # fmt: skip
+        netlab.wait_for(
+            lambda: ready in self.log()[len(before) :] or agent.poll() is not None,
+            what=f"the agent to start; log:\n{self.log()}",
+        )
+        assert agent.poll() is None, self.log()
+        return agent
 
     def token(self, serial: int, *, slices: list[dict] | None = None) -> str:
         now = int(time.time())
@@ -186,7 +194,7 @@ def test_it_keeps_enforcing_its_last_bundle_without_a_broker(lab: Lab) -> None:
     lab.host.run("nft", "delete", "table", "inet", "portslice")
     lab.host.run("sysctl", "-qw", "net.ipv4.ip_local_port_range=50000 60999")
     offline = lab.config("agent.toml", broker_url="redis://127.0.0.1:1/0")
-    agent = lab.start_agent(offline)
+    agent = lab.start_agent(offline, ready="fail static")
 
     def enforced() -> dict[str, Any] | None:
         status = lab.status()
@@ -215,8 +223,9 @@ def test_it_keeps_enforcing_its_last_bundle_without_a_broker(lab: Lab) -> None:
 def test_it_does_not_trust_a_corrupt_state_file(lab: Lab) -> None:
     lab.state_dir.mkdir()
     (lab.state_dir / "bundle.json").write_text('{"format": 1, "serial": 9, "token": "x"}')
-    agent = lab.start_agent(lab.config(broker_url="redis://127.0.0.1:1/0"))
-    netlab.wait_for(lambda: "stored state not trusted" in lab.log(), what="the complaint")
+    agent = lab.start_agent(
+        lab.config(broker_url="redis://127.0.0.1:1/0"), ready="stored state not trusted"
+    )
     status = lab.status()
     assert status["stored"]["verified"] is False
     assert "checksum mismatch" in status["stored"]["problem"]
