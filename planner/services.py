@@ -6,6 +6,7 @@ one transaction: they apply whole or not at all.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -41,6 +42,8 @@ from planner.selectors import (
     live_slices,
     planner_inputs,
 )
+
+logger = logging.getLogger(__name__)
 
 POOL_KEY_FIELDS = ("purpose", "country", "region", "city")
 POLICY_FIELDS = ("slice_size", "slices_per_machine", "max_slices_per_machine")
@@ -367,9 +370,16 @@ def _sign_touched(
 
 
 def _enqueue_publish(revision_id: int) -> None:
+    # Runs after commit: the plan is applied whatever happens here. If the
+    # broker is down, the bundles stay pending and planner.reconcile sends them.
     from planner.celery import app
 
-    app.send_task("planner.publish_revision", args=[revision_id], queue="planner")
+    try:
+        app.send_task("planner.publish_revision", args=[revision_id], queue="planner")
+    except Exception:  # noqa: BLE001 - any broker failure; logged, retried by reconcile
+        logger.warning(
+            "could not enqueue publish of revision %s; reconcile will", revision_id, exc_info=True
+        )
 
 
 def _lock(datacenter: Datacenter) -> None:

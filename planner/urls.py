@@ -4,6 +4,9 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from planner.metrics import metrics_view
+from planner.views import not_found
+
+handler404 = not_found
 
 urlpatterns = [
     path("admin/", admin.site.urls),

@@ -22,6 +22,9 @@ def postgres(db: None) -> None:
 def _plain_static_storage(settings: Any) -> None:
     # The hashed manifest storage needs collectstatic first; tests serve the
     # source files directly instead.
+    # Serve static files from the apps' folders (no collectstatic in tests).
+    settings.WHITENOISE_USE_FINDERS = True
+    settings.WHITENOISE_AUTOREFRESH = True
     # Password hashing is deliberately slow; tests need users, not security.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.STORAGES = {

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from django.db import transaction
 from django.db.models import Model, QuerySet
+from django.http import Http404
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -38,6 +40,16 @@ from planner.signing import jwks
 
 # An IPv4 or IPv6 address in a URL path segment.
 ADDRESS_IN_PATH = r"[0-9A-Fa-f:.]+"
+
+
+class JsonErrors:
+    """Errors are JSON whatever was negotiated (a 404 in ``?format=nft`` too)."""
+
+    def handle_exception(self, exc: Exception) -> Response:
+        response = super().handle_exception(exc)  # type: ignore[misc]
+        self.request.accepted_renderer = JSONRenderer()  # type: ignore[attr-defined]
+        self.request.accepted_media_type = JSONRenderer.media_type  # type: ignore[attr-defined]
+        return response
 
 
 class InventoryViewSet(viewsets.ModelViewSet):
@@ -97,7 +109,7 @@ class DatacenterViewSet(InventoryViewSet):
         return Response(s.PlanRevisionSerializer(revision).data, status=status.HTTP_201_CREATED)
 
 
-class SteeringView(APIView):
+class SteeringView(JsonErrors, APIView):
     """For each live slice: ``{ip, lo, hi, machine, next_hop, state}`` and the revision.
 
     ``?format=nft`` gives a script for a Linux gateway doing the load
@@ -164,8 +176,15 @@ class EgressIPViewSet(InventoryViewSet):
     filterset_class = EgressIPFilter
     ordering_fields = ["address", "state"]
 
+    def get_object(self) -> EgressIP:
+        try:
+            ipaddress.ip_address(self.kwargs["address"])
+        except ValueError:
+            raise Http404(f"{self.kwargs['address']!r} is not an IP address") from None
+        return super().get_object()
 
-class MachineViewSet(InventoryViewSet):
+
+class MachineViewSet(JsonErrors, InventoryViewSet):
     queryset = Machine.objects.select_related("datacenter").prefetch_related("pools")
     serializer_class = s.MachineSerializer
     lookup_field = "hostname"
@@ -228,7 +247,7 @@ class KeysView(APIView):
         return Response(jwks([key.public_jwk for key in keys]))
 
 
-class GeofeedView(APIView):
+class GeofeedView(JsonErrors, APIView):
     """The egress IPs as an RFC 8805 geofeed. Public: geolocation providers fetch it."""
 
     renderer_classes = [CsvRenderer]

@@ -195,8 +195,21 @@ class Machine(models.Model):
     class Meta:
         ordering = ["hostname"]
 
+    # Written only by atomic UPDATEs (bundle builds, agent acks); a save of a
+    # stale instance (an admin form, an API PATCH) must not put them back.
+    COUNTERS = frozenset({"bundle_serial", "applied_serial", "last_seen"})
+
     def __str__(self) -> str:
         return self.hostname
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding and kwargs.get("update_fields") is None:
+            kwargs["update_fields"] = [
+                f.name
+                for f in self._meta.concrete_fields
+                if not f.primary_key and f.name not in self.COUNTERS
+            ]
+        super().save(*args, **kwargs)
 
     def clean(self) -> None:
         if self.hostname:

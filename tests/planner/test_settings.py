@@ -44,7 +44,8 @@ def _settings_in_subprocess(env: dict[str, str], expression: str) -> str:
     code = (
         f"import django, os; django.setup(); from django.conf import settings; print({expression})"
     )
-    base = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "SECRET_KEY", "DEBUG"}}
+    unset = {"DATABASE_URL", "SECRET_KEY", "DEBUG", "CELERY_BROKER_URL"}
+    base = {k: v for k, v in os.environ.items() if k not in unset}
     result = subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,

@@ -179,3 +179,14 @@ def test_egress_addresses_are_unique() -> None:
     with pytest.raises(ValidationError) as caught:
         egress_ip(address="192.0.2.50").full_clean()
     assert "address" in caught.value.message_dict
+
+
+def test_saving_a_stale_machine_keeps_its_counters() -> None:
+    from tests.planner.factories import make_machine
+
+    machine = make_machine("stale.example.net")
+    Machine.objects.filter(pk=machine.pk).update(bundle_serial=7, applied_serial=6)
+    machine.weight = 3
+    machine.save()
+    fresh = Machine.objects.get(pk=machine.pk)
+    assert (fresh.weight, fresh.bundle_serial, fresh.applied_serial) == (3, 7, 6)

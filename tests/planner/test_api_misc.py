@@ -1,0 +1,64 @@
+"""The docs page works offline, the geofeed is public RFC 8805, metrics count what is there."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from django.test import Client
+from rest_framework.test import APIClient
+
+from planner.models import ConfigBundle, PortSlice
+from tests.planner.conftest import Site
+
+pytestmark = pytest.mark.django_db
+
+
+def test_the_docs_page_loads_every_asset_from_this_server(site: Site) -> None:
+    client = Client()
+    client.force_login(_admin())
+    page = client.get("/api/docs/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert assets and all(not a.startswith(("http://", "https://", "//")) for a in assets), assets
+    for asset in assets:
+        if asset.startswith("/static/"):
+            assert client.get(asset).status_code == 200, asset
+
+
+def _admin() -> Any:
+    from django.contrib.auth.models import User
+
+    return User.objects.create_superuser("docs", password="unused-Pa55")
+
+
+def test_the_geofeed_is_public_csv(site: Site) -> None:
+    response = APIClient().get("/api/v1/geofeed.csv")
+    assert response.status_code == 200 and response["Content-Type"].startswith("text/csv")
+    rows = [ln for ln in response.content.decode().splitlines() if not ln.startswith("#")]
+    assert rows == ["192.0.2.1/32,DE,,,", "2001:db8::1/128,DE,,,"]
+
+
+def test_metrics_count_slices_headroom_and_pending_bundles(site: Site) -> None:
+    text = Client().get("/metrics").content.decode()
+    live = PortSlice.objects.filter(state="active").count()
+    assert f'portslice_slices{{datacenter="fra1",state="active"}} {live}.0' in text
+    # 2 IPs x 7 slots of 8,192 ports, 3 machines with one slice each
+    assert 'portslice_pool_free_slots{pool="fra1/warp/DE"} 11.0' in text
+    assert 'portslice_pool_unserved_machines{pool="fra1/warp/DE"} 0.0' in text
+    pending = ConfigBundle.objects.filter(status="pending").count()
+    assert f'portslice_bundles_pending{{status="pending"}} {pending}.0' in text
+
+
+def test_metrics_can_require_a_token(site: Site, settings: object) -> None:
+    settings.METRICS_TOKEN = "scrape-secret"  # type: ignore[attr-defined]
+    assert Client().get("/metrics").status_code == 401
+    ok = Client().get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-secret")
+    assert ok.status_code == 200
+
+
+def test_an_unknown_api_path_is_a_json_404(site: Site) -> None:
+    response = Client().get("/api/v1/nothing-here")
+    assert response.status_code == 404 and response.json()["detail"].startswith("No such")

@@ -1,0 +1,67 @@
+"""Plan preview and apply over HTTP: 200, 201, 409, 422."""
+
+from __future__ import annotations
+
+import pytest
+from rest_framework.test import APIClient
+
+from planner.models import PlanRevision, PortSlice
+from tests.planner.conftest import Site
+from tests.planner.factories import make_machine
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_preview_shows_diff_and_capacity_and_writes_nothing(
+    clients: dict[str, APIClient], site: Site
+) -> None:
+    before = PortSlice.objects.count()
+    response = clients["bob"].post("/api/v1/datacenters/fra1/plan/preview")
+    body = response.json()
+    assert response.status_code == 200 and body["ok"] and body["base_revision"] == 1
+    assert body["diff"]["kept"] == before
+    assert body["capacity"]["fra1/warp/DE"]["machines_served"] == 3
+    assert PortSlice.objects.count() == before
+
+
+def test_apply_returns_the_new_revision(clients: dict[str, APIClient], site: Site) -> None:
+    site.machines[2].state = "retired"
+    site.machines[2].save()
+    response = clients["alice"].post(
+        "/api/v1/datacenters/fra1/plan/apply",
+        {"base_revision": 1, "reason": "retire edge2"},
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert (body["number"], body["status"], body["created_by"]) == (2, "applied", "alice")
+    assert body["diff_summary"]["draining"] == 1  # its one slice in the pool
+    assert PortSlice.objects.get(state="draining").machine == site.machines[2]
+
+
+def test_a_stale_base_is_409(clients: dict[str, APIClient]) -> None:
+    response = clients["alice"].post(
+        "/api/v1/datacenters/fra1/plan/apply", {"base_revision": 0}, format="json"
+    )
+    assert response.status_code == 409 and "revision 1" in response.json()["detail"]
+    assert PlanRevision.objects.count() == 1
+
+
+def test_a_short_pool_is_422_with_the_shortfall(clients: dict[str, APIClient], site: Site) -> None:
+    pool = site.datacenter.pools.get()
+    for n in range(12):  # 2 IPs of 7 slots (8,192 ports) each: the 15th machine is left out
+        make_machine(f"extra{n}.fra1.example.net", datacenter=site.datacenter).pools.add(pool)
+    response = clients["alice"].post(
+        "/api/v1/datacenters/fra1/plan/apply", {"base_revision": 1}, format="json"
+    )
+    assert response.status_code == 422
+    (shortfall,) = response.json()["shortfalls"]
+    assert shortfall["pool"] == "fra1/warp/DE" and shortfall["ips_needed"] == 1
+    assert PlanRevision.objects.count() == 1
+
+
+def test_a_bad_body_names_the_field(clients: dict[str, APIClient]) -> None:
+    response = clients["alice"].post(
+        "/api/v1/datacenters/fra1/plan/apply", {"base_revision": "soon"}, format="json"
+    )
+    assert response.status_code == 400 and "base_revision" in response.json()
