@@ -53,8 +53,9 @@ Why a mutex and not only the ``SO_REUSEADDR=0`` lock: that lock (bind with
 between ``bind`` and the ``setsockopt`` in which a second process can bind P
 too; both then hold the "lock", both look up, neither sees the other (neither is
 connected yet), both connect. A preemption between the two calls stretches the
-window to milliseconds (tests/agent/test_egress_udp.py steps through it). We keep the ``SO_REUSEADDR=0`` step so that
-processes following Cloudflare's convention fail to bind P while we connect.
+window to milliseconds (tests/agent/test_egress_udp.py steps through it). We
+keep the ``SO_REUSEADDR=0`` step so that processes following Cloudflare's
+convention fail to bind P while we connect.
 Sockets that bind with ``SO_REUSEADDR`` and follow neither convention can
 always collide; nothing in user space can prevent that. Sockets of the other
 address family (IPv4-mapped IPv6) are not considered.
@@ -114,6 +115,8 @@ DEFAULT_RUN_DIR: Final = "/run/portslice"
 UDP_RANDOM_PROBES: Final = 32
 #: Of those, how many try an exclusive bind first (the fast path, see the docstring).
 UDP_EXCLUSIVE_TRIES: Final = 2
+#: Consecutive exclusive misses after which a thread mostly stops trying them.
+UDP_EXCLUSIVE_GIVE_UP: Final = 8
 #: How long to keep retrying ports other processes are mid-connect on.
 UDP_BUSY_TIMEOUT: Final = 1.0
 #: Dump rounds for ports held exclusively (usually a fast-path connect in progress).
@@ -232,6 +235,12 @@ def _family(address: str) -> int:
 
 
 @functools.lru_cache(maxsize=1024)
+def _plan(source_ip: str, lo: int, hi: int) -> tuple[int, bytes]:
+    """The family of ``source_ip`` and the IP_LOCAL_PORT_RANGE value, checked."""
+    return _family(source_ip), _packed_range(lo, hi)
+
+
+@functools.lru_cache(maxsize=1024)
 def _packed_range(lo: int, hi: int) -> bytes:
     if not (type(lo) is int and type(hi) is int and 1 <= lo <= hi <= 65535):
         raise ValueError(f"port range ({lo!r}, {hi!r}) is not 1 <= lo <= hi <= 65535")
@@ -271,13 +280,12 @@ def connect_tcp(
     :class:`RangeNotEnforced`, or the ``OSError`` of the connect.
     """
     lo, hi = port_range
-    packed = _packed_range(lo, hi)
-    family = _family(source_ip)
+    family, packed = _plan(source_ip, lo, hi)
     if _family(dst[0]) != family:
         _check_destination(dst, family)
     netns = _netns_range
     if netns is None or time.monotonic() > netns[0] or hi < netns[1] or lo > netns[2]:
-        _check_enforceable(source_ip, lo, hi)  # the slow path, inlined above for speed
+        _check_enforceable(source_ip, lo, hi)  # the slow path; the test above is its fast form
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
@@ -285,39 +293,43 @@ def connect_tcp(
         sock.bind((source_ip, 0))
         if timeout is not None:
             sock.settimeout(timeout)
-        _tcp_connect(sock, dst, source_ip, lo, hi)
+        try:
+            if timeout == 0:
+                _connect_nonblocking(sock, dst)
+            else:
+                sock.connect(dst)
+        except OSError as error:
+            if error.errno == errno.EADDRNOTAVAIL:
+                raise PortsExhausted(
+                    f"no free port in {_describe(source_ip, lo, hi)} toward {dst[0]}:{dst[1]}",
+                    source_ip=source_ip,
+                    port_range=(lo, hi),
+                ) from error
+            raise
         port = sock.getsockname()[1]
         if not lo <= port <= hi:
-            _forget_netns_range()
-            # Abort rather than close: a RST ends it now instead of a FIN_WAIT/TIME_WAIT
-            # socket lingering on a port that belongs to another host.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
-            raise RangeNotEnforced(
-                f"the kernel chose port {port} outside {_describe(source_ip, lo, hi)}; "
-                f"netns port range is {netns_port_range()}"
-            )
+            _refuse_outside(sock, port, source_ip, lo, hi)
     except BaseException:
         sock.close()
         raise
     return sock
 
 
-def _tcp_connect(sock: socket.socket, dst: Address, source_ip: str, lo: int, hi: int) -> None:
-    try:
-        if sock.gettimeout() == 0:
-            code = sock.connect_ex(dst)
-            if code not in (0, errno.EINPROGRESS):
-                raise OSError(code, os.strerror(code))
-        else:
-            sock.connect(dst)
-    except OSError as error:
-        if error.errno == errno.EADDRNOTAVAIL:
-            raise PortsExhausted(
-                f"no free port in {_describe(source_ip, lo, hi)} toward {dst[0]}:{dst[1]}",
-                source_ip=source_ip,
-                port_range=(lo, hi),
-            ) from error
-        raise
+def _connect_nonblocking(sock: socket.socket, dst: Address) -> None:
+    code = sock.connect_ex(dst)
+    if code not in (0, errno.EINPROGRESS):
+        raise OSError(code, os.strerror(code))
+
+
+def _refuse_outside(sock: socket.socket, port: int, source_ip: str, lo: int, hi: int) -> None:
+    _forget_netns_range()
+    # Abort rather than close: a RST ends it now instead of a FIN_WAIT/TIME_WAIT
+    # socket lingering on a port that belongs to another host.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
+    raise RangeNotEnforced(
+        f"the kernel chose port {port} outside {_describe(source_ip, lo, hi)}; "
+        f"netns port range is {netns_port_range()}"
+    )
 
 
 # --- UDP --------------------------------------------------------------------------------
@@ -425,6 +437,12 @@ class _UdpTarget:
         self.dst = dst
         self.query = diag.udp_tuple_query(src=source_ip, dst=dst[0], dport=dst[1])
         self.lock_base = _lock_base(source_ip)
+        #: Consecutive failed exclusive binds: on a host whose ports all carry
+        #: sockets to other destinations they only cost time, so stop trying.
+        self.exclusive_misses = 0
+
+    def try_exclusive(self) -> bool:
+        return self.exclusive_misses < UDP_EXCLUSIVE_GIVE_UP or random.random() < 1 / 16
 
 
 _TARGET_CACHE_SIZE: Final = 1024
@@ -513,13 +531,16 @@ def _random_port(lo: int, hi: int) -> int:
 
 def _claim_random(claim: _UdpClaim, lo: int, hi: int) -> bool:
     """A few random ports: exclusively first, then shared with a lock-free lookup first."""
-    query = claim.target.query
+    target = claim.target
+    exclusive_tries = UDP_EXCLUSIVE_TRIES if target.try_exclusive() else 0
     for attempt in range(UDP_RANDOM_PROBES):
         port = _random_port(lo, hi)
-        if attempt < UDP_EXCLUSIVE_TRIES:
+        if attempt < exclusive_tries:
             if claim.exclusive(port) == _CLAIMED:
+                target.exclusive_misses = 0
                 return True
-        elif not query.held(port) and claim.shared(port) == _CLAIMED:
+            target.exclusive_misses += 1
+        elif not target.query.held(port) and claim.shared(port) == _CLAIMED:
             return True
     return False
 

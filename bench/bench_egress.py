@@ -50,6 +50,7 @@ TCP_SLICE = (20000, 29999)
 TCP_RANGE = struct.pack("=I", TCP_SLICE[1] << 16 | TCP_SLICE[0])
 UDP_DST = ("127.0.0.2", 53)
 UDP_SLICE = (40000, 40255)
+OTHER_DST = ("127.0.0.3", 53)
 LINGER_ABORT = struct.pack("ii", 1, 0)
 REUSE = (socket.SOL_SOCKET, socket.SO_REUSEADDR)
 
@@ -185,8 +186,8 @@ def udp_dump_first() -> socket.socket:
     raise OSError(errno.EADDRNOTAVAIL, "full")
 
 
-def occupy(fraction: float) -> list[socket.socket]:
-    """Connect a random ``fraction`` of the UDP slice's ports to the destination."""
+def occupy(fraction: float, dst: tuple[str, int] = UDP_DST) -> list[socket.socket]:
+    """Connect a random ``fraction`` of the UDP slice's ports to ``dst``."""
     lo, hi = UDP_SLICE
     ports = random.sample(range(lo, hi + 1), round(fraction * (hi - lo + 1)))
     held = []
@@ -194,7 +195,7 @@ def occupy(fraction: float) -> list[socket.socket]:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setsockopt(*REUSE, 1)
         sock.bind((LOOPBACK, port))
-        sock.connect(UDP_DST)
+        sock.connect(dst)
         sock.setsockopt(*REUSE, 1)
         held.append(sock)
     return held
@@ -208,8 +209,11 @@ def udp_batch(connect: Callable[[], socket.socket], n: int) -> float:
     return (time.perf_counter_ns() - start) / n / 1000
 
 
-def bench_udp(rounds: int, n: int) -> dict:
-    held = occupy(0.5)
+def bench_udp(rounds: int, n: int, shared: bool) -> dict:
+    """50 % of the slice connected to the destination; with ``shared`` every port of
+    the slice also has a socket to another destination (a busy egress host), so no
+    exclusive bind can succeed and connect_udp takes its locked path."""
+    held = occupy(0.5) + (occupy(1.0, OTHER_DST) if shared else [])
     variants = {"plain": udp_plain, "connect_udp": udp_ours, "cloudflare": Cloudflare().connect}
     result = paired_rounds(variants, rounds, lambda f: udp_batch(f, n), "plain")
     for sock in held:
@@ -270,7 +274,8 @@ def inside(quick: bool) -> dict:
     rounds = 7 if quick else 15
     return {
         "tcp": bench_tcp(rounds, 500 if quick else 1000),
-        "udp_50": bench_udp(rounds, 1000 if quick else 2000),
+        "udp_50": bench_udp(rounds, 1000 if quick else 2000, shared=False),
+        "udp_50_shared": bench_udp(rounds, 1000 if quick else 2000, shared=True),
         "udp_sweep": bench_udp_sweep(max(3, rounds // 3), 300 if quick else 600),
     }
 
@@ -317,6 +322,7 @@ def run_in_namespace(quick: bool) -> dict:
 
 def report(results: dict) -> str:
     tcp, udp, sweep = results["tcp"], results["udp_50"], results["udp_sweep"]
+    shared = results["udp_50_shared"]
     lines = [
         f"TCP  plain connect()        {tcp['plain']['median_us']:7.2f} µs/conn",
         f"TCP  connect_tcp            {tcp['connect_tcp']['median_us']:7.2f} µs/conn   "
@@ -328,6 +334,12 @@ def report(results: dict) -> str:
         f"ratio {udp['connect_udp']['ratio']:.3f}  (target <= 3)",
         f"UDP  Cloudflare connectx    {udp['cloudflare']['median_us']:7.2f} µs/conn   "
         f"ratio {udp['cloudflare']['ratio']:.3f}",
+        "UDP  same, every port also used toward another destination (locked path):",
+        f"UDP  plain connect()+close  {shared['plain']['median_us']:7.2f} µs/conn",
+        f"UDP  connect_udp+close      {shared['connect_udp']['median_us']:7.2f} µs/conn   "
+        f"ratio {shared['connect_udp']['ratio']:.3f}  (target <= 3)",
+        f"UDP  Cloudflare connectx    {shared['cloudflare']['median_us']:7.2f} µs/conn   "
+        f"ratio {shared['cloudflare']['ratio']:.3f}",
         "UDP  by occupancy, µs/conn   connect_udp  cloudflare  dump-first",
     ]
     for level, v in sweep.items():
