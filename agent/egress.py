@@ -344,7 +344,7 @@ class _PortLocks:
     """
 
     def __init__(self) -> None:
-        netns = os.stat("/proc/self/ns/net").st_ino
+        netns = os.stat("/proc/thread-self/ns/net").st_ino
         directory = Path(os.environ.get(RUN_DIR_ENV, DEFAULT_RUN_DIR))
         self.path = directory / f"udp-ports-net{netns}.lock"
         try:
