@@ -4,7 +4,7 @@ Plans which machine owns which port range of which egress IP. It never imports
 Django, the planner or the agent; both of those may import it.
 """
 
-from allocator.capacity import CapacityError, PoolCapacity, Shortfall
+from allocator.capacity import CapacityError, PoolCapacity, Shortfall, ips_needed, slots_per_ip
 from allocator.diff import PlanDiff
 from allocator.model import (
     EgressIP,
@@ -30,6 +30,8 @@ __all__ = [
     "PortRange",
     "Shortfall",
     "Slice",
+    "ips_needed",
     "plan",
+    "slots_per_ip",
     "validate_policy",
 ]

@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from allocator.carryover import Carried, Owner, revive, start_draining
 from allocator.inventory import Inventory
@@ -21,9 +22,11 @@ HOT = 0.8  # utilization above which a machine gets one more slice
 COLD = 0.2  # utilization below which a machine above its base gives one back
 
 
-@dataclass(frozen=True, slots=True)
-class Want:
-    """Slices one machine still needs in one pool after keeping and reviving what it can."""
+class Want(NamedTuple):
+    """Slices one machine still needs in one pool after keeping and reviving what it can.
+
+    A named tuple, not a dataclass: a plan from nothing makes one per machine and pool.
+    """
 
     machine: str
     pool: str
@@ -61,7 +64,7 @@ def settle_demand(
     trim_to: dict[Owner, int] = {}
     for pool, members in inventory.members.items():
         policy = inventory.policies[pool]
-        kept_count = carried.kept_count.get(pool, {})
+        kept_count = carried.kept_count[pool]
         for machine in members:
             have = kept_count.get(machine.name, 0)
             base = policy.slices_per_machine * machine.weight

@@ -41,6 +41,27 @@ def count_slots(
     return sum(slots_in_gap(lo, hi, slice_size, origin)[1] for lo, hi in free_gaps(usable, taken))
 
 
+# An IP whose grid has at most this many slots gets its slots listed (see listed_slots).
+LISTED_SLOTS_MAX = 4096
+
+
+def listed_slots(
+    usable: PortRange, reserved: Iterable[tuple[int, int]], slice_size: int, origin: int
+) -> frozenset[int] | None:
+    """Every slot start of an empty IP, or None when there are too many to list.
+
+    With the slots listed, set operations in C can check and fill a whole IP
+    at once; 2,048-port slices give 31 slots, 1-port slices would give 64,512.
+    """
+    if count_slots(usable, (), slice_size, origin) > LISTED_SLOTS_MAX:
+        return None
+    starts: set[int] = set()
+    for lo, hi in free_gaps(usable, reserved):
+        first, count = slots_in_gap(lo, hi, slice_size, origin)
+        starts.update(range(first, first + count * slice_size, slice_size))
+    return frozenset(starts)
+
+
 class FreeSlots:
     """The free slots of one IP, handed out lowest first.
 
@@ -50,21 +71,29 @@ class FreeSlots:
 
     __slots__ = ("_runs", "_next_run", "_slice_size", "remaining")
 
-    def __init__(
-        self,
-        usable: PortRange,
-        taken: Iterable[tuple[int, int]],
-        slice_size: int,
-        origin: int,
-    ) -> None:
+    def __init__(self, runs: list[list[int]], slice_size: int) -> None:
+        """``runs``: ``[first start, number of slots]`` pairs, lowest first."""
         self._slice_size = slice_size
-        self._runs: list[list[int]] = []
+        self._runs = runs
+        self._next_run = 0
+        self.remaining = sum(count for _, count in runs)
+
+    @classmethod
+    def around(
+        cls, usable: PortRange, taken: Iterable[tuple[int, int]], slice_size: int, origin: int
+    ) -> FreeSlots:
+        """The slots of an IP clear of the ``taken`` port runs (sorted by lo)."""
+        runs = []
         for lo, hi in free_gaps(usable, taken):
             first, count = slots_in_gap(lo, hi, slice_size, origin)
             if count:
-                self._runs.append([first, count])
-        self._next_run = 0
-        self.remaining = sum(count for _, count in self._runs)
+                runs.append([first, count])
+        return cls(runs, slice_size)
+
+    @classmethod
+    def among(cls, starts: Iterable[int], slice_size: int) -> FreeSlots:
+        """The slots starting at ``starts`` (sorted)."""
+        return cls([[start, 1] for start in starts], slice_size)
 
     def take(self) -> int:
         """Claim the lowest free slot and return its first port."""

@@ -11,7 +11,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from allocator.grid import grid_origin
+from allocator.grid import grid_origin, listed_slots
 from allocator.model import ACTIVE, EgressIP, Machine, PoolPolicy, validate_policy
 from allocator.ports import ranges_of_ports
 
@@ -42,6 +42,7 @@ class IpLayout:
     usable_hi: int
     reserved_runs: tuple[tuple[int, int], ...]
     reserved_ports: tuple[int, ...]
+    slot_starts: frozenset[int] | None  # every slot of the empty IP, if few enough to list
 
     @property
     def address(self) -> str:
@@ -101,8 +102,9 @@ class Inventory:
         pool_policies = {
             pool: validate_policy(policies.get(pool, DEFAULT_POLICY)) for pool in sorted(pool_names)
         }
+        grids: dict[tuple[object, ...], frozenset[int] | None] = {}
         layouts = {
-            ip.address: _layout(ip, rank, pool_policies[ip.pool].slice_size)
+            ip.address: _layout(ip, rank, pool_policies[ip.pool].slice_size, grids)
             for rank, ip in enumerate(sorted_ips)
         }
         pools: dict[str, list[IpLayout]] = {pool: [] for pool in pool_policies}
@@ -126,16 +128,28 @@ class Inventory:
         )
 
 
-def _layout(ip: EgressIP, rank: int, slice_size: int) -> IpLayout:
+def _layout(
+    ip: EgressIP,
+    rank: int,
+    slice_size: int,
+    grids: dict[tuple[object, ...], frozenset[int] | None],
+) -> IpLayout:
+    """``grids`` caches slot lists: thousands of IPs share a handful of shapes."""
+    origin = grid_origin(slice_size, ip.usable)
+    reserved_runs = tuple(ranges_of_ports(ip.reserved))
+    shape = (ip.usable, reserved_runs, slice_size)
+    if shape not in grids:
+        grids[shape] = listed_slots(ip.usable, reserved_runs, slice_size, origin)
     return IpLayout(
         ip=ip,
         rank=rank,
         slice_size=slice_size,
-        origin=grid_origin(slice_size, ip.usable),
+        origin=origin,
         usable_lo=ip.usable.lo,
         usable_hi=ip.usable.hi,
-        reserved_runs=tuple(ranges_of_ports(ip.reserved)),
+        reserved_runs=reserved_runs,
         reserved_ports=tuple(sorted(ip.reserved)),
+        slot_starts=grids[shape],
     )
 
 

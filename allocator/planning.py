@@ -119,7 +119,12 @@ def _plan(
     seats = {pool: PoolSeats(layouts, free, load) for pool, layouts in inventory.pools.items()}
     added, missing = _seat_base(demand.wants, seats, inventory)
     if missing:
-        raise CapacityError(_shortfalls(missing, inventory, carried, kept + demand.revived))
+        draining = [
+            *carried.draining,
+            *demand.trimmed,
+            *_without(carried.still_draining, demand.revived),
+        ]
+        raise CapacityError(_shortfalls(missing, inventory, kept + demand.revived, draining))
     grown, growth_denied = _seat_growth(demand.wants, seats, inventory)
     slices, diff = _assemble(inventory, carried, demand, kept, added + grown)
     return Plan(
@@ -157,14 +162,14 @@ def _taken_ports(layout: IpLayout, slice_runs: list[tuple[int, int]]) -> list[tu
 def _free_slots(inventory: Inventory, carried: Carried) -> dict[str, FreeSlots]:
     free = {}
     for address, layout in inventory.ips.items():
-        usable = layout.ip.usable
-        # A draining IP offers no slot: as if its whole usable range were taken.
-        taken = (
-            _taken_ports(layout, carried.taken[address])
-            if layout.is_active
-            else [(usable.lo, usable.hi)]
-        )
-        free[address] = FreeSlots(usable, taken, layout.slice_size, layout.origin)
+        usable, size = layout.ip.usable, layout.slice_size
+        if address in carried.free_starts:
+            free[address] = FreeSlots.among(carried.free_starts[address], size)
+        elif layout.is_active:
+            taken = _taken_ports(layout, carried.taken[address])
+            free[address] = FreeSlots.around(usable, taken, size, layout.origin)
+        else:  # a draining IP offers no slot
+            free[address] = FreeSlots([], size)
     return free
 
 
@@ -209,12 +214,9 @@ def _seat_growth(
 def _shortfalls(
     missing: dict[str, dict[str, int]],
     inventory: Inventory,
-    carried: Carried,
     active: list[Slice],
+    draining: list[Slice],
 ) -> list[Shortfall]:
-    active_runs: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    for slice_ in active:
-        active_runs[slice_.ip].append((slice_.lo, slice_.hi))
     shortfalls = []
     for pool in sorted(missing):
         layouts = inventory.pools[pool]
@@ -229,28 +231,37 @@ def _shortfalls(
                 slices_missing=slices_missing,
                 slots_per_ip=per_ip,
                 ips_needed=ips_needed(slices_missing, per_ip),
-                slots_freed_by_drains=_slots_freed_by_drains(layouts, carried, active_runs),
+                slots_freed_by_drains=_slots_freed_by_drains(layouts, active, draining),
             )
         )
     return shortfalls
 
 
 def _slots_freed_by_drains(
-    layouts: Iterable[IpLayout],
-    carried: Carried,
-    active_runs: Mapping[str, list[tuple[int, int]]],
+    layouts: Iterable[IpLayout], active: list[Slice], draining: list[Slice]
 ) -> int:
     """Free slots the pool would have if every draining slice had ended already."""
+    active_runs = _runs_by_ip(active)
+    live_runs = _runs_by_ip([*active, *draining])
     gained = 0
     for layout in layouts:
         if not layout.is_active:
-            continue
+            continue  # a draining IP offers nothing, drains or not
         usable, size, origin = layout.ip.usable, layout.slice_size, layout.origin
-        without_drains = sorted(active_runs.get(layout.address, []))
-        with_drains = carried.taken[layout.address]
-        gained += count_slots(usable, _taken_ports(layout, without_drains), size, origin)
-        gained -= count_slots(usable, _taken_ports(layout, with_drains), size, origin)
+        without_drains = _taken_ports(layout, active_runs.get(layout.address, []))
+        with_drains = _taken_ports(layout, live_runs.get(layout.address, []))
+        gained += count_slots(usable, without_drains, size, origin)
+        gained -= count_slots(usable, with_drains, size, origin)
     return gained
+
+
+def _runs_by_ip(slices: Iterable[Slice]) -> dict[str, list[tuple[int, int]]]:
+    runs: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for slice_ in slices:
+        runs[slice_.ip].append((slice_.lo, slice_.hi))
+    for ip_runs in runs.values():
+        ip_runs.sort()
+    return runs
 
 
 def _assemble(
@@ -269,7 +280,8 @@ def _assemble(
     draining = sorted(carried.draining + demand.trimmed, key=canonical)
     revived = sorted(demand.revived, key=canonical)
     added = sorted(added, key=canonical)
-    slices = _merge_into_sorted(kept, [*still_draining, *draining, *revived, *added], canonical)
+    changed = sorted([*still_draining, *draining, *revived], key=canonical)
+    slices = _merge_sorted(_merge_sorted(kept, changed, canonical), added, canonical)
     diff = PlanDiff(
         added=tuple(added),
         revived=tuple(revived),
@@ -281,23 +293,22 @@ def _assemble(
     return tuple(slices), diff
 
 
-def _merge_into_sorted(
-    ordered: list[Slice], others: list[Slice], key: Callable[[Slice], int]
-) -> list[Slice]:
-    """``ordered`` (already sorted by ``key``) with ``others`` merged in.
+def _merge_sorted(one: list[Slice], other: list[Slice], key: Callable[[Slice], int]) -> list[Slice]:
+    """Two lists sorted by ``key`` (no key in both) merged into one.
 
     A re-plan keeps nearly every slice and changes a few, so rather than sort
-    100,000 slices again it bisects for each of the few and copies the runs in
-    between, which Python does in C.
+    100,000 slices again, each slice of the shorter list is bisected into the
+    longer one and the runs in between are copied, which Python does in C.
     """
+    short, long = sorted((one, other), key=len)
     merged: list[Slice] = []
     start = 0
-    for slice_ in sorted(others, key=key):
-        cut = bisect_left(ordered, key(slice_), lo=start, key=key)
-        merged.extend(ordered[start:cut])
+    for slice_ in short:
+        cut = bisect_left(long, key(slice_), lo=start, key=key)
+        merged.extend(long[start:cut])
         merged.append(slice_)
         start = cut
-    merged.extend(ordered[start:])
+    merged.extend(long[start:])
     return merged
 
 

@@ -263,7 +263,10 @@ def check_make_before_break(inputs: Inputs, result: Plan) -> None:
             and old.drain_until <= inputs.now
         )
         if ip is None or expired:
-            assert place(old) in freed and place(old) not in new, f"{old} should be freed"
+            assert place(old) in freed, f"{old} should be freed"
+            # Once free, the ports may go to anyone: even, anew, to the same machine.
+            again = new.get(place(old))
+            assert again is None or again in result.diff.added, f"{old} kept after its drain"
             continue
         assert place(old) in new, f"{old} vanished before its drain ended"
         now = new[place(old)]

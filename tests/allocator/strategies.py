@@ -7,12 +7,16 @@ brute-force checks stay quick.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import timedelta
 
 from hypothesis import strategies as st
 
 from allocator import USABLE_PORTS, EgressIP, Machine, PoolPolicy, PortRange
+
+# Examples per property; raise it for a soak run: ALLOCATOR_EXAMPLES=1000 pytest tests/allocator
+EXAMPLES = int(os.environ.get("ALLOCATOR_EXAMPLES", "40"))
 
 POOLS = ("ams1/warp/NL", "fra1/corp/DE", "fra1/warp/DE")
 SLICE_SIZES = (512, 1000, 2048, 3000, 4096)

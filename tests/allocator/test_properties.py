@@ -12,6 +12,7 @@ import random
 from collections import Counter
 from dataclasses import replace
 from datetime import datetime
+from unittest.mock import patch
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -19,11 +20,11 @@ from hypothesis import strategies as st
 from allocator import CapacityError, EgressIP, Machine, Plan, plan
 from tests.allocator import invariants
 from tests.allocator.invariants import Inputs
-from tests.allocator.strategies import DRAIN_FOR, POOLS, Story, stories
+from tests.allocator.strategies import DRAIN_FOR, EXAMPLES, POOLS, Story, stories
 
 START = datetime(2025, 3, 1, 9, 0)
 PROPERTY = settings(
-    max_examples=40,
+    max_examples=EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -192,3 +193,20 @@ def test_it_reports_a_diff_and_capacity_that_add_up(story: Story) -> None:
     for inputs, result in plans(story):
         invariants.check_diff_partition(inputs, result)
         invariants.check_capacity_report(inputs, result)
+
+
+@PROPERTY
+@given(stories())
+def test_it_plans_the_same_whether_it_files_ips_whole_or_slice_by_slice(story: Story) -> None:
+    """The bulk path for IPs with listed slots must agree with the slice-by-slice one,
+    which is all that IPs with too many slots to list (tiny slices) ever take."""
+    for inputs, outcome in tell(story):
+        with patch("allocator.inventory.listed_slots", return_value=None):
+            try:
+                one_by_one: Plan | CapacityError = inputs.plan()
+            except CapacityError as error:
+                one_by_one = error
+        if isinstance(outcome, CapacityError):
+            assert isinstance(one_by_one, CapacityError) and str(one_by_one) == str(outcome)
+        else:
+            assert one_by_one == outcome
