@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
-from allocator.grid import count_slots, grid_origin
-from allocator.model import EgressIP
+from allocator.diff import PlanDiff
+from allocator.grid import FreeSlots, count_slots, grid_origin
+from allocator.inventory import Inventory, IpLayout
+from allocator.model import EgressIP, Slice
 from allocator.ports import USABLE_PORTS, PortRange
 
 # A CapacityError names at most this many machines per pool; the rest are counted.
@@ -97,3 +100,88 @@ def slots_per_ip(usable: PortRange, slice_size: int) -> int:
 
 def ips_needed(slices_missing: int, per_ip: int) -> int:
     return -(-slices_missing // per_ip) if per_ip else 0
+
+
+def pool_capacities(
+    inventory: Inventory,
+    diff: PlanDiff,
+    load: Mapping[str, int],
+    free: Mapping[str, FreeSlots],
+) -> dict[str, PoolCapacity]:
+    """Each pool's capacity, from per-IP counts: no pass over every slice."""
+    draining = Counter(
+        inventory.ips[slice_.ip].pool for slice_ in chain(diff.draining, diff.still_draining)
+    )
+    return {
+        pool: PoolCapacity(
+            pool=pool,
+            slice_size=inventory.policies[pool].slice_size,
+            ips=len(layouts),
+            ips_active=sum(1 for layout in layouts if layout.is_active),
+            slots_total=sum(_empty_slots(layout) for layout in layouts if layout.is_active),
+            slots_free=sum(free[layout.address].remaining for layout in layouts),
+            # After a plan every active machine holds its slices in every pool it serves.
+            machines_served=len(inventory.members[pool]),
+            slices_active=sum(load.get(layout.address, 0) for layout in layouts),
+            slices_draining=draining[pool],
+        )
+        for pool, layouts in inventory.pools.items()
+    }
+
+
+def _empty_slots(layout: IpLayout) -> int:
+    return count_slots(layout.ip.usable, layout.reserved_runs, layout.slice_size, layout.origin)
+
+
+def shortfalls(
+    missing: dict[str, dict[str, int]],
+    inventory: Inventory,
+    active: list[Slice],
+    draining: list[Slice],
+) -> list[Shortfall]:
+    """One Shortfall per pool with machines ``missing`` slices: {pool: {machine: count}}."""
+    found = []
+    for pool in sorted(missing):
+        layouts = inventory.pools[pool]
+        size = inventory.policies[pool].slice_size
+        per_ip = slots_per_ip(typical_usable(layout.ip for layout in layouts), size)
+        per_ip = per_ip or slots_per_ip(USABLE_PORTS, size)
+        slices_missing = sum(missing[pool].values())
+        found.append(
+            Shortfall(
+                pool=pool,
+                machines_unserved=tuple(sorted(missing[pool])),
+                slices_missing=slices_missing,
+                slots_per_ip=per_ip,
+                ips_needed=ips_needed(slices_missing, per_ip),
+                slots_freed_by_drains=_slots_freed_by_drains(layouts, active, draining),
+            )
+        )
+    return found
+
+
+def _slots_freed_by_drains(
+    layouts: Iterable[IpLayout], active: list[Slice], draining: list[Slice]
+) -> int:
+    """Free slots the pool would have if every draining slice had ended already."""
+    active_runs = _runs_by_ip(active)
+    live_runs = _runs_by_ip([*active, *draining])
+    gained = 0
+    for layout in layouts:
+        if not layout.is_active:
+            continue  # a draining IP offers nothing, drains or not
+        usable, size, origin = layout.ip.usable, layout.slice_size, layout.origin
+        without_drains = layout.taken_with_reserved(active_runs.get(layout.address, []))
+        with_drains = layout.taken_with_reserved(live_runs.get(layout.address, []))
+        gained += count_slots(usable, without_drains, size, origin)
+        gained -= count_slots(usable, with_drains, size, origin)
+    return gained
+
+
+def _runs_by_ip(slices: Iterable[Slice]) -> dict[str, list[tuple[int, int]]]:
+    runs: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for slice_ in slices:
+        runs[slice_.ip].append((slice_.lo, slice_.hi))
+    for ip_runs in runs.values():
+        ip_runs.sort()
+    return runs

@@ -67,6 +67,12 @@ class IpLayout:
             and not (self.reserved_ports and self.touches_reserved(lo, hi))
         )
 
+    def taken_with_reserved(self, slice_runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """``slice_runs`` (sorted) with the reserved ports merged in, sorted by lo."""
+        if not self.reserved_runs:
+            return slice_runs
+        return sorted([*self.reserved_runs, *slice_runs])
+
     def touches_reserved(self, lo: int, hi: int) -> bool:
         reserved = self.reserved_ports
         index = bisect_left(reserved, lo)

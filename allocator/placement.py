@@ -9,22 +9,31 @@ taken, which keeps the free space in one piece at the top.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 
+from allocator.carryover import Owner
+from allocator.demand import Want
 from allocator.grid import FreeSlots
 from allocator.inventory import IpLayout
+from allocator.model import Slice
 
 
 class PoolSeats:
     """The active IPs of one pool that still have a free slot, least loaded first."""
 
-    __slots__ = ("_heap", "_free", "_load")
+    __slots__ = ("_heap", "_free", "_load", "_slice_size")
 
     def __init__(
-        self, layouts: Iterable[IpLayout], free: dict[str, FreeSlots], load: dict[str, int]
+        self,
+        layouts: Iterable[IpLayout],
+        free: dict[str, FreeSlots],
+        load: dict[str, int],
+        slice_size: int,
     ) -> None:
         self._free = free
         self._load = load
+        self._slice_size = slice_size
         self._heap = [
             (load.get(layout.address, 0), layout.rank, layout.address)
             for layout in layouts
@@ -48,3 +57,44 @@ class PoolSeats:
         else:
             heapq.heappop(self._heap)
         return address, start
+
+    def seat(self, machine: str, count: int) -> tuple[list[Slice], int]:
+        """Up to ``count`` new slices for ``machine``, and how many did not fit."""
+        seated: list[Slice] = []
+        for placed in range(count):
+            seat = self.take()
+            if seat is None:
+                return seated, count - placed
+            address, start = seat
+            seated.append(Slice(address, start, start + self._slice_size - 1, machine))
+        return seated, 0
+
+
+def seat_base(
+    wants: Iterable[Want], seats: Mapping[str, PoolSeats]
+) -> tuple[list[Slice], dict[str, dict[str, int]]]:
+    """Seat every machine's base demand: the new slices and, per pool, what each
+    machine could not get ({pool: {machine: slices missing}})."""
+    added: list[Slice] = []
+    missing: dict[str, dict[str, int]] = defaultdict(dict)
+    for want in wants:
+        seated, short = seats[want.pool].seat(want.machine, want.base)
+        added.extend(seated)
+        if short:
+            missing[want.pool][want.machine] = short
+    return added, missing
+
+
+def seat_growth(
+    wants: Iterable[Want], seats: Mapping[str, PoolSeats]
+) -> tuple[list[Slice], tuple[Owner, ...]]:
+    """Best effort, after all base demand fitted: a hot machine gets its extra slice
+    only if the pool still has room; the others are listed as denied."""
+    grown: list[Slice] = []
+    denied: list[Owner] = []
+    for want in wants:
+        seated, short = seats[want.pool].seat(want.machine, want.growth)
+        grown.extend(seated)
+        if short:
+            denied.append((want.machine, want.pool))
+    return grown, tuple(denied)

@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from allocator import (
     USABLE_PORTS,
@@ -28,6 +29,7 @@ from allocator import (
 )
 
 HOT, COLD = 0.8, 0.2
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -56,19 +58,18 @@ class Inputs:
     def shuffled(self, rng: random.Random) -> Inputs:
         """The same inputs in another order (and as other container types)."""
 
-        def mixed(items: Iterable[object]) -> list[object]:
+        def mixed(items: Iterable[T]) -> list[T]:
             listed = list(items)
             rng.shuffle(listed)
             return listed
 
-        usage = None if self.usage is None else dict(mixed(self.usage.items()))  # type: ignore[arg-type]
         return replace(
             self,
-            ips=tuple(mixed(self.ips)),  # type: ignore[arg-type]
-            machines=tuple(mixed(self.machines)),  # type: ignore[arg-type]
-            previous=tuple(mixed(self.previous)),  # type: ignore[arg-type]
-            policies=dict(mixed(self.policies.items())),  # type: ignore[arg-type]
-            usage=usage,
+            ips=tuple(mixed(self.ips)),
+            machines=tuple(mixed(self.machines)),
+            previous=tuple(mixed(self.previous)),
+            policies=dict(mixed(self.policies.items())),
+            usage=None if self.usage is None else dict(mixed(self.usage.items())),
         )
 
     # Facts about the inputs, from the rules' point of view.

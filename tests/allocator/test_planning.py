@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from allocator import (
+    USABLE_PORTS,
     CapacityError,
     EgressIP,
     Machine,
@@ -26,8 +27,13 @@ POOL = "fra1/warp/DE"
 WARP = frozenset({POOL})
 
 
-def ips(count: int, pool: str = POOL, **fields: object) -> list[EgressIP]:
-    return [EgressIP(f"10.0.0.{n + 1}", pool, **fields) for n in range(count)]  # type: ignore[arg-type]
+def ips(
+    count: int,
+    pool: str = POOL,
+    usable: PortRange = USABLE_PORTS,
+    reserved: frozenset[int] = frozenset(),
+) -> list[EgressIP]:
+    return [EgressIP(f"10.0.0.{n + 1}", pool, usable, reserved) for n in range(count)]
 
 
 def machines(count: int, pools: frozenset[str] = WARP, prefix: str = "m") -> list[Machine]:
@@ -453,7 +459,8 @@ def test_it_lists_the_machines_whose_slices_changed() -> None:
     changed = machines(3)[1:] + [Machine("new", WARP)]
     result = plan(ips=ips(1), machines=changed, previous=first.slices, now=NOW)
     assert result.diff.machines_touched() == frozenset({"m00", "new"})
-    assert [s.machine for s in result.slices_of("new")] == ["new"]
+    assert [s.machine for s in result.by_machine()["new"]] == ["new"]
+    assert [s.state for s in result.by_machine()["m00"]] == ["draining"]
 
 
 def test_it_plans_tiny_slices_without_listing_every_slot() -> None:

@@ -9,6 +9,7 @@ many more IPs serve everyone, one fewer does not) and the last good slices stay.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from hypothesis import HealthCheck, settings
@@ -62,7 +63,7 @@ class Datacenter(RuleBasedStateMachine):
         self.slices = result.slices
 
     @staticmethod
-    def _chosen(keys: dict[str, object], index: int) -> str:
+    def _chosen(keys: Mapping[str, object], index: int) -> str:
         return sorted(keys)[index % len(keys)]
 
     @initialize(chosen=policies(), first_ips=st.integers(len(POOLS), 2 * len(POOLS)))
@@ -91,13 +92,13 @@ class Datacenter(RuleBasedStateMachine):
     @precondition(lambda self: len(self.ips) > len(POOLS))
     @rule(index=pick)
     def remove_ip(self, index: int) -> None:
-        del self.ips[self._chosen(self.ips, index)]  # type: ignore[arg-type]
+        del self.ips[self._chosen(self.ips, index)]
         self._replan()
 
     @precondition(lambda self: self.ips)
     @rule(index=pick, state=st.sampled_from(("active", "draining")))
     def set_ip_state(self, index: int, state: str) -> None:
-        ip = self.ips[self._chosen(self.ips, index)]  # type: ignore[arg-type]
+        ip = self.ips[self._chosen(self.ips, index)]
         self.ips[ip.address] = EgressIP(ip.address, ip.pool, ip.usable, ip.reserved, state)
         self._replan()
 
@@ -111,7 +112,7 @@ class Datacenter(RuleBasedStateMachine):
     @precondition(lambda self: self.machines)
     @rule(index=pick)
     def remove_machine(self, index: int) -> None:
-        del self.machines[self._chosen(self.machines, index)]  # type: ignore[arg-type]
+        del self.machines[self._chosen(self.machines, index)]
         self._replan()
 
     @precondition(lambda self: self.machines)
@@ -124,7 +125,7 @@ class Datacenter(RuleBasedStateMachine):
     def change_machine(
         self, index: int, state: str, weight: int, pools: frozenset[str] | None
     ) -> None:
-        machine = self.machines[self._chosen(self.machines, index)]  # type: ignore[arg-type]
+        machine = self.machines[self._chosen(self.machines, index)]
         self.machines[machine.name] = Machine(machine.name, pools or machine.pools, weight, state)
         self._replan()
 
@@ -135,7 +136,7 @@ class Datacenter(RuleBasedStateMachine):
         utilization=st.sampled_from((0.05, 0.5, 0.9, 1.0)) | st.none(),
     )
     def report_usage(self, index: int, pool: str, utilization: float | None) -> None:
-        owner = (self._chosen(self.machines, index), pool)  # type: ignore[arg-type]
+        owner = (self._chosen(self.machines, index), pool)
         if utilization is None:
             self.usage.pop(owner, None)
         else:
