@@ -4,6 +4,12 @@ Load is the number of active slices an IP carries, so the IPs of a pool carry
 nearly equal numbers of machines and losing one IP hurts everyone about the
 same. Ties go to the IP that sorts first; on an IP the lowest free slot is
 taken, which keeps the free space in one piece at the top.
+
+"Nearly equal", as the tests hold it: an IP that got a new slice carries at
+most one active slice more than any IP of its pool that still has room; so a
+plan from nothing over IPs of one shape differs by at most one slice per IP.
+Existing slices never move to even things out (that would renumber someone):
+after machines leave, the next ones to join fill the gaps.
 """
 
 from __future__ import annotations

@@ -70,6 +70,9 @@ def plan(
     """Plan every pool's slices; see the module docstring for the steps and DESIGN.md §5.
 
     ``usage`` maps (machine, pool) to utilization 0-1 and drives growth.
+    Leaving slices drain for ``drain_for``; those of an IP missing from ``ips``
+    are freed at once (``carryover`` says why).
+
     Raises :class:`CapacityError` when some active machine cannot be served,
     ``ValueError`` on inconsistent input (duplicate IPs or machines, a bad
     policy, overlapping previous slices).
