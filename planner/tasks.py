@@ -1,8 +1,12 @@
-"""Celery tasks: thin wrappers that load, call a service, and retry."""
+"""Celery tasks: thin wrappers that load, call a service, and retry.
+
+``planner.record_ack`` and ``planner.record_usage`` take the keyword
+arguments documented in agent/worker.py: that docstring is the contract.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import shared_task
@@ -26,15 +30,37 @@ def publish_revision(revision_id: int) -> int:
 
 @shared_task(name="planner.record_ack")
 def record_ack(
+    *,
     hostname: str,
-    serial: int,
+    serial: int | None,
     status: str,
     reason: str = "",
     detail: str = "",
-    applied_at: float | None = None,
+    applied_serial: int | None = None,
+    applied_at: str = "",
+    enforcement: dict[str, Any] | None = None,
     **extra: Any,
 ) -> int:
-    at = datetime.fromtimestamp(applied_at).astimezone() if applied_at else None
+    at = datetime.fromisoformat(applied_at) if applied_at else None
     return services.bundle_ack(
-        hostname=hostname, serial=serial, status=status, reason=reason, detail=detail, at=at
+        hostname=hostname,
+        serial=serial,
+        status=status,
+        reason=reason,
+        detail=detail,
+        applied_serial=applied_serial,
+        enforcement=enforcement,
+        at=at,
     )
+
+
+@shared_task(name="planner.record_usage")
+def record_usage(*, hostname: str, at: float, slices: list[dict[str, Any]], **extra: Any) -> int:
+    return services.usage_record(
+        hostname=hostname, at=datetime.fromtimestamp(at, tz=UTC), slices=slices
+    )
+
+
+@shared_task(name="planner.expire_usage")
+def expire_usage() -> int:
+    return services.usage_expire()

@@ -5,11 +5,14 @@ from planner.models.inventory import Datacenter, EgressIP, EgressPool, Machine
 from planner.models.signing import ConfigBundle, SigningKey
 from planner.models.slices import PlanRevision, PortSlice
 from planner.models.tokens import ApiToken
+from planner.models.usage import SliceUsage, UsageSample
 
 __all__ = [
     "ApiToken",
     "ConfigBundle",
     "SigningKey",
+    "SliceUsage",
+    "UsageSample",
     "AuditEntry",
     "Datacenter",
     "EgressIP",

@@ -188,6 +188,12 @@ class Machine(models.Model):
     pools = models.ManyToManyField(EgressPool, related_name="machines", blank=True)
     last_seen = models.DateTimeField(null=True, blank=True)
     applied_serial = models.PositiveBigIntegerField(default=0)
+    enforcement = models.JSONField(
+        default=dict,
+        blank=True,
+        editable=False,
+        help_text="What the agent last said it enforces (port range, nftables)",
+    )
     bundle_serial = models.PositiveBigIntegerField(
         default=0, editable=False, help_text="Serial of the newest bundle signed for it"
     )
@@ -197,7 +203,7 @@ class Machine(models.Model):
 
     # Written only by atomic UPDATEs (bundle builds, agent acks); a save of a
     # stale instance (an admin form, an API PATCH) must not put them back.
-    COUNTERS = frozenset({"bundle_serial", "applied_serial", "last_seen"})
+    COUNTERS = frozenset({"bundle_serial", "applied_serial", "last_seen", "enforcement"})
 
     def __str__(self) -> str:
         return self.hostname

@@ -24,6 +24,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -76,7 +77,7 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run_worker(ns: str, command: str, timeout: float = 60, **kwargs: object) -> object:
+def run_worker(ns: str, command: str, timeout: float = 60, **kwargs: object) -> Any:
     """Run ``tests.agent.workers.<command>(**kwargs)`` in ``ns``; its JSON result."""
     done = subprocess.run(
         python_in(ns, "-m", "tests.agent.workers", command, json.dumps(kwargs)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -22,22 +23,23 @@ PROCESSES = 8
 DNS = 53
 
 
-def start_holders(testbed: Testbed, count: int, dst: str) -> list:
+def start_holders(testbed: Testbed, count: int, dst: str) -> list[Any]:
     args = json.dumps({"source_ip": EGRESS_V4, "lo": LO, "hi": HI, "dst": dst, "port": DNS})
-    workers = [
-        testbed.spawn(testbed.host, "-m", "tests.agent.workers", "udp_hold", args)
-        for _ in range(count)
-    ]
-    for worker in workers:
-        assert worker.stdout.readline() == "ready\n", worker.stderr.read()
+    pipes = []
+    for _ in range(count):
+        worker = testbed.spawn(testbed.host, "-m", "tests.agent.workers", "udp_hold", args)
+        assert worker.stdin and worker.stdout and worker.stderr
+        pipes.append((worker.stdin, worker.stdout, worker.stderr))
+    for _, out, err in pipes:
+        assert out.readline() == "ready\n", err.read()
     start_at = time.time() + 0.2
-    for worker in workers:
-        worker.stdin.write(f"go {start_at}\n")
-        worker.stdin.flush()
+    for inp, _, _ in pipes:
+        inp.write(f"go {start_at}\n")
+        inp.flush()
     reports = []
-    for worker in workers:
-        line = worker.stdout.readline()
-        assert line, worker.stderr.read()
+    for _, out, err in pipes:
+        line = out.readline()
+        assert line, err.read()
         reports.append(json.loads(line))
     return reports
 

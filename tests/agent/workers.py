@@ -78,7 +78,7 @@ def stale_range_check(source_ip: str, lo: int, hi: int, dst: str, port: int) -> 
     try:
         egress.connect_tcp((dst, port), source_ip=source_ip, port_range=(lo, hi), timeout=5)
     except egress.RangeNotEnforced as exc:
-        outcome = {"error": "RangeNotEnforced", "message": str(exc)}
+        outcome: dict[str, object] = {"error": "RangeNotEnforced", "message": str(exc)}
     else:
         outcome = {"error": None}
     first.close()
