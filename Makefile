@@ -23,6 +23,7 @@ sysdeps:
 
 run: $(STAMP)
 	$(PY) manage.py migrate --no-input -v0
+	$(PY) manage.py signing_key generate --if-missing
 	$(PY) manage.py seed_demo --if-empty
 	$(PY) manage.py ensure_admin
 	$(PY) manage.py collectstatic --no-input -v0
