@@ -79,3 +79,35 @@ def render_ip_rules(rows: Sequence[SteeringRow]) -> str:
         )
         lines.append(f"{ip} route replace default via {hop} table {mark}")
     return "\n".join(lines) + "\n"
+
+
+def render_gateway_script(rows: Sequence[SteeringRow], *, datacenter: str, revision: int) -> str:
+    """The nft script, then the policy-routing lines commented out (run them with sh)."""
+    rules = "".join(
+        line + "\n" if line.startswith("#") else f"#   {line}\n"
+        for line in render_ip_rules(rows).splitlines()
+    )
+    script = render_nft(rows, datacenter=datacenter, revision=revision)
+    return script + "\n# policy routing (run with sh):\n" + rules
+
+
+def steering_document(
+    rows: Sequence[SteeringRow], *, datacenter: str, revision: int
+) -> dict[str, object]:
+    """The JSON steering table: every live slice, its machine and next hop, the marks."""
+    return {
+        "datacenter": datacenter,
+        "revision": revision,
+        "marks": machine_marks(rows),
+        "slices": [
+            {
+                "ip": r.ip,
+                "lo": r.lo,
+                "hi": r.hi,
+                "machine": r.machine,
+                "next_hop": r.next_hop,
+                "state": r.state,
+            }
+            for r in rows
+        ],
+    }

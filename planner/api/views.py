@@ -132,33 +132,10 @@ class SteeringView(JsonErrors, APIView):
         rows = selectors.steering_table(datacenter=datacenter)
         revision = selectors.current_revision(datacenter=datacenter)
         if request.accepted_renderer.format == "nft":
-            script = steering.render_nft(rows, datacenter=code, revision=revision)
-            rules = steering.render_ip_rules(rows)
-            return Response(script + "\n# policy routing (run with sh):\n" + _commented(rules))
-        return Response(
-            {
-                "datacenter": code,
-                "revision": revision,
-                "marks": steering.machine_marks(rows),
-                "slices": [
-                    {
-                        "ip": r.ip,
-                        "lo": r.lo,
-                        "hi": r.hi,
-                        "machine": r.machine,
-                        "next_hop": r.next_hop,
-                        "state": r.state,
-                    }
-                    for r in rows
-                ],
-            }
-        )
-
-
-def _commented(text: str) -> str:
-    return "".join(
-        f"#   {line}\n" if not line.startswith("#") else f"{line}\n" for line in text.splitlines()
-    )
+            return Response(
+                steering.render_gateway_script(rows, datacenter=code, revision=revision)
+            )
+        return Response(steering.steering_document(rows, datacenter=code, revision=revision))
 
 
 class EgressPoolViewSet(InventoryViewSet):
