@@ -5,13 +5,17 @@ from __future__ import annotations
 from django.contrib import admin
 
 from planner.models import (
+    ApiToken,
     AuditEntry,
+    ConfigBundle,
     Datacenter,
     EgressIP,
     EgressPool,
     Machine,
     PlanRevision,
     PortSlice,
+    SigningKey,
+    SliceUsage,
 )
 
 
@@ -84,3 +88,49 @@ class AuditEntryAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: object, obj: object = None) -> bool:
         return False
+
+
+@admin.register(SigningKey)
+class SigningKeyAdmin(admin.ModelAdmin):
+    """Keys change only through ``manage.py signing_key`` (it writes the private file)."""
+
+    list_display = ["kid", "status", "created_at", "retired_at"]
+    list_filter = ["status"]
+    readonly_fields = ["kid", "public_jwk", "status", "created_at", "retired_at"]
+
+    def has_add_permission(self, request: object) -> bool:
+        return False
+
+
+@admin.register(ConfigBundle)
+class ConfigBundleAdmin(admin.ModelAdmin):
+    list_display = ["machine", "serial", "status", "created_at", "sent_at", "acked_at", "error"]
+    list_filter = ["status", "machine__datacenter"]
+    search_fields = ["machine__hostname", "error"]
+    list_select_related = ["machine"]
+    readonly_fields = [f.name for f in ConfigBundle._meta.fields]
+
+    def has_add_permission(self, request: object) -> bool:
+        return False
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Tokens are made with ``manage.py api_token create`` (the key is shown once);
+    here they can be looked at and revoked."""
+
+    list_display = ["name", "kind", "user", "machine", "datacenter", "last_used_at", "revoked"]
+    list_filter = ["kind", "revoked"]
+    search_fields = ["name", "user__username", "machine__hostname"]
+    fields = ["name", "kind", "user", "machine", "datacenter", "last_used_at", "revoked"]
+    readonly_fields = ["name", "kind", "user", "machine", "datacenter", "last_used_at"]
+
+    def has_add_permission(self, request: object) -> bool:
+        return False
+
+
+@admin.register(SliceUsage)
+class SliceUsageAdmin(admin.ModelAdmin):
+    list_display = ["slice", "at", "tcp", "udp"]
+    list_select_related = ["slice__ip", "slice__machine"]
+    search_fields = ["slice__machine__hostname", "slice__ip__address"]

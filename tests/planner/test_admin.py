@@ -17,6 +17,10 @@ PAGES = [
     ("portslice", "state__exact=draining"),
     ("planrevision", "status__exact=applied"),
     ("auditentry", "action__exact=import"),
+    ("signingkey", "status__exact=active"),
+    ("configbundle", "status__exact=pending"),
+    ("apitoken", "kind__exact=agent"),
+    ("sliceusage", "q=fra1"),
 ]
 
 
