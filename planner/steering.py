@@ -43,12 +43,12 @@ def render_nft(rows: Sequence[SteeringRow], *, datacenter: str, revision: int) -
         f"delete table inet {TABLE}",
         f"table inet {TABLE} {{",
     ]
+    by_family: dict[int, list[str]] = {4: [], 6: []}
+    for r in rows:
+        # The rows hold valid addresses (the database checked them): a colon is IPv6.
+        by_family[6 if ":" in r.ip else 4].append(f"{r.ip} . {r.lo}-{r.hi} : {marks[r.machine]:#x}")
     for family, addr_type in ((4, "ipv4_addr"), (6, "ipv6_addr")):
-        elements = [
-            f"{r.ip} . {r.lo}-{r.hi} : {marks[r.machine]:#x}"
-            for r in rows
-            if ipaddress.ip_address(r.ip).version == family
-        ]
+        elements = by_family[family]
         lines.append(f"  map steer_v{family} {{")
         lines.append(f"    type {addr_type} . inet_service : mark; flags interval")
         if elements:

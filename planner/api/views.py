@@ -195,7 +195,10 @@ class MachineViewSet(JsonErrors, InventoryViewSet):
 
 
 class PortSliceViewSet(viewsets.ReadOnlyModelViewSet):
-    queryset = PortSlice.objects.select_related("ip__pool__datacenter", "machine", "revision")
+    # A revision's diff summary can name thousands of machines: not per slice row.
+    queryset = PortSlice.objects.select_related(
+        "ip__pool__datacenter", "machine", "revision"
+    ).defer("revision__diff_summary")
     serializer_class = s.PortSliceSerializer
     filterset_class = PortSliceFilter
     ordering_fields = ["id", "lo", "state"]
