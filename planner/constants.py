@@ -28,3 +28,7 @@ ERR_KEY_EXISTS = "An active signing key exists; use 'rotate' to replace it."
 ERR_KEY_UNKNOWN = "No signing key with kid %(kid)r."
 ERR_KEY_ACTIVE = "Key %(kid)r is the active key; rotate first, then retire it."
 ERR_NO_ACTIVE_KEY = "No active signing key; run 'manage.py signing_key generate'."
+ERR_DATACENTER_MOVE = (
+    "Cannot move to another datacenter: its slices and bundles belong to this one. "
+    "Retire it and create a new one there."
+)

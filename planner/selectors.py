@@ -66,7 +66,7 @@ def planner_inputs(*, datacenter: Datacenter) -> PlannerInputs:
     )
     served: dict[int, set[str]] = {}
     for machine_id, pool_id in Machine.pools.through.objects.filter(
-        machine__datacenter=datacenter
+        machine__datacenter=datacenter, egresspool__datacenter=datacenter
     ).values_list("machine_id", "egresspool_id"):
         served.setdefault(machine_id, set()).add(pools[pool_id].key)
     machines = tuple(

@@ -7,6 +7,7 @@ one transaction: they apply whole or not at all.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -15,13 +16,21 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import OperationalError, models, transaction
-from django.db.models import F
+from django.db.models import F, Q, QuerySet, Value
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 import allocator as alloc
 from planner import constants, signing
 from planner.audit import audit_record
-from planner.choices import AuditAction, BundleStatus, KeyStatus, RevisionStatus, SliceState
+from planner.choices import (
+    AuditAction,
+    BundleStatus,
+    KeyStatus,
+    MachineState,
+    RevisionStatus,
+    SliceState,
+)
 from planner.inventory_io import InventoryError, InventoryRecord
 from planner.models import (
     ApiToken,
@@ -502,9 +511,10 @@ def bundles_build(
 ) -> list[ConfigBundle]:
     """Sign a fresh bundle for each machine: its live slices, a new serial each.
 
-    Serials come from one ``UPDATE ... SET bundle_serial = bundle_serial + 1``,
-    whose row locks order concurrent builders, so serials strictly increase
-    per machine. Older unacknowledged bundles of those machines are superseded.
+    Serials come from one ``UPDATE ... SET bundle_serial = GREATEST(bundle_serial
+    + 1, <now in ms>)``, whose row locks order concurrent builders, so serials
+    strictly increase per machine, across deletion and re-creation too. Older
+    unacknowledged bundles of those machines are superseded.
     Raises :class:`planner.signing.SigningKeyMissing` without an active key.
     """
     ids = [m.pk for m in machines]
@@ -515,7 +525,12 @@ def bundles_build(
     if key is None:
         raise signing.SigningKeyMissing(constants.ERR_NO_ACTIVE_KEY)
     with transaction.atomic():
-        Machine.objects.filter(pk__in=ids).update(bundle_serial=F("bundle_serial") + 1)
+        # At least the wall clock in ms: a machine deleted and re-created under
+        # its hostname never gets a serial its agent has already applied.
+        floor = Value(time.time_ns() // 1_000_000)
+        Machine.objects.filter(pk__in=ids).update(
+            bundle_serial=Greatest(F("bundle_serial") + 1, floor)
+        )
         machines = Machine.objects.filter(pk__in=ids).select_related("datacenter")
         serials = dict(Machine.objects.filter(pk__in=ids).values_list("pk", "bundle_serial"))
         ConfigBundle.objects.filter(
@@ -599,14 +614,22 @@ def usage_record(*, hostname: str, at: datetime, slices: Iterable[dict[str, Any]
     reported = [(owned.get((r["ip"], r["lo"], r["hi"])), r) for r in slices]
     reported = [(pk, r) for pk, r in reported if pk is not None]
     since = at - timedelta(seconds=settings.USAGE_SAMPLE_SECONDS)
-    sampled = set(
-        UsageSample.objects.filter(machine=machine, at__gt=since).values_list("ip", "lo", "hi")
-    )
     with transaction.atomic():
+        # Reports may arrive out of order (several workers): an older one never
+        # replaces newer figures, and history gets one row per sampling period.
+        newer = set(
+            SliceUsage.objects.filter(
+                slice_id__in=[pk for pk, _ in reported], at__gte=at
+            ).values_list("slice_id", flat=True)
+        )
+        sampled = set(
+            UsageSample.objects.filter(machine=machine, at__gt=since).values_list("ip", "lo", "hi")
+        )
         SliceUsage.objects.bulk_create(
             [
                 SliceUsage(slice_id=pk, at=at, tcp=r["tcp"], udp=r["udp"], buckets=r["buckets"])
                 for pk, r in reported
+                if pk not in newer
             ],
             update_conflicts=True,
             unique_fields=["slice"],
@@ -636,21 +659,70 @@ def usage_expire(*, now: datetime | None = None) -> int:
 
 
 def bundles_send(*, bundles: Iterable[ConfigBundle], send: Any) -> int:
-    """Hand each pending bundle to ``send(hostname, token)`` and mark it sent.
+    """Hand each bundle to ``send(hostname, token)`` and mark it sent.
 
     ``send`` puts the token on the machine's queue (the Celery task does it by
     name); the broker is an untrusted transport, the signature protects the host.
+    A bundle acked meanwhile is not marked back to sent.
     """
     sent = 0
     for bundle in bundles:
-        if bundle.status != BundleStatus.PENDING:
-            continue
         send(bundle.machine.hostname, bundle.token)
-        ConfigBundle.objects.filter(pk=bundle.pk, status=BundleStatus.PENDING).update(
+        ConfigBundle.objects.filter(pk=bundle.pk, status__in=RESENDABLE).update(
             status=BundleStatus.SENT, sent_at=timezone.now()
         )
         sent += 1
     return sent
+
+
+RESENDABLE = (BundleStatus.PENDING, BundleStatus.SENT, BundleStatus.FAILED)
+RESEND_AFTER = timedelta(minutes=2)
+
+
+def bundles_due(*, now: datetime | None = None) -> QuerySet[ConfigBundle]:
+    """Each machine's newest bundle that its agent has not applied yet and that is
+    due: never sent, or sent or failed more than ``RESEND_AFTER`` ago. A rejected
+    bundle is not resent: it would be rejected again."""
+    before = (now or timezone.now()) - RESEND_AFTER
+    return (
+        ConfigBundle.objects.filter(serial=F("machine__bundle_serial"))
+        .exclude(machine__state=MachineState.RETIRED)
+        .filter(
+            Q(status=BundleStatus.PENDING)
+            | Q(status=BundleStatus.SENT, sent_at__lt=before)
+            | Q(status=BundleStatus.FAILED, acked_at__lt=before)
+        )
+        .select_related("machine")
+    )
+
+
+def drains_expire(*, now: datetime | None = None) -> list[PlanRevision]:
+    """Re-plan each datacenter holding a drain that has ended, so its ports are freed.
+
+    This applies the whole current plan of that datacenter, as a scheduled
+    rebalance would; a datacenter that cannot be planned (short pool, another
+    apply running) is logged and left for the next run.
+    """
+    now = now or timezone.now()
+    codes = (
+        PortSlice.objects.filter(state=SliceState.DRAINING, drain_until__lte=now)
+        .values_list("ip__pool__datacenter", flat=True)
+        .distinct()
+    )
+    revisions = []
+    for datacenter in Datacenter.objects.filter(pk__in=list(codes)):
+        try:
+            revisions.append(
+                plan_apply(
+                    datacenter=datacenter,
+                    base_revision=current_revision(datacenter=datacenter),
+                    reason="drains ended",
+                    now=now,
+                )
+            )
+        except (PlanConflict, alloc.CapacityError) as error:
+            logger.warning("drains in %s not freed yet: %s", datacenter.code, error)
+    return revisions
 
 
 # --- API tokens ----------------------------------------------------------------

@@ -173,6 +173,12 @@ CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = (
 for _folder in CELERY_BROKER_TRANSPORT_OPTIONS.values():
     if isinstance(_folder, str):
         Path(_folder).mkdir(parents=True, exist_ok=True)
+CELERY_BEAT_SCHEDULE = {
+    "reconcile": {"task": "planner.reconcile", "schedule": 60.0},
+    "expire-drains": {"task": "planner.expire_drains", "schedule": 60.0},
+    "expire-usage": {"task": "planner.expire_usage", "schedule": 3600.0},
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -14,6 +14,7 @@ from celery import shared_task
 from planner import services
 from planner.audit import acting_as
 from planner.celery import agent_queue, app
+from planner.choices import BundleStatus
 from planner.models import ConfigBundle
 
 
@@ -23,7 +24,9 @@ def _send_bundle(hostname: str, token: str) -> None:
 
 @shared_task(name="planner.publish_revision", autoretry_for=(OSError,), retry_backoff=True)
 def publish_revision(revision_id: int) -> int:
-    bundles = ConfigBundle.objects.filter(revision_id=revision_id).select_related("machine")
+    bundles = ConfigBundle.objects.filter(
+        revision_id=revision_id, status=BundleStatus.PENDING
+    ).select_related("machine")
     with acting_as("system:celery"):
         return services.bundles_send(bundles=bundles, send=_send_bundle)
 
@@ -64,3 +67,17 @@ def record_usage(*, hostname: str, at: float, slices: list[dict[str, Any]], **ex
 @shared_task(name="planner.expire_usage")
 def expire_usage() -> int:
     return services.usage_expire()
+
+
+@shared_task(name="planner.reconcile")
+def reconcile() -> int:
+    """Send every machine's newest unapplied bundle again (a lost message, a broker
+    that was down at commit, bundles signed by a key rotation)."""
+    with acting_as("system:celery"):
+        return services.bundles_send(bundles=services.bundles_due(), send=_send_bundle)
+
+
+@shared_task(name="planner.expire_drains")
+def expire_drains() -> int:
+    with acting_as("system:celery"):
+        return len(services.drains_expire())

@@ -20,6 +20,22 @@ from planner.validators import (
 )
 
 
+def refuse_datacenter_move(instance: models.Model, *, field: str, path: str, new: Any) -> None:
+    """A stored pool, IP or machine stays in its datacenter.
+
+    Its slices, bundles and steering all belong to that datacenter; moving it
+    would hand them to another site's plan. Retire it and create it anew.
+    """
+    if instance.pk is None or new is None:
+        return
+    stored = type(instance)._default_manager.filter(pk=instance.pk).values_list(path, flat=True)
+    old = stored.first()
+    if old is not None and old != new:
+        raise ValidationError(
+            {field: ValidationError(constants.ERR_DATACENTER_MOVE, code="datacenter_move")}
+        )
+
+
 class GeoFields(models.Model):
     """The RFC 8805 geolocation a datacenter or a pool carries."""
 
@@ -95,6 +111,9 @@ class EgressPool(GeoFields):
 
     def clean(self) -> None:
         super().clean()
+        refuse_datacenter_move(
+            self, field="datacenter", path="datacenter_id", new=self.datacenter_id
+        )
         maximum = self.max_slices_per_machine
         if maximum is not None and maximum < self.slices_per_machine:
             raise ValidationError(
@@ -138,6 +157,10 @@ class EgressIP(models.Model):
         return self.address
 
     def clean(self) -> None:
+        if self.pool_id is not None:
+            refuse_datacenter_move(
+                self, field="pool", path="pool__datacenter_id", new=self.pool.datacenter_id
+            )
         if (
             isinstance(self.usable_lo, int)
             and isinstance(self.usable_hi, int)
@@ -220,3 +243,6 @@ class Machine(models.Model):
     def clean(self) -> None:
         if self.hostname:
             self.hostname = self.hostname.lower().rstrip(".")
+        refuse_datacenter_move(
+            self, field="datacenter", path="datacenter_id", new=self.datacenter_id
+        )

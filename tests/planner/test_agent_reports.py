@@ -124,3 +124,10 @@ def test_old_history_expires(site: Site) -> None:
 
 def test_usage_from_an_unknown_host_is_ignored(site: Site) -> None:
     assert usage_record(hostname="ghost.example.net", at=AT, slices=_report(1)) == 0
+
+
+def test_a_late_older_report_does_not_replace_newer_figures(site: Site) -> None:
+    usage_record(hostname=HOST, at=AT + timedelta(seconds=10), slices=_report(7))
+    usage_record(hostname=HOST, at=AT, slices=_report(3))
+    latest = SliceUsage.objects.get()
+    assert (latest.tcp, latest.at) == (7, AT + timedelta(seconds=10))

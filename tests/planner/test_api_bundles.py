@@ -113,7 +113,8 @@ def test_rotation_keeps_the_old_key_published_until_retired(
 
 def test_the_json_form_carries_serial_and_status(clients: dict[str, APIClient]) -> None:
     body = clients["agent"].get(f"/api/v1/machines/{OWN}/bundle", HTTP_ACCEPT="application/json")
-    assert body.json()["serial"] == 1 and body.json()["token"].count(".") == 2
+    serial = Machine.objects.get(hostname=OWN).bundle_serial
+    assert body.json()["serial"] == serial and body.json()["token"].count(".") == 2
 
 
 def test_the_bundle_endpoint_is_throttled(clients: dict[str, APIClient], settings: object) -> None:
@@ -157,5 +158,20 @@ def test_serials_strictly_increase_under_concurrent_builds(postgres: None, site:
     for thread in threads:
         thread.join(timeout=60)
     assert not errors
-    serials = sorted(ConfigBundle.objects.filter(machine=machine).values_list("serial", flat=True))
-    assert serials == list(range(1, start + 21))
+    in_commit_order = list(
+        ConfigBundle.objects.filter(machine=machine).order_by("pk").values_list("serial", flat=True)
+    )
+    assert len(in_commit_order) == 21 and in_commit_order[0] == start
+    assert all(a < b for a, b in zip(in_commit_order, in_commit_order[1:], strict=False))
+    assert Machine.objects.get(pk=machine.pk).bundle_serial == in_commit_order[-1]
+
+
+def test_a_recreated_machine_never_reuses_a_serial(site: Site) -> None:
+    """Its agent still holds the old serial on disk and would refuse anything not newer."""
+    machine = site.machines[0]
+    before = Machine.objects.get(pk=machine.pk).bundle_serial
+    PortSlice.objects.filter(machine=machine).delete()
+    machine.delete()
+    again = Machine.objects.create(hostname=OWN, datacenter=site.datacenter, address="10.9.0.2")
+    (bundle,) = bundles_build(machines=[again])
+    assert bundle.serial > before

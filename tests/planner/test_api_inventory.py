@@ -101,3 +101,31 @@ def test_malformed_json_is_400(clients: dict[str, APIClient]) -> None:
         "POST", "/api/v1/datacenters", "{not json", content_type="application/json"
     )
     assert response.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/v1/machines/edge0.fra1.example.net", {"datacenter": "ams1"}),
+        ("/api/v1/pools/{pool}", {"datacenter": "ams1"}),
+        ("/api/v1/ips/192.0.2.1", {"pool": "{other_pool}"}),
+    ],
+    ids=["machine", "pool", "ip"],
+)
+def test_nothing_moves_to_another_datacenter(
+    clients: dict[str, APIClient], site: Site, path: str, body: dict[str, str]
+) -> None:
+    bob = clients["bob"]
+    bob.post("/api/v1/datacenters", {"code": "ams1", "name": "A", "country": "NL"}, format="json")
+    pool = EgressPool.objects.get(datacenter__code="fra1")
+    other = bob.post(
+        "/api/v1/pools", {"datacenter": "ams1", "purpose": "warp", "country": "NL"}, format="json"
+    ).json()["id"]
+    path = path.format(pool=pool.pk)
+    body = {k: (other if v == "{other_pool}" else v) for k, v in body.items()}
+    response = bob.patch(path, body, format="json")
+    assert response.status_code == 400, response.content
+    assert "another datacenter" in str(response.json())
+    # Both sites still plan.
+    for code in ("fra1", "ams1"):
+        assert bob.post(f"/api/v1/datacenters/{code}/plan/preview").status_code == 200
