@@ -178,33 +178,44 @@ class PoolHeadroom:
 def pool_headroom() -> list[PoolHeadroom]:
     """Per pool: slots of its active IPs, how many are free, who is unserved.
 
-    Counts, no planning: cheap enough for every metrics scrape.
+    Counts, no planning, and a fixed number of queries whatever the number of
+    pools: cheap enough for every metrics scrape.
     """
-    result = []
     pools = EgressPool.objects.select_related("datacenter").annotate(
         served=Count("machines", filter=Q(machines__state="active"), distinct=True)
     )
+    usable: dict[int, list[alloc.PortRange]] = {}
+    for pool_id, lo, hi in EgressIP.objects.filter(state="active").values_list(
+        "pool_id", "usable_lo", "usable_hi"
+    ):
+        usable.setdefault(pool_id, []).append(alloc.PortRange(lo, hi))
+    used = dict(
+        PortSlice.objects.filter(ip__state="active")
+        .values_list("ip__pool_id")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    with_slice = dict(
+        PortSlice.objects.filter(state="active", machine__state="active")
+        .values_list("ip__pool_id")
+        .annotate(n=Count("machine", distinct=True))
+        .order_by()
+    )
+    result = []
     for pool in pools:
-        ips = list(EgressIP.objects.filter(pool=pool, state="active"))
-        per_ip = [
-            slots_per_ip(alloc.PortRange(ip.usable_lo, ip.usable_hi), pool.slice_size) for ip in ips
-        ]
-        used = PortSlice.objects.filter(ip__pool=pool, ip__state="active").count()
-        with_slice = (
-            PortSlice.objects.filter(ip__pool=pool, state="active", machine__state="active")
-            .values("machine")
-            .distinct()
-            .count()
-        )
-        unserved = max(pool.served - with_slice, 0)
+        per_ip = [slots_per_ip(ports, pool.slice_size) for ports in usable.get(pool.pk, [])]
+        unserved = max(pool.served - with_slice.get(pool.pk, 0), 0)
         typical = max(per_ip, default=slots_per_ip(alloc.USABLE_PORTS, pool.slice_size))
+        free = max(sum(per_ip) - used.get(pool.pk, 0), 0)
+        # Unserved machines first take the free slots; only the rest needs new IPs.
+        missing = max(unserved * pool.slices_per_machine - free, 0)
         result.append(
             PoolHeadroom(
                 pool=pool.key,
                 slots_total=sum(per_ip),
-                free_slots=max(sum(per_ip) - used, 0),
+                free_slots=free,
                 unserved_machines=unserved,
-                ips_needed=ips_needed(unserved * pool.slices_per_machine, typical),
+                ips_needed=ips_needed(missing, typical),
             )
         )
     return result

@@ -62,3 +62,20 @@ def test_metrics_can_require_a_token(site: Site, settings: object) -> None:
 def test_an_unknown_api_path_is_a_json_404(site: Site) -> None:
     response = Client().get("/api/v1/nothing-here")
     assert response.status_code == 404 and response.json()["detail"].startswith("No such")
+
+
+def test_metrics_say_how_many_ips_a_short_pool_needs(site: Site) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from tests.planner.factories import make_machine
+
+    pool = site.datacenter.pools.get()
+    for n in range(20):  # joined after the plan: no slices yet
+        make_machine(f"new{n}.fra1.example.net", datacenter=site.datacenter).pools.add(pool)
+    with CaptureQueriesContext(connection) as queries:
+        text = Client().get("/metrics").content.decode()
+    assert 'portslice_pool_unserved_machines{pool="fra1/warp/DE"} 20.0' in text
+    # 20 unserved, 11 free slots: 9 more slots, at 7 an IP.
+    assert 'portslice_pool_ips_needed{pool="fra1/warp/DE"} 2.0' in text
+    assert len(queries) < 15  # a fixed number, not a few per pool
