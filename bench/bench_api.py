@@ -54,7 +54,7 @@ def best_of(runs: int, work: Callable[[], Any]) -> tuple[float, Any]:
 def build_steering_datacenter() -> Any:
     """2,000 machines x 50 pools on 3,500 IPs, planned and stored: 100,000 slices."""
     from planner.models import Datacenter, EgressIP, EgressPool, Machine
-    from planner.services import plan_apply
+    from planner.services.plans import plan_apply
 
     dc = Datacenter.objects.create(code="big1", name="Big", country="DE")
     pools = EgressPool.objects.bulk_create(
@@ -152,7 +152,8 @@ def build_bundle_machines(count: int, slices_each: int) -> list[Any]:
 def bench_bundles() -> dict[str, float]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from planner.services import bundles_build, signing_key_generate
+    from planner.services.bundles import bundles_build
+    from planner.services.keys import signing_key_generate
 
     signing_key_generate()
     machines = build_bundle_machines(count=500, slices_each=50)

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, F, Q, QuerySet
+from django.utils import timezone
 
 import allocator as alloc
 from allocator.capacity import ips_needed, slots_per_ip
 from planner import signing
-from planner.choices import RevisionStatus
+from planner.choices import BundleStatus, MachineState, RevisionStatus
 from planner.inventory_io import GeofeedEntry
-from planner.models import Datacenter, EgressIP, EgressPool, Machine, PlanRevision, PortSlice
+from planner.models import (
+    ConfigBundle,
+    Datacenter,
+    EgressIP,
+    EgressPool,
+    Machine,
+    PlanRevision,
+    PortSlice,
+)
 from planner.steering import SteeringRow
 
 
@@ -219,3 +228,23 @@ def pool_headroom() -> list[PoolHeadroom]:
             )
         )
     return result
+
+
+RESEND_AFTER = timedelta(minutes=2)
+
+
+def bundles_due(*, now: datetime | None = None) -> QuerySet[ConfigBundle]:
+    """Each machine's newest bundle that its agent has not applied yet and that is
+    due: never sent, or sent or failed more than ``RESEND_AFTER`` ago. A rejected
+    bundle is not resent: it would be rejected again."""
+    before = (now or timezone.now()) - RESEND_AFTER
+    return (
+        ConfigBundle.objects.filter(serial=F("machine__bundle_serial"))
+        .exclude(machine__state=MachineState.RETIRED)
+        .filter(
+            Q(status=BundleStatus.PENDING)
+            | Q(status=BundleStatus.SENT, sent_at__lt=before)
+            | Q(status=BundleStatus.FAILED, acked_at__lt=before)
+        )
+        .select_related("machine")
+    )

@@ -11,11 +11,13 @@ from typing import Any
 
 from celery import shared_task
 
-from planner import services
+from planner import selectors
 from planner.audit import acting_as
 from planner.celery import agent_queue, app
 from planner.choices import BundleStatus
 from planner.models import ConfigBundle
+from planner.services import bundles as bundle_services
+from planner.services import plans, reports
 
 
 def _send_bundle(hostname: str, token: str) -> None:
@@ -28,7 +30,7 @@ def publish_revision(revision_id: int) -> int:
         revision_id=revision_id, status=BundleStatus.PENDING
     ).select_related("machine")
     with acting_as("system:celery"):
-        return services.bundles_send(bundles=bundles, send=_send_bundle)
+        return bundle_services.bundles_send(bundles=bundles, send=_send_bundle)
 
 
 @shared_task(name="planner.record_ack")
@@ -45,7 +47,7 @@ def record_ack(
     **extra: Any,
 ) -> int:
     at = datetime.fromisoformat(applied_at) if applied_at else None
-    return services.bundle_ack(
+    return reports.bundle_ack(
         hostname=hostname,
         serial=serial,
         status=status,
@@ -59,14 +61,14 @@ def record_ack(
 
 @shared_task(name="planner.record_usage")
 def record_usage(*, hostname: str, at: float, slices: list[dict[str, Any]], **extra: Any) -> int:
-    return services.usage_record(
+    return reports.usage_record(
         hostname=hostname, at=datetime.fromtimestamp(at, tz=UTC), slices=slices
     )
 
 
 @shared_task(name="planner.expire_usage")
 def expire_usage() -> int:
-    return services.usage_expire()
+    return reports.usage_expire()
 
 
 @shared_task(name="planner.reconcile")
@@ -74,10 +76,10 @@ def reconcile() -> int:
     """Send every machine's newest unapplied bundle again (a lost message, a broker
     that was down at commit, bundles signed by a key rotation)."""
     with acting_as("system:celery"):
-        return services.bundles_send(bundles=services.bundles_due(), send=_send_bundle)
+        return bundle_services.bundles_send(bundles=selectors.bundles_due(), send=_send_bundle)
 
 
 @shared_task(name="planner.expire_drains")
 def expire_drains() -> int:
     with acting_as("system:celery"):
-        return len(services.drains_expire())
+        return len(plans.drains_expire())

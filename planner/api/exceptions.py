@@ -12,7 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 import allocator as alloc
-from planner.services import PlanConflict, shortfalls_as_list
+from planner.services.plans import PlanConflict, shortfalls_as_list
 
 
 def handle(exc: Exception, context: dict[str, Any]) -> Response | None:

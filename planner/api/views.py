@@ -19,7 +19,7 @@ from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
 from rest_framework.views import APIView
 
-from planner import selectors, services, steering
+from planner import selectors, steering
 from planner.api import serializers as s
 from planner.api.filters import EgressIPFilter, EgressPoolFilter, MachineFilter, PortSliceFilter
 from planner.api.permissions import ADMIN, OPERATOR
@@ -36,6 +36,7 @@ from planner.models import (
     PortSlice,
     SigningKey,
 )
+from planner.services import inventory, plans
 from planner.signing import jwks
 
 # An IPv4 or IPv6 address in a URL path segment.
@@ -53,7 +54,7 @@ class JsonErrors:
 
 
 class InventoryViewSet(viewsets.ModelViewSet):
-    """CRUD whose writes go through :func:`services.model_save` / ``inventory_delete``."""
+    """CRUD whose writes go through :func:`inventory.model_save` / ``inventory_delete``."""
 
     def perform_create(self, serializer: BaseSerializer[Any]) -> None:
         self._save(serializer, self.get_queryset().model())
@@ -62,12 +63,12 @@ class InventoryViewSet(viewsets.ModelViewSet):
         self._save(serializer, serializer.instance)
 
     def _save(self, serializer: BaseSerializer[Any], instance: Any) -> None:
-        serializer.instance = services.model_save(
+        serializer.instance = inventory.model_save(
             instance=instance, values=dict(serializer.validated_data)
         )
 
     def perform_destroy(self, instance: Model) -> None:
-        services.inventory_delete(instance=instance)
+        inventory.inventory_delete(instance=instance)
 
 
 class DatacenterViewSet(InventoryViewSet):
@@ -82,7 +83,7 @@ class DatacenterViewSet(InventoryViewSet):
     @action(detail=True, methods=["post"], url_path="plan/preview")
     def plan_preview(self, request: Request, code: str) -> Response:
         """The diff and the capacity per pool a plan would give now; writes nothing."""
-        preview = services.plan_preview(datacenter=self.get_object())
+        preview = plans.plan_preview(datacenter=self.get_object())
         return Response(preview.as_dict())
 
     @extend_schema(
@@ -100,7 +101,7 @@ class DatacenterViewSet(InventoryViewSet):
         """Apply a plan made against ``base_revision``: whole, or not at all."""
         body = s.PlanApplySerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        revision = services.plan_apply(
+        revision = plans.plan_apply(
             datacenter=self.get_object(),
             base_revision=body.validated_data["base_revision"],
             reason=body.validated_data["reason"],
@@ -174,7 +175,7 @@ class MachineViewSet(JsonErrors, InventoryViewSet):
     def _save(self, serializer: BaseSerializer[Any], instance: Any) -> None:
         values = dict(serializer.validated_data)
         pools = values.pop("pools", None)
-        serializer.instance = services.machine_save(machine=instance, values=values, pools=pools)
+        serializer.instance = inventory.machine_save(machine=instance, values=values, pools=pools)
 
     @extend_schema(responses={(200, "application/jose"): OpenApiTypes.STR})
     @action(

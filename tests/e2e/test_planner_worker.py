@@ -26,7 +26,8 @@ from django.db import connection
 from kombu import Connection
 
 from planner.models import ConfigBundle, Machine, PortSlice, SliceUsage
-from planner.services import plan_apply, signing_key_generate
+from planner.services.keys import signing_key_generate
+from planner.services.plans import plan_apply
 from tests.planner.factories import make_datacenter, make_ip, make_machine, make_pool
 from tests.support import need_redis
 

@@ -14,7 +14,9 @@ from rest_framework.test import APIClient
 from planner import signing
 from planner.choices import TokenKind
 from planner.models import Datacenter, Machine
-from planner.services import api_token_create, plan_apply, signing_key_generate
+from planner.services.keys import signing_key_generate
+from planner.services.plans import plan_apply
+from planner.services.tokens import api_token_create
 from tests.planner.factories import make_datacenter, make_ip, make_machine, make_pool
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from itertools import count
 from typing import Any
 
-from planner.models import Datacenter, EgressIP, EgressPool, Machine
+from django.db import transaction
+
+from planner.models import Datacenter, EgressIP, EgressPool, Machine, PortSlice
 
 _serial = count(1)
 
@@ -32,6 +34,13 @@ def make_machine(hostname: str | None = None, **fields: Any) -> Machine:
     values = {"address": "10.0.0.2", **fields}
     hostname = hostname or f"m{next(_serial)}.example.net"
     return _saved(Machine(hostname=hostname, datacenter=datacenter, **values))
+
+
+def make_slice(*, ip: EgressIP, machine: Machine, lo: int, hi: int, **fields: Any) -> PortSlice:
+    """A slice written straight to the table, as only the plan writer may in the product;
+    the check and the write share one transaction (BEGIN IMMEDIATE on SQLite)."""
+    with transaction.atomic():
+        return _saved(PortSlice(ip=ip, machine=machine, lo=lo, hi=hi, **fields))
 
 
 def _saved(instance: Any) -> Any:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from planner.models import ConfigBundle, Machine, PortSlice, SliceUsage, UsageSample
-from planner.services import bundle_ack, usage_expire, usage_record
+from planner.services.reports import bundle_ack, usage_expire, usage_record
 from planner.tasks import record_ack, record_usage
 from tests.planner.conftest import Site
 

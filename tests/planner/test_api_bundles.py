@@ -18,7 +18,8 @@ from rest_framework.test import APIClient
 
 from agent.bundle import BundleRejected, load_keys, verify
 from planner.models import ConfigBundle, Machine, PortSlice
-from planner.services import bundles_build, signing_key_retire, signing_key_rotate
+from planner.services.bundles import bundles_build
+from planner.services.keys import signing_key_retire, signing_key_rotate
 from tests.planner.conftest import Site
 
 pytestmark = pytest.mark.django_db

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
 from planner.choices import TokenKind
-from planner.services import api_token_create
+from planner.services.tokens import api_token_create
 from planner.wsgi import application
 from tests.planner.conftest import Site
 

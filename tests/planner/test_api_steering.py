@@ -89,7 +89,7 @@ def test_the_nft_script_is_valid_for_the_kernel(
 
 def test_a_load_balancer_token_bound_to_a_datacenter_sees_only_it(site: Site) -> None:
     from planner.choices import TokenKind
-    from planner.services import api_token_create
+    from planner.services.tokens import api_token_create
     from tests.planner.factories import make_datacenter
 
     make_datacenter(code="lhr1", country="GB")

@@ -11,7 +11,7 @@ from django.db import connection
 import allocator as alloc
 from planner.choices import RevisionStatus
 from planner.models import AuditEntry, Datacenter, EgressPool, Machine, PlanRevision, PortSlice
-from planner.services import PlanConflict, plan_apply, plan_preview
+from planner.services.plans import PlanConflict, plan_apply, plan_preview
 from tests.planner.factories import make_datacenter, make_ip, make_machine, make_pool
 
 pytestmark = pytest.mark.django_db

@@ -8,14 +8,10 @@ import pytest
 from django.utils import timezone
 
 from planner.models import ConfigBundle, Machine, PortSlice
-from planner.services import (
-    bundles_build,
-    bundles_due,
-    bundles_send,
-    drains_expire,
-    plan_apply,
-    signing_key_rotate,
-)
+from planner.selectors import bundles_due
+from planner.services.bundles import bundles_build, bundles_send
+from planner.services.keys import signing_key_rotate
+from planner.services.plans import drains_expire, plan_apply
 from tests.planner.conftest import Site
 
 pytestmark = pytest.mark.django_db

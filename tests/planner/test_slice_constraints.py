@@ -1,4 +1,4 @@
-"""Two live slices on one IP never overlap: the database and the service both refuse."""
+"""Two live slices on one IP never overlap: the database and model validation both refuse."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from django.db import IntegrityError, connection, transaction
 
 from planner import constants
 from planner.models import PortSlice
-from planner.services import slice_create
-from tests.planner.factories import make_ip, make_machine
+from tests.planner.factories import make_ip, make_machine, make_slice
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -65,31 +64,31 @@ def test_it_refuses_lo_above_hi_in_the_database() -> None:
         _raw_insert(ip.pk, machine.pk, 5000, 4000)
 
 
-def test_the_service_refuses_an_overlap_on_any_database() -> None:
+def test_validation_refuses_an_overlap_on_any_database() -> None:
     ip, machine = make_ip(), make_machine()
-    slice_create(ip=ip, machine=machine, lo=2048, hi=4095)
+    make_slice(ip=ip, machine=machine, lo=2048, hi=4095)
     with pytest.raises(ValidationError) as caught:
-        slice_create(ip=ip, machine=machine, lo=3000, hi=3000, state="draining")
+        make_slice(ip=ip, machine=machine, lo=3000, hi=3000, state="draining")
     assert constants.ERR_SLICE_OVERLAP in str(caught.value)
     assert PortSlice.objects.count() == 1
 
 
-def test_the_service_accepts_adjacent_slices() -> None:
+def test_validation_accepts_adjacent_slices() -> None:
     ip, machine = make_ip(), make_machine()
-    slice_create(ip=ip, machine=machine, lo=2048, hi=4095)
-    slice_create(ip=ip, machine=machine, lo=4096, hi=6143)
+    make_slice(ip=ip, machine=machine, lo=2048, hi=4095)
+    make_slice(ip=ip, machine=machine, lo=4096, hi=6143)
     assert list(PortSlice.objects.values_list("lo", flat=True)) == [2048, 4096]
 
 
-def test_the_service_refuses_a_slice_outside_the_usable_range() -> None:
+def test_validation_refuses_a_slice_outside_the_usable_range() -> None:
     ip, machine = make_ip(usable_lo=2048, usable_hi=8191), make_machine()
     with pytest.raises(ValidationError) as caught:
-        slice_create(ip=ip, machine=machine, lo=1024, hi=2047)
+        make_slice(ip=ip, machine=machine, lo=1024, hi=2047)
     assert "lo" in caught.value.message_dict
 
 
-def test_the_service_refuses_lo_above_hi() -> None:
+def test_validation_refuses_lo_above_hi() -> None:
     ip, machine = make_ip(), make_machine()
     with pytest.raises(ValidationError) as caught:
-        slice_create(ip=ip, machine=machine, lo=3000, hi=2999)
+        make_slice(ip=ip, machine=machine, lo=3000, hi=2999)
     assert "hi" in caught.value.message_dict

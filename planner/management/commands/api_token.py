@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from planner.audit import acting_as
 from planner.choices import TokenKind
 from planner.models import ApiToken, Datacenter, Machine
-from planner.services import api_token_create, api_token_revoke
+from planner.services.tokens import api_token_create, api_token_revoke
 
 
 class Command(BaseCommand):

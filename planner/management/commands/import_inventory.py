@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from planner.audit import acting_as
 from planner.inventory_io import InventoryError, parse_inventory
-from planner.services import inventory_import
+from planner.services.inventory import inventory_import
 
 
 class Command(BaseCommand):

@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 import allocator as alloc
 from planner.audit import acting_as
 from planner.models import Datacenter
-from planner.services import PlanConflict, PlanPreview, plan_apply, plan_preview
+from planner.services.plans import PlanConflict, PlanPreview, plan_apply, plan_preview
 
 
 class Command(BaseCommand):

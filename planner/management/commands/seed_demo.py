@@ -17,7 +17,8 @@ from django.core.management.base import BaseCommand, CommandParser
 from planner.audit import acting_as
 from planner.inventory_io import InventoryRecord
 from planner.models import Datacenter
-from planner.services import inventory_import, plan_apply
+from planner.services.inventory import inventory_import
+from planner.services.plans import plan_apply
 
 # code, name, country, region, city, egress /24, machine count, pools (purpose, country, slice size)
 DATACENTERS: list[tuple[str, str, str, str, str, str, int, list[tuple[str, str, int]]]] = [

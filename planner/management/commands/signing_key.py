@@ -7,10 +7,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from planner.audit import acting_as
-from planner.models import Machine, SigningKey
-from planner.services import (
+from planner.models import ConfigBundle, SigningKey
+from planner.services.keys import (
     SigningKeyError,
-    bundles_build,
     signing_key_generate,
     signing_key_retire,
     signing_key_rotate,
@@ -60,7 +59,6 @@ class Command(BaseCommand):
         ):
             return None
         new_key = signing_key_generate() if action == "generate" else signing_key_rotate()
-        # Every machine gets a bundle signed by the new key right away.
-        bundles = bundles_build(machines=Machine.objects.exclude(state="retired"))
-        self.stdout.write(f"signed {len(bundles)} bundles with the new key")
+        signed = ConfigBundle.objects.filter(kid=new_key.kid).count()
+        self.stdout.write(f"signed {signed} bundles with the new key")
         return new_key

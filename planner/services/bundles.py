@@ -1,0 +1,109 @@
+"""Signed config bundles: build one per machine, hand them to the broker."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Value
+from django.db.models.functions import Greatest
+from django.utils import timezone
+
+from planner import constants, signing
+from planner.choices import (
+    BundleStatus,
+    KeyStatus,
+)
+from planner.models import (
+    ConfigBundle,
+    Machine,
+    PlanRevision,
+    SigningKey,
+)
+from planner.selectors import (
+    bundle_claims,
+    bundle_slices,
+)
+
+# A bundle that may still be (re)sent: not applied, rejected or superseded.
+RESENDABLE = (BundleStatus.PENDING, BundleStatus.SENT, BundleStatus.FAILED)
+_BATCH = 2000
+
+
+def bundles_build(
+    *,
+    machines: Iterable[Machine],
+    revision: PlanRevision | None = None,
+    now: datetime | None = None,
+) -> list[ConfigBundle]:
+    """Sign a fresh bundle for each machine: its live slices, a new serial each.
+
+    Serials come from one ``UPDATE ... SET bundle_serial = GREATEST(bundle_serial
+    + 1, <now in ms>)``, whose row locks order concurrent builders, so serials
+    strictly increase per machine, across deletion and re-creation too. Older
+    unacknowledged bundles of those machines are superseded.
+    Raises :class:`planner.signing.SigningKeyMissing` without an active key.
+    """
+    ids = [m.pk for m in machines]
+    if not ids:
+        return []
+    now = now or timezone.now()
+    key = SigningKey.objects.filter(status=KeyStatus.ACTIVE).first()
+    if key is None:
+        raise signing.SigningKeyMissing(constants.ERR_NO_ACTIVE_KEY)
+    with transaction.atomic():
+        # At least the wall clock in ms: a machine deleted and re-created under
+        # its hostname never gets a serial its agent has already applied.
+        floor = Value(time.time_ns() // 1_000_000)
+        Machine.objects.filter(pk__in=ids).update(
+            bundle_serial=Greatest(F("bundle_serial") + 1, floor)
+        )
+        machines = Machine.objects.filter(pk__in=ids).select_related("datacenter")
+        serials = dict(Machine.objects.filter(pk__in=ids).values_list("pk", "bundle_serial"))
+        ConfigBundle.objects.filter(
+            machine_id__in=ids, status__in=[BundleStatus.PENDING, BundleStatus.SENT]
+        ).update(status=BundleStatus.SUPERSEDED)
+        slices = bundle_slices(machine_ids=ids)
+        expires = now + timedelta(seconds=settings.BUNDLE_TTL_SECONDS)
+        bundles = [
+            ConfigBundle(
+                machine=m,
+                serial=serials[m.pk],
+                revision=revision,
+                kid=key.kid,
+                expires_at=expires,
+                token=signing.sign_claims(
+                    bundle_claims(
+                        machine=m,
+                        serial=serials[m.pk],
+                        revision=revision,
+                        slices=slices.get(m.pk, []),
+                        now=now,
+                    ),
+                    kid=key.kid,
+                ),
+            )
+            for m in machines
+        ]
+        return ConfigBundle.objects.bulk_create(bundles, batch_size=_BATCH)
+
+
+def bundles_send(*, bundles: Iterable[ConfigBundle], send: Any) -> int:
+    """Hand each bundle to ``send(hostname, token)`` and mark it sent.
+
+    ``send`` puts the token on the machine's queue (the Celery task does it by
+    name); the broker is an untrusted transport, the signature protects the host.
+    A bundle acked meanwhile is not marked back to sent.
+    """
+    sent = 0
+    for bundle in bundles:
+        send(bundle.machine.hostname, bundle.token)
+        ConfigBundle.objects.filter(pk=bundle.pk, status__in=RESENDABLE).update(
+            status=BundleStatus.SENT, sent_at=timezone.now()
+        )
+        sent += 1
+    return sent

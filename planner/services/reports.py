@@ -1,0 +1,119 @@
+"""What agents report back: bundle acknowledgements and socket usage."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from planner.choices import (
+    BundleStatus,
+)
+from planner.models import (
+    ConfigBundle,
+    Machine,
+    PortSlice,
+    SliceUsage,
+    UsageSample,
+)
+
+
+def bundle_ack(
+    *,
+    hostname: str,
+    serial: int | None,
+    status: str,
+    reason: str = "",
+    detail: str = "",
+    applied_serial: int | None = None,
+    enforcement: dict[str, Any] | None = None,
+    at: datetime | None = None,
+) -> int:
+    """Record what an agent did with bundle ``serial``; returns bundle rows updated.
+
+    ``applied_serial`` is what the host enforces after this message; the
+    machine's record only moves forward (acks may arrive out of order). An
+    ack from an unknown host changes nothing.
+    """
+    at = at or timezone.now()
+    if status not in {BundleStatus.APPLIED, BundleStatus.REJECTED, BundleStatus.FAILED}:
+        raise ValueError(f"status: {status!r} is not applied, rejected or failed")
+    with transaction.atomic():
+        machine = Machine.objects.filter(hostname=hostname)
+        updated = 0
+        if serial is not None:
+            error = f"{reason}: {detail}"[:500] if reason else ""
+            updated = ConfigBundle.objects.filter(machine__hostname=hostname, serial=serial).update(
+                status=status, acked_at=at, error=error
+            )
+        changes: dict[str, Any] = {"last_seen": at}
+        if enforcement:
+            changes["enforcement"] = enforcement
+        machine.update(**changes)
+        if applied_serial:
+            machine.filter(applied_serial__lt=applied_serial).update(applied_serial=applied_serial)
+    return updated
+
+
+def usage_record(*, hostname: str, at: datetime, slices: Iterable[dict[str, Any]]) -> int:
+    """Store an agent's report: the latest figures per slice, and a history row per
+    slice at most every ``USAGE_SAMPLE_SECONDS``. Slices the host no longer owns
+    are ignored. Returns how many slices were recorded."""
+    machine = Machine.objects.filter(hostname=hostname).first()
+    if machine is None:
+        return 0
+    owned = {
+        (ip, lo, hi): pk
+        for pk, ip, lo, hi in PortSlice.objects.filter(machine=machine).values_list(
+            "pk", "ip__address", "lo", "hi"
+        )
+    }
+    reported = [(owned.get((r["ip"], r["lo"], r["hi"])), r) for r in slices]
+    reported = [(pk, r) for pk, r in reported if pk is not None]
+    since = at - timedelta(seconds=settings.USAGE_SAMPLE_SECONDS)
+    with transaction.atomic():
+        # Reports may arrive out of order (several workers): an older one never
+        # replaces newer figures, and history gets one row per sampling period.
+        newer = set(
+            SliceUsage.objects.filter(
+                slice_id__in=[pk for pk, _ in reported], at__gte=at
+            ).values_list("slice_id", flat=True)
+        )
+        sampled = set(
+            UsageSample.objects.filter(machine=machine, at__gt=since).values_list("ip", "lo", "hi")
+        )
+        SliceUsage.objects.bulk_create(
+            [
+                SliceUsage(slice_id=pk, at=at, tcp=r["tcp"], udp=r["udp"], buckets=r["buckets"])
+                for pk, r in reported
+                if pk not in newer
+            ],
+            update_conflicts=True,
+            unique_fields=["slice"],
+            update_fields=["at", "tcp", "udp", "buckets"],
+        )
+        UsageSample.objects.bulk_create(
+            UsageSample(
+                machine=machine,
+                ip=r["ip"],
+                lo=r["lo"],
+                hi=r["hi"],
+                at=at,
+                sockets=r["tcp"] + r["udp"],
+            )
+            for _, r in reported
+            if (r["ip"], r["lo"], r["hi"]) not in sampled
+        )
+        Machine.objects.filter(pk=machine.pk).update(last_seen=at)
+    return len(reported)
+
+
+def usage_expire(*, now: datetime | None = None) -> int:
+    """Delete history older than ``USAGE_RETENTION_DAYS``; returns rows deleted."""
+    cutoff = (now or timezone.now()) - timedelta(days=settings.USAGE_RETENTION_DAYS)
+    deleted, _ = UsageSample.objects.filter(at__lt=cutoff).delete()
+    return deleted
