@@ -4,7 +4,15 @@ Plans which machine owns which port range of which egress IP. It never imports
 Django, the planner or the agent; both of those may import it.
 """
 
-from allocator.capacity import CapacityError, PoolCapacity, Shortfall, ips_needed, slots_per_ip
+from allocator.capacity import (
+    CapacityError,
+    PoolCapacity,
+    PoolHeadroom,
+    Shortfall,
+    headroom,
+    ips_needed,
+    slots_per_ip,
+)
 from allocator.diff import PlanDiff
 from allocator.model import (
     EgressIP,
@@ -26,10 +34,12 @@ __all__ = [
     "PlanDiff",
     "PolicyError",
     "PoolCapacity",
+    "PoolHeadroom",
     "PoolPolicy",
     "PortRange",
     "Shortfall",
     "Slice",
+    "headroom",
     "ips_needed",
     "plan",
     "slots_per_ip",

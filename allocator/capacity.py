@@ -10,7 +10,7 @@ from itertools import chain
 from allocator.diff import PlanDiff
 from allocator.grid import FreeSlots, count_slots, grid_origin
 from allocator.inventory import Inventory, IpLayout
-from allocator.model import EgressIP, Slice
+from allocator.model import EgressIP, Machine, PoolPolicy, Slice
 from allocator.ports import USABLE_PORTS, PortRange
 
 # A CapacityError names at most this many machines per pool; the rest are counted.
@@ -133,6 +133,86 @@ def _empty_slots(layout: IpLayout) -> int:
     return count_slots(layout.ip.usable, layout.reserved_runs, layout.slice_size, layout.origin)
 
 
+@dataclass(frozen=True, slots=True)
+class PoolHeadroom:
+    """How much room a pool has now, from its live slices, without planning.
+
+    Counted by the same grid and reserved-port rules the planner places with:
+    ``slots_free`` are whole free slots of its active IPs (draining slices and
+    reserved ports taken); ``slices_missing`` is what its active machines lack
+    of what they are due (``weight`` x ``slices_per_machine``, a machine's own
+    draining slices counted as given back to it); ``ips_needed`` is how many
+    IPs shaped like the pool's typical one would hold what the free slots cannot.
+    """
+
+    pool: str
+    slots_total: int
+    slots_free: int
+    machines_unserved: int
+    slices_missing: int
+    slots_per_ip: int
+    ips_needed: int
+
+
+def headroom(
+    *,
+    ips: Iterable[EgressIP],
+    machines: Iterable[Machine],
+    slices: Iterable[Slice],
+    policies: Mapping[str, PoolPolicy],
+) -> dict[str, PoolHeadroom]:
+    """Each pool's :class:`PoolHeadroom` given the live ``slices``: cheap enough to scrape."""
+    inventory = Inventory.build(ips, machines, policies)
+    live = [s for s in slices if s.ip in inventory.ips]
+    runs = _runs_by_ip(live)
+    held: Counter[tuple[str, str]] = Counter((s.machine, inventory.ips[s.ip].pool) for s in live)
+    return {
+        pool: _pool_headroom(pool, layouts, inventory, runs, held)
+        for pool, layouts in inventory.pools.items()
+    }
+
+
+def _pool_headroom(
+    pool: str,
+    layouts: Sequence[IpLayout],
+    inventory: Inventory,
+    runs: Mapping[str, list[tuple[int, int]]],
+    held: Counter[tuple[str, str]],
+) -> PoolHeadroom:
+    policy = inventory.policies[pool]
+    active = [layout for layout in layouts if layout.is_active]
+    free = sum(
+        count_slots(
+            layout.ip.usable,
+            layout.taken_with_reserved(runs.get(layout.address, [])),
+            layout.slice_size,
+            layout.origin,
+        )
+        for layout in active
+    )
+    lacking = [
+        machine.weight * policy.slices_per_machine - held[(machine.name, pool)]
+        for machine in inventory.members[pool]
+    ]
+    missing = sum(n for n in lacking if n > 0)
+    per_ip = _typical_slots_per_ip(layouts, policy.slice_size)
+    return PoolHeadroom(
+        pool=pool,
+        slots_total=sum(_empty_slots(layout) for layout in active),
+        slots_free=free,
+        machines_unserved=sum(1 for n in lacking if n > 0),
+        slices_missing=missing,
+        slots_per_ip=per_ip,
+        # Machines short of slices first take the free slots; only the rest needs IPs.
+        ips_needed=ips_needed(max(missing - free, 0), per_ip),
+    )
+
+
+def _typical_slots_per_ip(layouts: Iterable[IpLayout], slice_size: int) -> int:
+    per_ip = slots_per_ip(typical_usable(layout.ip for layout in layouts), slice_size)
+    return per_ip or slots_per_ip(USABLE_PORTS, slice_size)
+
+
 def shortfalls(
     missing: dict[str, dict[str, int]],
     inventory: Inventory,
@@ -143,9 +223,7 @@ def shortfalls(
     found = []
     for pool in sorted(missing):
         layouts = inventory.pools[pool]
-        size = inventory.policies[pool].slice_size
-        per_ip = slots_per_ip(typical_usable(layout.ip for layout in layouts), size)
-        per_ip = per_ip or slots_per_ip(USABLE_PORTS, size)
+        per_ip = _typical_slots_per_ip(layouts, inventory.policies[pool].slice_size)
         slices_missing = sum(missing[pool].values())
         found.append(
             Shortfall(

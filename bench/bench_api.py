@@ -54,7 +54,7 @@ def best_of(runs: int, work: Callable[[], Any]) -> tuple[float, Any]:
 def build_steering_datacenter() -> Any:
     """2,000 machines x 50 pools on 3,500 IPs, planned and stored: 100,000 slices."""
     from planner.models import Datacenter, EgressIP, EgressPool, Machine
-    from planner.services.plans import plan_apply
+    from planner.services.plans import plan_apply_current
 
     dc = Datacenter.objects.create(code="big1", name="Big", country="DE")
     pools = EgressPool.objects.bulk_create(
@@ -75,7 +75,7 @@ def build_steering_datacenter() -> Any:
     Machine.pools.through.objects.bulk_create(
         Machine.pools.through(machine_id=m.pk, egresspool_id=p.pk) for m in machines for p in pools
     )
-    plan_apply(datacenter=dc, base_revision=0, now=NOW)
+    plan_apply_current(datacenter=dc, reason="bench", now=NOW)
     return dc
 
 

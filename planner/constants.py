@@ -23,7 +23,11 @@ ERR_POOL_DATACENTER = "Pool %(pool)s is in datacenter %(pool_dc)s, not %(dc)s."
 ERR_STALE_BASE = (
     "Plan is based on revision %(base)d but revision %(current)d is current; preview again."
 )
-ERR_LOCKED = "Another plan is being applied to %(datacenter)s; try again."
+ERR_STALE_DIGEST = (
+    "The inputs of %(datacenter)s changed since this preview (another apply, an inventory "
+    "edit or a drain that ended); nothing was applied. Review the fresh preview and apply it."
+)
+ERR_LOCKED = "Another change to %(datacenter)s is being written; try again in a moment."
 ERR_KEY_EXISTS = "An active signing key exists; use 'rotate' to replace it."
 ERR_KEY_UNKNOWN = "No signing key with kid %(kid)r."
 ERR_KEY_ACTIVE = "Key %(kid)r is the active key; rotate first, then retire it."

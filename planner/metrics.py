@@ -53,7 +53,7 @@ class PlannerCollector(Collector):
         )
         unserved = GaugeMetricFamily(
             "portslice_pool_unserved_machines",
-            "Active machines serving the pool without an active slice in it",
+            "Active machines serving the pool that hold fewer slices than they are due",
             labels=["pool"],
         )
         needed = GaugeMetricFamily(
@@ -62,8 +62,8 @@ class PlannerCollector(Collector):
             labels=["pool"],
         )
         for row in pool_headroom():
-            free.add_metric([row.pool], row.free_slots)
-            unserved.add_metric([row.pool], row.unserved_machines)
+            free.add_metric([row.pool], row.slots_free)
+            unserved.add_metric([row.pool], row.machines_unserved)
             needed.add_metric([row.pool], row.ips_needed)
         yield from (free, unserved, needed)
 

@@ -7,11 +7,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 import allocator as alloc
-from allocator.capacity import ips_needed, slots_per_ip
 from planner import signing
 from planner.choices import BundleStatus, MachineState, RevisionStatus
 from planner.inventory_io import GeofeedEntry
@@ -175,58 +174,23 @@ def steering_table(*, datacenter: Datacenter) -> list[SteeringRow]:
     return [SteeringRow(*row) for row in rows]
 
 
-@dataclass(frozen=True)
-class PoolHeadroom:
-    pool: str
-    slots_total: int
-    free_slots: int
-    unserved_machines: int
-    ips_needed: int
+def pool_headroom() -> list[alloc.PoolHeadroom]:
+    """Per pool: its slots, free slots, machines short of slices and IPs needed.
 
-
-def pool_headroom() -> list[PoolHeadroom]:
-    """Per pool: slots of its active IPs, how many are free, who is unserved.
-
-    Counts, no planning, and a fixed number of queries whatever the number of
-    pools: cheap enough for every metrics scrape.
+    The allocator's own counting (:func:`allocator.headroom`: reserved ports,
+    weights and the slot grid), over each datacenter's planner inputs; a few
+    queries per datacenter and no planning, cheap enough for every scrape.
     """
-    pools = EgressPool.objects.select_related("datacenter").annotate(
-        served=Count("machines", filter=Q(machines__state="active"), distinct=True)
-    )
-    usable: dict[int, list[alloc.PortRange]] = {}
-    for pool_id, lo, hi in EgressIP.objects.filter(state="active").values_list(
-        "pool_id", "usable_lo", "usable_hi"
-    ):
-        usable.setdefault(pool_id, []).append(alloc.PortRange(lo, hi))
-    used = dict(
-        PortSlice.objects.filter(ip__state="active")
-        .values_list("ip__pool_id")
-        .annotate(n=Count("id"))
-        .order_by()
-    )
-    with_slice = dict(
-        PortSlice.objects.filter(state="active", machine__state="active")
-        .values_list("ip__pool_id")
-        .annotate(n=Count("machine", distinct=True))
-        .order_by()
-    )
-    result = []
-    for pool in pools:
-        per_ip = [slots_per_ip(ports, pool.slice_size) for ports in usable.get(pool.pk, [])]
-        unserved = max(pool.served - with_slice.get(pool.pk, 0), 0)
-        typical = max(per_ip, default=slots_per_ip(alloc.USABLE_PORTS, pool.slice_size))
-        free = max(sum(per_ip) - used.get(pool.pk, 0), 0)
-        # Unserved machines first take the free slots; only the rest needs new IPs.
-        missing = max(unserved * pool.slices_per_machine - free, 0)
-        result.append(
-            PoolHeadroom(
-                pool=pool.key,
-                slots_total=sum(per_ip),
-                free_slots=free,
-                unserved_machines=unserved,
-                ips_needed=ips_needed(missing, typical),
-            )
+    result: list[alloc.PoolHeadroom] = []
+    for datacenter in Datacenter.objects.order_by("code"):
+        inputs = planner_inputs(datacenter=datacenter)
+        found = alloc.headroom(
+            ips=inputs.ips,
+            machines=inputs.machines,
+            slices=inputs.previous,
+            policies=inputs.policies,
         )
+        result.extend(found[pool] for pool in sorted(found))
     return result
 
 

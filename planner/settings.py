@@ -157,6 +157,12 @@ CSRF_COOKIE_SECURE = envbool("SECURE_COOKIES")
 SIGNING_KEY_DIR = Path(os.environ.get("SIGNING_KEY_DIR", VAR_DIR / "signing-keys"))
 BUNDLE_TTL_SECONDS = envint("BUNDLE_TTL_SECONDS", 7 * 24 * 3600)
 
+# Plan applies and inventory writes of one datacenter take turns (planner/services/locks.py);
+# a writer waits this long for the turn, then gets 409 "try again".
+PLAN_LOCK_WAIT_SECONDS = envint("PLAN_LOCK_WAIT_SECONDS", 10)
+# How long a slice taken from its machine keeps steering to it (make-before-break).
+DRAIN_SECONDS = envint("DRAIN_SECONDS", 3600)
+
 # The quick start needs no broker server: kombu's filesystem transport passes
 # messages through folders under var/. Production points this at Redis or RabbitMQ.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")

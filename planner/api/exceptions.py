@@ -12,7 +12,8 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 import allocator as alloc
-from planner.services.plans import PlanConflict, shortfalls_as_list
+from planner.services.locks import Conflict
+from planner.services.plans import shortfalls_as_list
 
 
 def handle(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -21,8 +22,8 @@ def handle(exc: Exception, context: dict[str, Any]) -> Response | None:
             exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         )
         return Response(detail, status=status.HTTP_400_BAD_REQUEST)
-    if isinstance(exc, PlanConflict):
-        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+    if isinstance(exc, Conflict):
+        return Response({"detail": str(exc), **exc.details}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, ProtectedError):
         used_by = sorted({str(obj) for obj in list(exc.protected_objects)[:5]})
         return Response(

@@ -99,5 +99,9 @@ class PlanRevisionSerializer(serializers.ModelSerializer[PlanRevision]):
 
 
 class PlanApplySerializer(serializers.Serializer[dict[str, object]]):
-    base_revision = serializers.IntegerField(min_value=0, max_value=2**31 - 1)
+    inputs_digest = serializers.RegexField(
+        r"^[0-9a-f]{64}$",
+        help_text="the inputs_digest of the preview being applied",
+        error_messages={"invalid": "Expected the 64 hex digits of a preview's inputs_digest."},
+    )
     reason = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")

@@ -91,19 +91,23 @@ class DatacenterViewSet(InventoryViewSet):
         responses={
             201: s.PlanRevisionSerializer,
             409: OpenApiResponse(
-                description="stale base revision, or another apply holds the lock"
+                description="the inputs changed since the preview (a fresh preview is in "
+                "`preview`), or another writer held the datacenter too long"
             ),
             422: OpenApiResponse(description="a pool lacks IPs: the shortfall per pool"),
         },
     )
     @action(detail=True, methods=["post"], url_path="plan/apply")
     def plan_apply(self, request: Request, code: str) -> Response:
-        """Apply a plan made against ``base_revision``: whole, or not at all."""
+        """Apply the plan a preview showed (its ``inputs_digest``): whole, or not at all.
+
+        409 with a fresh preview when anything the plan depends on changed since.
+        """
         body = s.PlanApplySerializer(data=request.data)
         body.is_valid(raise_exception=True)
         revision = plans.plan_apply(
             datacenter=self.get_object(),
-            base_revision=body.validated_data["base_revision"],
+            inputs_digest=body.validated_data["inputs_digest"],
             reason=body.validated_data["reason"],
             user=request.user,
         )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, astuple, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import OperationalError, transaction
+from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 import allocator as alloc
@@ -26,30 +28,36 @@ from planner.models import (
     PlanRevision,
     PortSlice,
 )
-from planner.selectors import (
-    current_revision,
-    live_slices,
-    planner_inputs,
-)
+from planner.selectors import PlannerInputs, current_revision, live_slices, planner_inputs
 from planner.services.bundles import bundles_build
+from planner.services.locks import Conflict, datacenter_lock
 
 logger = logging.getLogger(__name__)
 
-DRAIN_FOR = timedelta(hours=1)
 _BATCH = 2000
 
+# What the allocator is told about usage: (machine, pool) -> utilization 0-1.
+Usage = Mapping[tuple[str, str], float]
+# An inventory write to plan with (see planner.services.inventory): runs under the lock.
+Change = Callable[[], object]
 
-class PlanConflict(Exception):
-    """The plan was made against a revision that is no longer current, or another
-    apply holds the datacenter. Re-read, preview again, then apply."""
+
+class PlanConflict(Conflict):
+    """The inputs changed since the preview (another apply, an inventory edit, a
+    drain that ended): nothing was written. ``details["preview"]`` is a fresh one."""
 
 
 @dataclass(frozen=True)
 class PlanPreview:
-    """What applying now would do, computed without writing anything."""
+    """What applying now would do, computed without writing anything.
+
+    ``inputs_digest`` fingerprints everything the plan was computed from; apply
+    takes it back and refuses when the inputs no longer match.
+    """
 
     datacenter: str
     base_revision: int
+    inputs_digest: str
     plan: alloc.Plan | None
     shortfalls: tuple[alloc.Shortfall, ...] = field(default=())
 
@@ -62,6 +70,7 @@ class PlanPreview:
         result: dict[str, Any] = {
             "datacenter": self.datacenter,
             "base_revision": self.base_revision,
+            "inputs_digest": self.inputs_digest,
             "ok": self.ok,
             "shortfalls": shortfalls_as_list(self.shortfalls),
         }
@@ -82,60 +91,157 @@ def shortfalls_as_list(shortfalls: Iterable[alloc.Shortfall]) -> list[dict[str, 
     ]
 
 
-def plan_preview(*, datacenter: Datacenter, now: datetime | None = None) -> PlanPreview:
-    """The diff and capacity of a plan from the current inventory, or its shortfalls."""
+def inputs_digest(inputs: PlannerInputs, *, now: datetime, usage: Usage | None = None) -> str:
+    """SHA-256 over everything a plan depends on, in a canonical order.
+
+    The inventory, the pool policies, the live slices (and which of their drains
+    have ended at ``now``) and the usage figures the allocator is given: if any
+    of these differ, the plan may differ, and so does the digest.
+    """
+    at = now.timestamp()
+    canonical = (
+        sorted(
+            (ip.address, ip.pool, ip.usable.lo, ip.usable.hi, sorted(ip.reserved), ip.state)
+            for ip in inputs.ips
+        ),
+        sorted((m.name, sorted(m.pools), m.weight, m.state) for m in inputs.machines),
+        sorted(
+            (
+                s.ip,
+                s.lo,
+                s.hi,
+                s.machine,
+                s.state,
+                s.drain_until.timestamp() if s.drain_until else 0.0,
+                bool(s.drain_until and s.drain_until.timestamp() <= at),
+            )
+            for s in inputs.previous
+        ),
+        sorted((pool, astuple(policy)) for pool, policy in inputs.policies.items()),
+        sorted((owner, round(value, 4)) for owner, value in (usage or {}).items()),
+    )
+    return hashlib.sha256(repr(canonical).encode()).hexdigest()
+
+
+def plan_preview(
+    *,
+    datacenter: Datacenter,
+    now: datetime | None = None,
+    usage: Usage | None = None,
+    change: Change | None = None,
+) -> PlanPreview:
+    """The diff and capacity of a plan from the current inventory, or its shortfalls.
+
+    With ``change``, the plan as it would be right after that inventory write:
+    the write is made, planned with, and rolled back; nothing stays written.
+    """
+    now = now or timezone.now()
+    if change is None:
+        return _preview(datacenter, planner_inputs(datacenter=datacenter), now, usage)
+    with transaction.atomic():
+        datacenter_lock(datacenter.pk, code=datacenter.code)
+        preview = _preview(datacenter, _inputs_after(datacenter, change), now, usage)
+        transaction.set_rollback(True)
+    return preview
+
+
+def _preview(
+    datacenter: Datacenter, inputs: PlannerInputs, now: datetime, usage: Usage | None
+) -> PlanPreview:
     base = current_revision(datacenter=datacenter)
+    digest = inputs_digest(inputs, now=now, usage=usage)
     try:
-        plan = _compute_plan(datacenter=datacenter, now=now or timezone.now())
+        plan = _compute_plan(inputs, now, usage)
     except alloc.CapacityError as error:
-        return PlanPreview(datacenter.code, base, None, error.shortfalls)
-    return PlanPreview(datacenter.code, base, plan)
+        return PlanPreview(datacenter.code, base, digest, None, error.shortfalls)
+    return PlanPreview(datacenter.code, base, digest, plan)
 
 
-def _compute_plan(*, datacenter: Datacenter, now: datetime) -> alloc.Plan:
-    inputs = planner_inputs(datacenter=datacenter)
+def _inputs_after(datacenter: Datacenter, change: Change) -> PlannerInputs:
+    """The inventory after ``change``, with the live slices from before it: a removed
+    IP's slices then show in the diff as freed rather than silently gone."""
+    before = planner_inputs(datacenter=datacenter).previous
+    change()
+    return replace(planner_inputs(datacenter=datacenter), previous=before)
+
+
+def _compute_plan(inputs: PlannerInputs, now: datetime, usage: Usage | None) -> alloc.Plan:
     return alloc.plan(
         ips=inputs.ips,
         machines=inputs.machines,
         previous=inputs.previous,
         policies=inputs.policies,
         now=now,
-        drain_for=DRAIN_FOR,
+        drain_for=timedelta(seconds=settings.DRAIN_SECONDS),
+        usage=usage,
     )
 
 
 def plan_apply(
     *,
     datacenter: Datacenter,
-    base_revision: int,
+    inputs_digest: str,
     user: Any = None,
     reason: str = "",
     now: datetime | None = None,
+    usage: Usage | None = None,
+    change: Change | None = None,
 ) -> PlanRevision:
-    """Plan the datacenter again and write the whole result, or nothing.
+    """Apply the plan a preview showed: whole, or nothing.
 
-    Holds the datacenter row (``SELECT ... FOR UPDATE NOWAIT``; SQLite's
-    ``BEGIN IMMEDIATE`` serializes instead), re-reads everything under the lock,
-    and refuses with :class:`PlanConflict` when ``base_revision`` is not the
-    current one or another apply holds the lock. Raises
-    :class:`allocator.CapacityError` when a pool is short.
+    Takes the datacenter's lock (:mod:`planner.services.locks`; inventory
+    writes take it too), re-reads every input under it, and refuses with
+    :class:`PlanConflict` (and a fresh preview) unless they still give
+    ``inputs_digest``. With ``change``, that inventory write is made first in
+    the same transaction (the preview must have been made with it too).
+    Raises :class:`allocator.CapacityError` when a pool is short.
     """
     now = now or timezone.now()
     with transaction.atomic():
-        _lock(datacenter)
-        current = current_revision(datacenter=datacenter)
-        if base_revision != current:
-            raise PlanConflict(
-                constants.ERR_STALE_BASE % {"base": base_revision, "current": current}
-            )
-        plan = _compute_plan(datacenter=datacenter, now=now)
-        revision = _record_revision(datacenter, current + 1, plan, user, reason, now)
+        datacenter_lock(datacenter.pk, code=datacenter.code)
+        if change is None:
+            inputs = planner_inputs(datacenter=datacenter)
+        else:
+            inputs = _inputs_after(datacenter, change)
+        _check_digest(datacenter, inputs, inputs_digest, now, usage)
+        plan = _compute_plan(inputs, now, usage)
+        number = current_revision(datacenter=datacenter) + 1
+        revision = _record_revision(datacenter, number, plan, user, reason, now)
         _write_slices(datacenter, plan, revision)
         _sign_touched(datacenter, plan, revision, now)
         audit_record(
             action=AuditAction.PLAN_APPLY, instance=revision, changes=revision.diff_summary
         )
     return revision
+
+
+def _check_digest(
+    datacenter: Datacenter, inputs: PlannerInputs, given: str, now: datetime, usage: Usage | None
+) -> None:
+    if inputs_digest(inputs, now=now, usage=usage) == given:
+        return
+    fresh = _preview(datacenter, inputs, now, usage)
+    raise PlanConflict(
+        constants.ERR_STALE_DIGEST % {"datacenter": datacenter.code},
+        preview=fresh.as_dict(),
+    )
+
+
+def plan_apply_current(
+    *, datacenter: Datacenter, reason: str, now: datetime | None = None, user: Any = None
+) -> PlanRevision:
+    """Preview and apply at once, for callers with no operator in between (the
+    quick start's seed, freeing ended drains). A change that slips in between
+    the two gives :class:`PlanConflict`, as for anyone."""
+    now = now or timezone.now()
+    preview = plan_preview(datacenter=datacenter, now=now)
+    return plan_apply(
+        datacenter=datacenter,
+        inputs_digest=preview.inputs_digest,
+        reason=reason,
+        now=now,
+        user=user,
+    )
 
 
 def _sign_touched(
@@ -173,13 +279,6 @@ def _enqueue_publish(revision_id: int) -> None:
         logger.warning(
             "could not enqueue publish of revision %s; reconcile will", revision_id, exc_info=True
         )
-
-
-def _lock(datacenter: Datacenter) -> None:
-    try:
-        Datacenter.objects.select_for_update(nowait=True).filter(pk=datacenter.pk).get()
-    except OperationalError:
-        raise PlanConflict(constants.ERR_LOCKED % {"datacenter": datacenter.code}) from None
 
 
 def _record_revision(
@@ -260,12 +359,7 @@ def drains_expire(*, now: datetime | None = None) -> list[PlanRevision]:
     for datacenter in Datacenter.objects.filter(pk__in=list(codes)):
         try:
             revisions.append(
-                plan_apply(
-                    datacenter=datacenter,
-                    base_revision=current_revision(datacenter=datacenter),
-                    reason="drains ended",
-                    now=now,
-                )
+                plan_apply_current(datacenter=datacenter, reason="drains ended", now=now)
             )
         except (PlanConflict, alloc.CapacityError) as error:
             logger.warning("drains in %s not freed yet: %s", datacenter.code, error)

@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
-from allocator import USABLE_PORTS, CapacityError, EgressIP, PortRange, Shortfall
+from datetime import UTC, datetime
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from allocator import (
+    USABLE_PORTS,
+    CapacityError,
+    EgressIP,
+    Machine,
+    PoolPolicy,
+    PortRange,
+    Shortfall,
+    headroom,
+    plan,
+)
 from allocator.capacity import ips_needed, slots_per_ip, typical_usable
+from tests.allocator.strategies import EXAMPLES, egress_ips, machine_pools, policies
 
 
 def shortfall(machines: int, ips: int, freed: int = 0) -> Shortfall:
@@ -65,3 +81,54 @@ def test_it_takes_the_most_common_usable_range_as_typical() -> None:
     assert typical_usable(ips) == narrow
     assert typical_usable(ips[1:]) == USABLE_PORTS  # a tie: the widest wins
     assert typical_usable([]) == USABLE_PORTS
+
+
+# --- headroom: the planner's scrape-time figures, held to what planning does ----------
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(
+    ips=st.integers(1, 5).flatmap(egress_ips),
+    policy=policies(),
+    members=st.lists(st.tuples(machine_pools(), st.integers(1, 3)), max_size=30),
+)
+def test_headroom_agrees_with_a_plan_and_with_its_shortfall(
+    ips: list[EgressIP],
+    policy: dict[str, PoolPolicy],
+    members: list[tuple[frozenset[str], int]],
+) -> None:
+    machines = [Machine(f"m{n}", pools, weight) for n, (pools, weight) in enumerate(members)]
+    try:
+        result = plan(ips=ips, machines=machines, policies=policy, now=NOW)
+    except CapacityError as error:
+        # Nothing is placed yet: the free slots are the empty IPs', and the
+        # IPs needed are exactly what the planner's refusal says.
+        room = headroom(ips=ips, machines=machines, slices=(), policies=policy)
+        for short in error.shortfalls:
+            assert room[short.pool].ips_needed == short.ips_needed
+            assert room[short.pool].slots_per_ip == short.slots_per_ip
+        short_pools = {short.pool for short in error.shortfalls}
+        assert all(room[p].ips_needed == 0 for p in room if p not in short_pools)
+        return
+    room = headroom(ips=ips, machines=machines, slices=result.slices, policies=policy)
+    for pool, capacity in result.capacity.items():
+        assert room[pool].slots_free == capacity.slots_free
+        assert room[pool].slots_total == capacity.slots_total
+        assert room[pool].slices_missing == 0 and room[pool].ips_needed == 0
+
+
+def test_headroom_counts_weights_and_reserved_ports() -> None:
+    pool = "fra1/warp/DE"
+    # 2048-10239 holds four 2,048-port slots; a reserved port spoils one of them.
+    ips = [EgressIP("192.0.2.1", pool, PortRange(2048, 10239), frozenset({5000}))]
+    machines = [Machine("a", frozenset({pool}), weight=2), Machine("b", frozenset({pool}))]
+    policy = {pool: PoolPolicy(slice_size=2048)}
+    room = headroom(ips=ips, machines=machines, slices=(), policies=policy)[pool]
+    assert (room.slots_total, room.slots_free) == (3, 3)
+    assert (room.machines_unserved, room.slices_missing, room.ips_needed) == (2, 3, 0)
+    machines.append(Machine("c", frozenset({pool}), weight=2))
+    room = headroom(ips=ips, machines=machines, slices=(), policies=policy)[pool]
+    # 5 slices due, 3 free slots; an IP like this one holds 3 empty: 1 more IP.
+    assert (room.slices_missing, room.ips_needed) == (5, 1)

@@ -27,7 +27,7 @@ from kombu import Connection
 
 from planner.models import ConfigBundle, Machine, PortSlice, SliceUsage
 from planner.services.keys import signing_key_generate
-from planner.services.plans import plan_apply
+from planner.services.plans import plan_apply_current
 from tests.planner.factories import make_datacenter, make_ip, make_machine, make_pool
 from tests.support import need_redis
 
@@ -122,7 +122,7 @@ def test_bundles_go_out_and_acks_and_usage_come_back(
     make_ip("198.51.100.9", pool=pool)
     make_machine(HOST, datacenter=dc).pools.add(pool)
     signing_key_generate()
-    revision = plan_apply(datacenter=dc, base_revision=0)
+    revision = plan_apply_current(datacenter=dc, reason="first plan")
     bundle = ConfigBundle.objects.get()
 
     sender = Celery(broker=BROKER)

@@ -15,7 +15,7 @@ from planner import signing
 from planner.choices import TokenKind
 from planner.models import Datacenter, Machine
 from planner.services.keys import signing_key_generate
-from planner.services.plans import plan_apply
+from planner.services.plans import plan_apply_current
 from planner.services.tokens import api_token_create
 from tests.planner.factories import make_datacenter, make_ip, make_machine, make_pool
 
@@ -48,7 +48,7 @@ def site(db: None, key_dir: Path) -> Site:
         machine.pools.add(pool)
         machines.append(machine)
     signing_key_generate()
-    plan_apply(datacenter=dc, base_revision=0)
+    plan_apply_current(datacenter=dc, reason="first plan")
     return Site(dc, machines)
 
 

@@ -32,7 +32,7 @@ MATRIX: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
     ("get", "/api/v1/slices", None, READERS),
     ("get", "/api/v1/revisions", None, READERS),
     ("post", "/api/v1/datacenters/fra1/plan/preview", None, WRITERS),
-    ("post", "/api/v1/datacenters/fra1/plan/apply", {"base_revision": 1}, ADMINS),
+    ("post", "/api/v1/datacenters/fra1/plan/apply", {"inputs_digest": "0" * 64}, ADMINS),
     ("get", f"/api/v1/machines/{OWN}/bundle", None, READERS | {"agent"}),
     ("get", f"/api/v1/machines/{OTHER}/bundle", None, READERS),
     ("get", "/api/v1/keys", None, READERS | {"agent"}),

@@ -24,12 +24,18 @@ def test_a_preview_shows_diff_and_capacity_and_writes_nothing(
     assert PortSlice.objects.count() == before
 
 
+def _digest(client: APIClient) -> str:
+    digest = client.post("/api/v1/datacenters/fra1/plan/preview").json()["inputs_digest"]
+    assert isinstance(digest, str)
+    return digest
+
+
 def test_apply_returns_the_new_revision(clients: dict[str, APIClient], site: Site) -> None:
     site.machines[2].state = "retired"
     site.machines[2].save()
     response = clients["alice"].post(
         "/api/v1/datacenters/fra1/plan/apply",
-        {"base_revision": 1, "reason": "retire edge2"},
+        {"inputs_digest": _digest(clients["alice"]), "reason": "retire edge2"},
         format="json",
     )
     assert response.status_code == 201, response.content
@@ -39,12 +45,21 @@ def test_apply_returns_the_new_revision(clients: dict[str, APIClient], site: Sit
     assert PortSlice.objects.get(state="draining").machine == site.machines[2]
 
 
-def test_a_stale_base_is_409(clients: dict[str, APIClient]) -> None:
-    response = clients["alice"].post(
-        "/api/v1/datacenters/fra1/plan/apply", {"base_revision": 0}, format="json"
-    )
-    assert response.status_code == 409 and "revision 1" in response.json()["detail"]
-    assert PlanRevision.objects.count() == 1
+def test_a_stale_preview_is_409_with_a_fresh_one(clients: dict[str, APIClient], site: Site) -> None:
+    seen = _digest(clients["alice"])  # nothing to do: the first plan is applied
+    pool = site.datacenter.pools.get()
+    pool.slice_size = 4096  # then the inventory changes under the operator
+    pool.save()
+    make_machine("late.fra1.example.net", datacenter=site.datacenter).pools.add(pool)
+    url = "/api/v1/datacenters/fra1/plan/apply"
+    response = clients["alice"].post(url, {"inputs_digest": seen}, format="json")
+    body = response.json()
+    assert response.status_code == 409 and "changed since this preview" in body["detail"]
+    assert PlanRevision.objects.count() == 1 and PortSlice.objects.count() == 3
+    fresh = body["preview"]
+    assert fresh["inputs_digest"] != seen and fresh["diff"]["added"] == 4
+    again = clients["alice"].post(url, {"inputs_digest": fresh["inputs_digest"]}, format="json")
+    assert again.status_code == 201 and again.json()["diff_summary"]["added"] == 4
 
 
 def test_a_short_pool_is_422_with_the_shortfall(clients: dict[str, APIClient], site: Site) -> None:
@@ -52,7 +67,9 @@ def test_a_short_pool_is_422_with_the_shortfall(clients: dict[str, APIClient], s
     for n in range(12):  # 2 IPs of 7 slots (8,192 ports) each: the 15th machine is left out
         make_machine(f"extra{n}.fra1.example.net", datacenter=site.datacenter).pools.add(pool)
     response = clients["alice"].post(
-        "/api/v1/datacenters/fra1/plan/apply", {"base_revision": 1}, format="json"
+        "/api/v1/datacenters/fra1/plan/apply",
+        {"inputs_digest": _digest(clients["alice"])},
+        format="json",
     )
     assert response.status_code == 422
     (shortfall,) = response.json()["shortfalls"]
@@ -62,6 +79,6 @@ def test_a_short_pool_is_422_with_the_shortfall(clients: dict[str, APIClient], s
 
 def test_a_bad_body_names_the_field(clients: dict[str, APIClient]) -> None:
     response = clients["alice"].post(
-        "/api/v1/datacenters/fra1/plan/apply", {"base_revision": "soon"}, format="json"
+        "/api/v1/datacenters/fra1/plan/apply", {"inputs_digest": "soon"}, format="json"
     )
-    assert response.status_code == 400 and "base_revision" in response.json()
+    assert response.status_code == 400 and "inputs_digest" in response.json()

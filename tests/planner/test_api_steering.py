@@ -28,8 +28,11 @@ def _db_rows() -> set[tuple[str, int, int, str, str, str]]:
 def test_the_json_table_lists_every_live_slice(clients: dict[str, APIClient], site: Site) -> None:
     site.machines[1].state = "retired"
     site.machines[1].save()
+    preview = clients["alice"].post("/api/v1/datacenters/fra1/plan/preview").json()
     clients["alice"].post(
-        "/api/v1/datacenters/fra1/plan/apply", {"base_revision": 1}, format="json"
+        "/api/v1/datacenters/fra1/plan/apply",
+        {"inputs_digest": preview["inputs_digest"]},
+        format="json",
     )
     body = clients["lb"].get("/api/v1/datacenters/fra1/steering").json()
     assert body["revision"] == 2

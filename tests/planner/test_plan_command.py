@@ -41,7 +41,17 @@ def test_apply_writes_and_json_is_parseable() -> None:
     assert PlanRevision.objects.get().number == 1
     data = json.loads(_run("lhr1", "--json"))
     assert data["base_revision"] == 1 and data["diff"]["kept"] == 1
+    assert len(data["inputs_digest"]) == 64
     assert data["capacity"]["lhr1/warp/GB"]["slots_free"] == 0
+
+
+def test_apply_with_an_old_digest_is_refused_when_the_inputs_moved() -> None:
+    _site(machines=1)
+    seen = json.loads(_run("lhr1", "--json"))["inputs_digest"]
+    _run("lhr1", "--apply")  # someone else applies first
+    with pytest.raises(CommandError, match="changed since this preview"):
+        _run("lhr1", "--apply", "--digest", seen)
+    assert PlanRevision.objects.count() == 1
 
 
 def test_a_shortfall_names_the_ips_needed_and_fails() -> None:

@@ -10,7 +10,15 @@ from django.db import connection
 
 import allocator as alloc
 from planner.choices import RevisionStatus
-from planner.models import AuditEntry, Datacenter, EgressPool, Machine, PlanRevision, PortSlice
+from planner.models import (
+    AuditEntry,
+    Datacenter,
+    EgressIP,
+    EgressPool,
+    Machine,
+    PlanRevision,
+    PortSlice,
+)
 from planner.services.plans import PlanConflict, plan_apply, plan_preview
 from tests.planner.factories import make_datacenter, make_ip, make_machine, make_pool
 
@@ -29,6 +37,12 @@ def _datacenter(machines: int = 3, ips: int = 1, slice_size: int = 16384) -> Dat
         machine = make_machine(f"m{n}.example.net", datacenter=dc)
         machine.pools.add(pool)
     return dc
+
+
+def _apply(dc: Datacenter, now: datetime = NOW, reason: str = "") -> PlanRevision:
+    """Apply what a preview made at ``now`` showed, as an operator would."""
+    digest = plan_preview(datacenter=dc, now=now).inputs_digest
+    return plan_apply(datacenter=dc, inputs_digest=digest, reason=reason, now=now)
 
 
 def _owned() -> dict[str, set[tuple[str, int, int]]]:
@@ -52,7 +66,7 @@ def test_a_preview_writes_nothing() -> None:
 
 def test_apply_writes_the_plan_a_revision_and_an_audit_entry() -> None:
     dc = _datacenter(machines=3)
-    revision = plan_apply(datacenter=dc, base_revision=0, reason="first", now=NOW)
+    revision = _apply(dc, reason="first", now=NOW)
     assert (revision.number, revision.status) == (1, RevisionStatus.APPLIED)
     assert revision.diff_summary["added"] == 3
     assert sorted(_owned()) == ["m0.example.net", "m1.example.net", "m2.example.net"]
@@ -60,14 +74,44 @@ def test_apply_writes_the_plan_a_revision_and_an_audit_entry() -> None:
     assert AuditEntry.objects.filter(action="plan_apply", object_pk=str(revision.pk)).exists()
 
 
-def test_a_stale_base_is_refused_and_nothing_is_written() -> None:
+def test_a_stale_preview_is_refused_with_a_fresh_one_and_nothing_is_written() -> None:
     dc = _datacenter(machines=3)
-    plan_apply(datacenter=dc, base_revision=0, now=NOW)
+    _apply(dc, now=NOW)
+    seen = plan_preview(datacenter=dc, now=NOW)
+    assert seen.plan is not None and seen.plan.diff.summary()["draining"] == 0
     Machine.objects.filter(hostname="m0.example.net").update(state="retired")
-    with pytest.raises(PlanConflict, match="based on revision 0 but revision 1"):
-        plan_apply(datacenter=dc, base_revision=0, now=NOW)
+    with pytest.raises(PlanConflict, match="changed since this preview") as caught:
+        plan_apply(datacenter=dc, inputs_digest=seen.inputs_digest, now=NOW)
     assert PlanRevision.objects.count() == 1
     assert not PortSlice.objects.filter(state="draining").exists()
+    fresh = caught.value.details["preview"]
+    assert isinstance(fresh, dict) and fresh["diff"]["draining"] == 1
+    revision = plan_apply(datacenter=dc, inputs_digest=fresh["inputs_digest"], now=NOW)
+    assert revision.diff_summary["draining"] == 1
+
+
+def test_each_input_of_a_plan_changes_the_digest() -> None:
+    dc = _datacenter(machines=2)
+    _apply(dc, now=NOW)
+    digests = [plan_preview(datacenter=dc, now=NOW).inputs_digest]
+    pool = EgressPool.objects.get()
+    edits = [
+        lambda: EgressPool.objects.update(slices_per_machine=2),
+        lambda: make_ip("192.0.2.9", pool=pool),
+        lambda: EgressIP.objects.filter(address="192.0.2.9").update(reserved_ports=[40000]),
+        lambda: Machine.objects.filter(hostname="m0.example.net").update(weight=2),
+        lambda: make_machine("m7.example.net", datacenter=dc),
+        lambda: PortSlice.objects.filter(machine__hostname="m1.example.net").update(
+            state="draining", drain_until=NOW + timedelta(minutes=5)
+        ),
+    ]
+    for edit in edits:
+        edit()
+        digests.append(plan_preview(datacenter=dc, now=NOW).inputs_digest)
+    # The same inputs give the same digest; a drain that ends in between does not.
+    assert plan_preview(datacenter=dc, now=NOW).inputs_digest == digests[-1]
+    digests.append(plan_preview(datacenter=dc, now=NOW + timedelta(minutes=6)).inputs_digest)
+    assert len(set(digests)) == len(digests)
 
 
 def test_a_short_pool_applies_nothing_and_the_preview_says_how_many_ips() -> None:
@@ -77,16 +121,16 @@ def test_a_short_pool_applies_nothing_and_the_preview_says_how_many_ips() -> Non
     (shortfall,) = preview.shortfalls
     assert (len(shortfall.machines_unserved), shortfall.ips_needed) == (4, 2)
     with pytest.raises(alloc.CapacityError):
-        plan_apply(datacenter=dc, base_revision=0, now=NOW)
+        _apply(dc, now=NOW)
     assert not PortSlice.objects.exists() and not PlanRevision.objects.exists()
 
 
 def test_a_retired_machine_drains_and_the_others_keep_their_ports() -> None:
     dc = _datacenter(machines=3)
-    plan_apply(datacenter=dc, base_revision=0, now=NOW)
+    _apply(dc, now=NOW)
     before = _owned()
     Machine.objects.filter(hostname="m1.example.net").update(state="retired")
-    revision = plan_apply(datacenter=dc, base_revision=1, now=NOW)
+    revision = _apply(dc, now=NOW)
     draining = PortSlice.objects.get(state="draining")
     assert draining.machine.hostname == "m1.example.net"
     assert draining.drain_until == NOW + timedelta(hours=1)
@@ -95,17 +139,17 @@ def test_a_retired_machine_drains_and_the_others_keep_their_ports() -> None:
     assert after["m0.example.net"] == before["m0.example.net"]
     assert after["m2.example.net"] == before["m2.example.net"]
     # Once the drain is over the ports are free again.
-    plan_apply(datacenter=dc, base_revision=2, now=NOW + timedelta(hours=2))
+    _apply(dc, now=NOW + timedelta(hours=2))
     assert not PortSlice.objects.filter(machine__hostname="m1.example.net").exists()
 
 
 def test_a_joining_machine_takes_free_ports_without_renumbering() -> None:
     dc = _datacenter(machines=2)
-    plan_apply(datacenter=dc, base_revision=0, now=NOW)
+    _apply(dc, now=NOW)
     before = _owned()
     newcomer = make_machine("m9.example.net", datacenter=dc)
     newcomer.pools.add(EgressPool.objects.get())
-    plan_apply(datacenter=dc, base_revision=1, now=NOW)
+    _apply(dc, now=NOW)
     after = _owned()
     assert {h: after[h] for h in before} == before
     assert not after["m9.example.net"] & set().union(*before.values())
@@ -113,8 +157,8 @@ def test_a_joining_machine_takes_free_ports_without_renumbering() -> None:
 
 def test_the_previous_revision_is_superseded() -> None:
     dc = _datacenter()
-    plan_apply(datacenter=dc, base_revision=0, now=NOW)
-    plan_apply(datacenter=dc, base_revision=1, now=NOW)
+    _apply(dc, now=NOW)
+    _apply(dc, now=NOW)
     statuses = dict(PlanRevision.objects.values_list("number", "status"))
     assert statuses == {1: RevisionStatus.SUPERSEDED, 2: RevisionStatus.APPLIED}
 
@@ -125,10 +169,12 @@ def test_two_concurrent_applies_one_wins_one_conflicts(postgres: None) -> None:
     barrier = threading.Barrier(2)
     outcomes: list[str] = []
 
+    digest = plan_preview(datacenter=dc, now=NOW).inputs_digest
+
     def apply() -> None:
         try:
             barrier.wait()
-            plan_apply(datacenter=dc, base_revision=0, now=NOW)
+            plan_apply(datacenter=dc, inputs_digest=digest, now=NOW)
             outcomes.append("applied")
         except PlanConflict:
             outcomes.append("conflict")

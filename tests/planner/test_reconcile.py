@@ -11,7 +11,7 @@ from planner.models import ConfigBundle, Machine, PortSlice
 from planner.selectors import bundles_due
 from planner.services.bundles import bundles_build, bundles_send
 from planner.services.keys import signing_key_rotate
-from planner.services.plans import drains_expire, plan_apply
+from planner.services.plans import drains_expire, plan_apply_current
 from tests.planner.conftest import Site
 
 pytestmark = pytest.mark.django_db
@@ -55,7 +55,7 @@ def test_a_rotation_reaches_the_agents_through_reconcile(site: Site) -> None:
 def test_ended_drains_are_freed_and_running_ones_kept(site: Site) -> None:
     now = timezone.now()
     Machine.objects.filter(pk=site.machines[0].pk).update(state="retired")
-    plan_apply(datacenter=site.datacenter, base_revision=1, now=now)
+    plan_apply_current(datacenter=site.datacenter, reason="", now=now)
     assert PortSlice.objects.filter(state="draining").count() == 1
     assert drains_expire(now=now + timedelta(minutes=30)) == []
     (revision,) = drains_expire(now=now + timedelta(hours=2))

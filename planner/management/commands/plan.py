@@ -1,4 +1,9 @@
-"""manage.py plan CODE [--apply] [--json]: preview a datacenter's plan, or apply it."""
+"""manage.py plan CODE [--apply [--digest HEX]] [--json]: preview a datacenter's plan, or apply it.
+
+``--apply`` writes exactly the plan just shown; with ``--digest`` (the
+``inputs_digest`` of an earlier preview, e.g. from ``--json``) it writes only if
+nothing changed since that preview, and says so otherwise.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("datacenter", help="datacenter code, e.g. fra1")
         parser.add_argument("--apply", action="store_true", help="write the plan")
+        parser.add_argument(
+            "--digest", help="apply only if the inputs still match this earlier preview"
+        )
         parser.add_argument("--reason", default="manage.py plan")
         parser.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -36,7 +44,7 @@ class Command(BaseCommand):
                 with acting_as("system:manage.py plan"):
                     revision = plan_apply(
                         datacenter=datacenter,
-                        base_revision=preview.base_revision,
+                        inputs_digest=options["digest"] or preview.inputs_digest,
                         reason=options["reason"],
                     )
             except (PlanConflict, alloc.CapacityError) as error:
@@ -49,7 +57,8 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(preview.as_dict(), indent=2))
             return
         self.stdout.write(
-            f"datacenter {preview.datacenter}, based on revision {preview.base_revision}"
+            f"datacenter {preview.datacenter}, based on revision {preview.base_revision}, "
+            f"inputs digest {preview.inputs_digest}"
         )
         if preview.plan is None:
             for shortfall in preview.shortfalls:

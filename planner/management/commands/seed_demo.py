@@ -18,7 +18,7 @@ from planner.audit import acting_as
 from planner.inventory_io import InventoryRecord
 from planner.models import Datacenter
 from planner.services.inventory import inventory_import
-from planner.services.plans import plan_apply
+from planner.services.plans import plan_apply_current
 
 # code, name, country, region, city, egress /24, machine count, pools (purpose, country, slice size)
 DATACENTERS: list[tuple[str, str, str, str, str, str, int, list[tuple[str, str, int]]]] = [
@@ -129,7 +129,7 @@ class Command(BaseCommand):
         with acting_as("system:seed_demo"):
             counts = inventory_import(records=demo_records())
             for datacenter in Datacenter.objects.all():
-                plan_apply(datacenter=datacenter, base_revision=0, reason="demo: first plan")
+                plan_apply_current(datacenter=datacenter, reason="demo: first plan")
         self.stdout.write(
             "seeded demo: "
             + ", ".join(f"{n} {k}" for k, n in counts.items())
