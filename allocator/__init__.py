@@ -14,6 +14,7 @@ from allocator.capacity import (
     slots_per_ip,
 )
 from allocator.diff import PlanDiff
+from allocator.inventory import misfits
 from allocator.model import (
     EgressIP,
     Machine,
@@ -41,6 +42,7 @@ __all__ = [
     "Slice",
     "headroom",
     "ips_needed",
+    "misfits",
     "plan",
     "slots_per_ip",
     "validate_policy",

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from allocator.grid import grid_origin, listed_slots
-from allocator.model import ACTIVE, EgressIP, Machine, PoolPolicy, validate_policy
+from allocator.model import ACTIVE, EgressIP, Machine, PoolPolicy, Slice, validate_policy
 from allocator.ports import ranges_of_ports
 
 DEFAULT_POLICY = PoolPolicy()
@@ -175,3 +175,18 @@ def _unique_machines(machines: Iterable[Machine]) -> list[Machine]:
             raise ValueError(f"machine {machine.name} is listed twice")
         by_name[machine.name] = machine
     return [by_name[name] for name in sorted(by_name)]
+
+
+def misfits(
+    *, ips: Iterable[EgressIP], policies: Mapping[str, PoolPolicy], slices: Iterable[Slice]
+) -> list[Slice]:
+    """The ``slices`` that no longer fit their IP as the planner would cut it: the IP
+    is gone, or the slice is not a whole slot of its pool's grid within the usable
+    range and clear of reserved ports. A plan drains such a slice (or frees it,
+    for a gone IP); the planner refuses inventory edits that would leave one silently."""
+    layouts = Inventory.build(ips, (), policies).ips
+    return [
+        slice_
+        for slice_ in slices
+        if slice_.ip not in layouts or not layouts[slice_.ip].holds_slice(slice_.lo, slice_.hi)
+    ]

@@ -28,6 +28,25 @@ ERR_STALE_DIGEST = (
     "edit or a drain that ended); nothing was applied. Review the fresh preview and apply it."
 )
 ERR_LOCKED = "Another change to %(datacenter)s is being written; try again in a moment."
+ERR_DISPLACES_SLICES = (
+    "Changing %(object)s would leave %(count)d live slice(s) outside what it now allows. "
+    "Preview the change with ?plan=preview to see the plan that drains them, then "
+    "apply both together with ?plan=apply&inputs_digest=<the preview's digest>."
+)
+ERR_HOLDS_SLICES = (
+    "%(object)s still holds live slices. Set it to draining and let them drain, or "
+    "remove it together with a plan that frees them (?plan=preview, then ?plan=apply)."
+)
+ERR_MACHINE_HOLDS_SLICES = (
+    "%(object)s still holds live slices. Set its state to draining or retired, apply "
+    "the plan, and delete it once its slices have drained."
+)
+ERR_IN_USE = "%(object)s is still in use; remove what uses it first."
+ERR_NOTHING_TO_PLAN = "%(object)s belongs to no datacenter yet: there is no plan to make with it."
+ERR_CONCURRENT = (
+    "This write conflicted with another change made at the same moment; nothing was "
+    "written. Read the current state and try again."
+)
 ERR_KEY_EXISTS = "An active signing key exists; use 'rotate' to replace it."
 ERR_KEY_UNKNOWN = "No signing key with kid %(kid)r."
 ERR_KEY_ACTIVE = "Key %(kid)r is the active key; rotate first, then retire it."

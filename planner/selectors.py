@@ -63,13 +63,7 @@ def planner_inputs(*, datacenter: Datacenter) -> PlannerInputs:
     for pool in pools.values():
         pool.datacenter = datacenter  # key needs the code; spare a query per pool
     ips = tuple(
-        alloc.EgressIP(
-            address=ip.address,
-            pool=pools[ip.pool_id].key,
-            usable=alloc.PortRange(ip.usable_lo, ip.usable_hi),
-            reserved=frozenset(ip.reserved_ports),
-            state=ip.state,
-        )
+        _alloc_ip(ip, pools[ip.pool_id])
         for ip in EgressIP.objects.filter(pool__datacenter=datacenter)
     )
     served: dict[int, set[str]] = {}
@@ -85,21 +79,46 @@ def planner_inputs(*, datacenter: Datacenter) -> PlannerInputs:
             datacenter=datacenter
         ).values_list("pk", "hostname", "weight", "state")
     )
-    previous = tuple(
+    previous = _alloc_slices(live_slices(datacenter=datacenter))
+    policies = {pool.key: _alloc_policy(pool) for pool in pools.values()}
+    return PlannerInputs(ips, machines, previous, policies)
+
+
+def slice_fit_inputs(
+    *, ips: QuerySet[EgressIP]
+) -> tuple[list[alloc.EgressIP], dict[str, alloc.PoolPolicy], tuple[alloc.Slice, ...]]:
+    """``ips`` with their pools' policies and live slices, for :func:`allocator.misfits`."""
+    rows = list(ips.select_related("pool__datacenter"))
+    policies = {ip.pool.key: _alloc_policy(ip.pool) for ip in rows}
+    slices = _alloc_slices(PortSlice.objects.filter(ip__in=[ip.pk for ip in rows]))
+    return [_alloc_ip(ip, ip.pool) for ip in rows], policies, slices
+
+
+def _alloc_ip(ip: EgressIP, pool: EgressPool) -> alloc.EgressIP:
+    return alloc.EgressIP(
+        address=ip.address,
+        pool=pool.key,
+        usable=alloc.PortRange(ip.usable_lo, ip.usable_hi),
+        reserved=frozenset(ip.reserved_ports),
+        state=ip.state,
+    )
+
+
+def _alloc_policy(pool: EgressPool) -> alloc.PoolPolicy:
+    return alloc.PoolPolicy(
+        slice_size=pool.slice_size,
+        slices_per_machine=pool.slices_per_machine,
+        max_slices_per_machine=pool.max_slices_per_machine,
+    )
+
+
+def _alloc_slices(slices: QuerySet[PortSlice]) -> tuple[alloc.Slice, ...]:
+    return tuple(
         alloc.Slice(ip=ip, lo=lo, hi=hi, machine=machine, state=state, drain_until=until)
-        for ip, lo, hi, machine, state, until in live_slices(datacenter=datacenter).values_list(
+        for ip, lo, hi, machine, state, until in slices.values_list(
             "ip__address", "lo", "hi", "machine__hostname", "state", "drain_until"
         )
     )
-    policies = {
-        pool.key: alloc.PoolPolicy(
-            slice_size=pool.slice_size,
-            slices_per_machine=pool.slices_per_machine,
-            max_slices_per_machine=pool.max_slices_per_machine,
-        )
-        for pool in pools.values()
-    }
-    return PlannerInputs(ips, machines, previous, policies)
 
 
 def live_slices(*, datacenter: Datacenter) -> QuerySet[PortSlice]:

@@ -6,12 +6,13 @@ from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db.models import ProtectedError
+from django.db import IntegrityError
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 import allocator as alloc
+from planner import constants
 from planner.services.locks import Conflict
 from planner.services.plans import shortfalls_as_list
 
@@ -24,12 +25,10 @@ def handle(exc: Exception, context: dict[str, Any]) -> Response | None:
         return Response(detail, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, Conflict):
         return Response({"detail": str(exc), **exc.details}, status=status.HTTP_409_CONFLICT)
-    if isinstance(exc, ProtectedError):
-        used_by = sorted({str(obj) for obj in list(exc.protected_objects)[:5]})
-        return Response(
-            {"detail": "Still in use; remove what uses it first.", "used_by": used_by},
-            status=status.HTTP_409_CONFLICT,
-        )
+    if isinstance(exc, IntegrityError):
+        # The services lock and re-read, so this is a last line of defence: a
+        # concurrent write that slipped past them. Nothing was written.
+        return Response({"detail": constants.ERR_CONCURRENT}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, alloc.CapacityError):
         return Response(
             {"detail": "Not enough IPs.", "shortfalls": shortfalls_as_list(exc.shortfalls)},

@@ -13,6 +13,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -22,7 +23,7 @@ from rest_framework.views import APIView
 from planner import selectors, steering
 from planner.api import serializers as s
 from planner.api.filters import EgressIPFilter, EgressPoolFilter, MachineFilter, PortSliceFilter
-from planner.api.permissions import ADMIN, OPERATOR
+from planner.api.permissions import ADMIN, OPERATOR, RANK, user_rank
 from planner.api.renderers import CsvRenderer, JoseRenderer, NftRenderer
 from planner.choices import KeyStatus, TokenKind
 from planner.inventory_io import render_geofeed
@@ -53,22 +54,94 @@ class JsonErrors:
         return response
 
 
+PLAN_PARAMETERS = [
+    OpenApiParameter(
+        "plan",
+        str,
+        enum=["preview", "apply"],
+        description="Write this change together with the plan that drains the live slices "
+        "it displaces: `preview` shows that plan and writes nothing; `apply` writes both "
+        "(admin only) when `inputs_digest` still matches the preview.",
+    ),
+    OpenApiParameter("inputs_digest", str, description="with plan=apply: the preview's digest"),
+]
+PLANNED_RESPONSES = {
+    200: OpenApiResponse(
+        description="with ?plan: `{preview}` for plan=preview, `{revision}` for plan=apply"
+    ),
+    409: OpenApiResponse(
+        description="live slices would no longer fit (listed in `slices`), the object is "
+        "still in use, or (plan=apply) the inputs moved since the preview"
+    ),
+}
+
+
 class InventoryViewSet(viewsets.ModelViewSet):
-    """CRUD whose writes go through :func:`inventory.model_save` / ``inventory_delete``."""
+    """CRUD whose writes go through :mod:`planner.services.inventory`.
+
+    An update or delete that would displace live slices is refused (409, the
+    slices named) unless it asks to be planned with: ``?plan=preview`` then
+    ``?plan=apply&inputs_digest=…`` (see :class:`inventory.InventoryChange`).
+    """
 
     def perform_create(self, serializer: BaseSerializer[Any]) -> None:
-        self._save(serializer, self.get_queryset().model())
+        serializer.instance = self._change(serializer, self.get_queryset().model()).write_guarded()
 
     def perform_update(self, serializer: BaseSerializer[Any]) -> None:
-        self._save(serializer, serializer.instance)
+        serializer.instance = self._change(serializer, serializer.instance).write_guarded()
 
-    def _save(self, serializer: BaseSerializer[Any], instance: Any) -> None:
-        serializer.instance = inventory.model_save(
-            instance=instance, values=dict(serializer.validated_data)
-        )
+    def _change(self, serializer: BaseSerializer[Any], instance: Any) -> inventory.InventoryChange:
+        return inventory.InventoryChange(instance, dict(serializer.validated_data))
 
     def perform_destroy(self, instance: Model) -> None:
         inventory.inventory_delete(instance=instance)
+
+    @extend_schema(parameters=PLAN_PARAMETERS, responses=PLANNED_RESPONSES)
+    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        mode = self._plan_mode()
+        if mode is None:
+            return super().update(request, *args, **kwargs)
+        serializer = self.get_serializer(
+            self.get_object(), data=request.data, partial=kwargs.get("partial", False)
+        )
+        serializer.is_valid(raise_exception=True)
+        return self._planned(mode, self._change(serializer, serializer.instance))
+
+    @extend_schema(parameters=PLAN_PARAMETERS, responses=PLANNED_RESPONSES)
+    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return self.update(request, *args, partial=True, **kwargs)
+
+    @extend_schema(parameters=PLAN_PARAMETERS, responses=PLANNED_RESPONSES)
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        mode = self._plan_mode()
+        if mode is None:
+            return super().destroy(request, *args, **kwargs)
+        return self._planned(mode, inventory.InventoryChange(self.get_object(), delete=True))
+
+    def _plan_mode(self) -> str | None:
+        mode = self.request.query_params.get("plan")
+        if not mode:
+            return None
+        if mode not in {"preview", "apply"}:
+            raise ValidationError({"plan": f"{mode[:40]!r} is not 'preview' or 'apply'."})
+        if mode == "apply" and user_rank(self.request.user) < RANK[ADMIN]:
+            raise PermissionDenied("Applying a plan needs the admin role.")
+        return mode
+
+    def _planned(self, mode: str, change: inventory.InventoryChange) -> Response:
+        if mode == "preview":
+            preview = inventory.inventory_plan_preview(change=change)
+            return Response({"preview": preview.as_dict()})
+        body = s.PlanApplySerializer(
+            data={"inputs_digest": self.request.query_params.get("inputs_digest", "")}
+        )
+        body.is_valid(raise_exception=True)
+        revision = inventory.inventory_plan_apply(
+            change=change,
+            inputs_digest=body.validated_data["inputs_digest"],
+            user=self.request.user,
+        )
+        return Response({"revision": s.PlanRevisionSerializer(revision).data})
 
 
 class DatacenterViewSet(InventoryViewSet):
@@ -176,10 +249,10 @@ class MachineViewSet(JsonErrors, InventoryViewSet):
     token_kinds = {"bundle": (TokenKind.AGENT,)}
     throttle_scope: str | None = None  # the bundle action sets "bundle"
 
-    def _save(self, serializer: BaseSerializer[Any], instance: Any) -> None:
+    def _change(self, serializer: BaseSerializer[Any], instance: Any) -> inventory.InventoryChange:
         values = dict(serializer.validated_data)
         pools = values.pop("pools", None)
-        serializer.instance = inventory.machine_save(machine=instance, values=values, pools=pools)
+        return inventory.InventoryChange(instance, values, None if pools is None else list(pools))
 
     @extend_schema(responses={(200, "application/jose"): OpenApiTypes.STR})
     @action(

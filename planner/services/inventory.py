@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
+from django.db.models import ProtectedError, QuerySet
 
+import allocator as alloc
 from planner import constants
 from planner.audit import audit_record
 from planner.choices import (
@@ -19,7 +23,12 @@ from planner.models import (
     EgressIP,
     EgressPool,
     Machine,
+    PlanRevision,
+    PortSlice,
 )
+from planner.selectors import slice_fit_inputs
+from planner.services.locks import Conflict, datacenter_lock
+from planner.services.plans import PlanPreview, plan_apply, plan_preview
 
 POOL_KEY_FIELDS = ("purpose", "country", "region", "city")
 POLICY_FIELDS = ("slice_size", "slices_per_machine", "max_slices_per_machine")
@@ -123,48 +132,231 @@ def _save(record: InventoryRecord, instance: models.Model, values: dict[str, Any
         name, messages = next(iter(error.message_dict.items()))
         value = record.values.get(name, getattr(instance, name, None))
         raise InventoryError(record.where, name, value, " ".join(messages)) from None
+    except InventoryConflict as conflict:
+        field_name = min(set(values) & _FIT_FIELDS, default="record")
+        value = record.values.get(field_name, str(instance))
+        raise InventoryError(record.where, field_name, value, str(conflict)) from None
+
+
+class InventoryConflict(Conflict):
+    """The write would contradict live slices (``details["slices"]`` names them) or
+    remove something still in use; nothing was written."""
+
+
+# The fields whose change can leave a live slice outside what its IP now allows.
+_FIT_FIELDS = {"usable_lo", "usable_hi", "reserved_ports", "pool", "slice_size"}
+_NAMED = 20  # a conflict lists at most this many slices
+
+
+@dataclass
+class InventoryChange:
+    """One inventory write: set ``values`` (and a machine's ``pools``) or delete.
+
+    :func:`model_save`, :func:`machine_save` and :func:`inventory_delete` make it
+    guarded: refused when it would leave a live slice that no longer fits. The
+    same change can instead be planned with (:func:`inventory_plan_preview`,
+    :func:`inventory_plan_apply`): it is written together with the plan that
+    drains (or, for a removed IP, frees) the slices it displaces.
+    """
+
+    instance: models.Model
+    values: dict[str, Any] = field(default_factory=dict)
+    pools: list[EgressPool] | None = None
+    delete: bool = False
+
+    def datacenter_id(self) -> int | None:
+        """The datacenter whose lock the write needs; None for a new datacenter."""
+        instance, values = self.instance, self.values
+        if isinstance(instance, Datacenter):
+            return instance.pk
+        if isinstance(instance, EgressIP):
+            pool = values.get("pool") or (instance.pool if instance.pool_id else None)
+            return pool.datacenter_id if pool else None
+        datacenter = values.get("datacenter")
+        if datacenter is not None:
+            return int(datacenter.pk)
+        return getattr(instance, "datacenter_id", None)
+
+    def fit_scope(self) -> QuerySet[EgressIP] | None:
+        """The IPs whose live slices this write may displace (None: it cannot)."""
+        instance = self.instance
+        if instance.pk is None or not (self.delete or set(self.values) & _FIT_FIELDS):
+            return None
+        if isinstance(instance, EgressIP):
+            return EgressIP.objects.filter(pk=instance.pk)
+        if isinstance(instance, EgressPool):
+            return EgressIP.objects.filter(pool=instance)
+        return None
+
+    def write_guarded(self) -> models.Model:
+        """Write it, or refuse it whole when it would displace live slices."""
+        return _guarded(self)
+
+    def write(self, *, planned: bool) -> models.Model:
+        """Make the write (under the caller's lock and transaction)."""
+        instance = self.instance
+        if self.delete:
+            _delete(instance, planned=planned)
+            return instance
+        if instance.pk is not None:
+            instance.refresh_from_db()  # what the lock holder left, not what the caller read
+        for name, value in self.values.items():
+            setattr(instance, name, value)
+        instance.full_clean()
+        instance.save()
+        if self.pools is not None and isinstance(instance, Machine):
+            _set_pools(instance, self.pools)
+        return instance
+
+
+def _delete(instance: models.Model, *, planned: bool) -> None:
+    held = _live_slices_of(instance)
+    if held.exists():
+        if not (planned and isinstance(instance, EgressIP)):
+            message = (
+                constants.ERR_MACHINE_HOLDS_SLICES
+                if isinstance(instance, Machine)
+                else constants.ERR_HOLDS_SLICES
+            )
+            raise InventoryConflict(
+                message % {"object": instance}, slices=_described(held.order_by("ip", "lo"))
+            )
+        held.delete()  # the plan written with this delete lists them as freed
+    try:
+        instance.delete()
+    except ProtectedError as error:
+        used_by = sorted({str(obj) for obj in list(error.protected_objects)[:_NAMED]})
+        raise InventoryConflict(
+            constants.ERR_IN_USE % {"object": instance}, used_by=used_by
+        ) from None
+
+
+def _live_slices_of(instance: models.Model) -> QuerySet[PortSlice]:
+    if isinstance(instance, EgressIP):
+        return PortSlice.objects.filter(ip=instance)
+    if isinstance(instance, Machine):
+        return PortSlice.objects.filter(machine=instance)
+    if isinstance(instance, EgressPool):
+        return PortSlice.objects.filter(ip__pool=instance)
+    if isinstance(instance, Datacenter):
+        return PortSlice.objects.filter(ip__pool__datacenter=instance)
+    return PortSlice.objects.none()
+
+
+def _described(slices: Iterable[PortSlice] | Iterable[alloc.Slice]) -> list[str]:
+    named = []
+    for item in slices:
+        if isinstance(item, PortSlice):
+            named.append(f"{item.ip.address}:{item.lo}-{item.hi} ({item.machine.hostname})")
+        else:
+            named.append(f"{item.ip}:{item.lo}-{item.hi} ({item.machine})")
+        if len(named) == _NAMED:
+            break
+    return named
+
+
+def _misfits(scope: QuerySet[EgressIP] | None) -> set[alloc.Slice]:
+    if scope is None:
+        return set()
+    ips, policies, slices = slice_fit_inputs(ips=scope)
+    return set(alloc.misfits(ips=ips, policies=policies, slices=slices))
+
+
+def _guarded(change: InventoryChange) -> models.Model:
+    """Write ``change`` under its datacenter's lock, or refuse it whole.
+
+    Slices that already did not fit (draining out after an earlier planned
+    change) do not block it; only those this write would newly displace do.
+    """
+    with transaction.atomic():
+        datacenter_lock(change.datacenter_id())
+        scope = change.fit_scope()
+        before = _misfits(scope)
+        written = change.write(planned=False)
+        displaced = sorted(_misfits(scope) - before, key=lambda s: (s.ip, s.lo))
+        if displaced:
+            raise InventoryConflict(
+                constants.ERR_DISPLACES_SLICES
+                % {"object": change.instance, "count": len(displaced)},
+                slices=_described(displaced),
+            )
+    return written
 
 
 def model_save(*, instance: models.Model, values: dict[str, Any]) -> models.Model:
     """Set ``values`` on ``instance``, validate every model rule, save (audited).
 
-    Raises Django's ``ValidationError`` with field names; nothing is written then.
+    Raises Django's ``ValidationError`` with field names, or
+    :class:`InventoryConflict` when live slices would no longer fit; nothing is
+    written then.
     """
-    for name, value in values.items():
-        setattr(instance, name, value)
-    instance.full_clean()
-    instance.save()
-    return instance
+    return InventoryChange(instance, dict(values)).write_guarded()
 
 
 def machine_save(
     *, machine: Machine, values: dict[str, Any], pools: Iterable[EgressPool] | None = None
 ) -> Machine:
     """Save a machine and, when given, the pools it serves (all of its datacenter)."""
-    with transaction.atomic():
-        model_save(instance=machine, values=values)
-        if pools is not None:
-            pools = list(pools)
-            for pool in pools:
-                if pool.datacenter_id != machine.datacenter_id:
-                    raise ValidationError(
-                        {
-                            "pools": constants.ERR_POOL_DATACENTER
-                            % {
-                                "pool": pool.pk,
-                                "pool_dc": pool.datacenter.code,
-                                "dc": machine.datacenter.code,
-                            }
-                        }
-                    )
-            machine.pools.set(pools)
-    return machine
+    change = InventoryChange(machine, dict(values), None if pools is None else list(pools))
+    written = change.write_guarded()
+    assert isinstance(written, Machine)
+    return written
+
+
+def _set_pools(machine: Machine, pools: list[EgressPool]) -> None:
+    for pool in pools:
+        if pool.datacenter_id != machine.datacenter_id:
+            raise ValidationError(
+                {
+                    "pools": constants.ERR_POOL_DATACENTER
+                    % {
+                        "pool": pool.pk,
+                        "pool_dc": pool.datacenter.code,
+                        "dc": machine.datacenter.code,
+                    }
+                }
+            )
+    machine.pools.set(pools)
 
 
 def inventory_delete(*, instance: models.Model) -> None:
-    """Delete an inventory row; Django's ``ProtectedError`` when slices or IPs still use it."""
-    with transaction.atomic():
-        instance.delete()
+    """Delete an inventory row; :class:`InventoryConflict` when live slices or other
+    rows still use it (a machine drains first; an IP goes with a planned delete)."""
+    InventoryChange(instance, delete=True).write_guarded()
+
+
+def inventory_plan_preview(*, change: InventoryChange, now: datetime | None = None) -> PlanPreview:
+    """The plan as it would be with ``change`` written; nothing stays written."""
+    return plan_preview(
+        datacenter=_datacenter_of(change), now=now, change=lambda: change.write(planned=True)
+    )
+
+
+def inventory_plan_apply(
+    *,
+    change: InventoryChange,
+    inputs_digest: str,
+    user: Any = None,
+    reason: str = "",
+    now: datetime | None = None,
+) -> PlanRevision:
+    """Write ``change`` and the plan :func:`inventory_plan_preview` showed, in one
+    transaction; :class:`PlanConflict` with a fresh preview if anything moved."""
+    return plan_apply(
+        datacenter=_datacenter_of(change),
+        inputs_digest=inputs_digest,
+        user=user,
+        reason=reason or f"inventory change: {change.instance}",
+        now=now,
+        change=lambda: change.write(planned=True),
+    )
+
+
+def _datacenter_of(change: InventoryChange) -> Datacenter:
+    datacenter_id = change.datacenter_id()
+    if datacenter_id is None:
+        raise InventoryConflict(constants.ERR_NOTHING_TO_PLAN % {"object": change.instance})
+    return Datacenter.objects.get(pk=datacenter_id)
 
 
 def inventory_import(*, records: Iterable[InventoryRecord]) -> dict[str, int]:

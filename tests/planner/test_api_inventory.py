@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
-from planner.models import AuditEntry, EgressIP, EgressPool, Machine
+from planner.models import AuditEntry, EgressIP, EgressPool, Machine, PortSlice
 from tests.planner.conftest import Site
 
 pytestmark = pytest.mark.django_db
@@ -63,7 +63,10 @@ def test_a_machine_cannot_serve_another_datacenters_pool(
 
 def test_deleting_a_machine_that_owns_slices_is_a_conflict(clients: dict[str, APIClient]) -> None:
     response = clients["bob"].delete("/api/v1/machines/edge0.fra1.example.net")
-    assert response.status_code == 409 and response.json()["used_by"]
+    body = response.json()
+    assert response.status_code == 409 and "set its state to draining" in body["detail"].lower()
+    held = PortSlice.objects.get(machine__hostname="edge0.fra1.example.net")
+    assert body["slices"] == [f"{held.ip.address}:{held.lo}-{held.hi} (edge0.fra1.example.net)"]
     assert Machine.objects.filter(hostname="edge0.fra1.example.net").exists()
 
 

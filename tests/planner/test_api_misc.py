@@ -79,3 +79,27 @@ def test_metrics_say_how_many_ips_a_short_pool_needs(site: Site) -> None:
     # 20 unserved, 11 free slots: 9 more slots, at 7 an IP.
     assert 'portslice_pool_ips_needed{pool="fra1/warp/DE"} 2.0' in text
     assert len(queries) < 15  # a fixed number, not a few per pool
+
+
+def test_metrics_hold_to_the_allocators_figures_with_reserved_ports_and_weights(
+    site: Site,
+) -> None:
+    from planner.models import EgressIP, Machine
+    from planner.services.plans import plan_preview
+    from tests.planner.factories import make_machine
+
+    pool = site.datacenter.pools.get()
+    free_lo = max(PortSlice.objects.filter(ip__address="192.0.2.1").values_list("hi", flat=True))
+    EgressIP.objects.filter(address="192.0.2.1").update(reserved_ports=[free_lo + 100])
+    Machine.objects.filter(pk=site.machines[0].pk).update(weight=2)
+    for n in range(12):
+        make_machine(f"w{n}.fra1.example.net", datacenter=site.datacenter, weight=2).pools.add(pool)
+    text = Client().get("/metrics").content.decode()
+    preview = plan_preview(datacenter=site.datacenter)
+    (short,) = preview.shortfalls
+    # 14 slots less one spoilt by the reserved port, 3 taken: 10 free; 26 slices due
+    # to the newcomers and 1 more to edge0: 17 more slots, 7 to an IP: 3 IPs.
+    assert 'portslice_pool_free_slots{pool="fra1/warp/DE"} 10.0' in text
+    assert 'portslice_pool_unserved_machines{pool="fra1/warp/DE"} 13.0' in text
+    assert short.ips_needed == 3
+    assert f'portslice_pool_ips_needed{{pool="fra1/warp/DE"}} {short.ips_needed}.0' in text
