@@ -113,19 +113,22 @@ DEFAULT_RUN_DIR: Final = "/run/portslice"
 
 #: Random ports tried before a dump of the slice (a dump costs about ten lookups).
 UDP_RANDOM_PROBES: Final = 32
-#: Of those, how many try an exclusive bind first (the fast path, see the docstring).
-UDP_EXCLUSIVE_TRIES: Final = 2
-#: Consecutive exclusive misses after which a thread mostly stops trying them.
-UDP_EXCLUSIVE_GIVE_UP: Final = 8
+#: How long ports found taken (or in use) toward a destination are skipped, seconds.
+UDP_MEMORY: Final = 1.0
+#: Further random picks to find a port outside that memory before asking the kernel.
+UDP_MEMORY_PICKS: Final = 3
 #: How long to keep retrying ports other processes are mid-connect on.
 UDP_BUSY_TIMEOUT: Final = 1.0
 #: Dump rounds for ports held exclusively (usually a fast-path connect in progress).
 UDP_IN_USE_ROUNDS: Final = 3
-#: How long a read of the netns port range is trusted.
-NETNS_RANGE_TTL: Final = 1.0
+#: How long a read of the netns port range is trusted, seconds (see connect_tcp).
+NETNS_RANGE_TTL: Final = 0.1
 
-_RANGE = struct.Struct("=I")
-_LINGER_ABORT = struct.pack("ii", 1, 0)
+# The hot paths are written for the interpreter: names bound once at module level,
+# no object per call but the socket, one Python call per syscall where possible.
+_socket = socket.socket
+_monotonic = time.monotonic
+_random = random.random
 _F_OFD_SETLK: Final = getattr(fcntl, "F_OFD_SETLK", 37)
 _FLOCK = struct.Struct("=hhqqi4x")
 
@@ -234,17 +237,22 @@ def _family(address: str) -> int:
     return family_of(address)
 
 
-@functools.lru_cache(maxsize=1024)
-def _plan(source_ip: str, lo: int, hi: int) -> tuple[int, bytes]:
-    """The family of ``source_ip`` and the IP_LOCAL_PORT_RANGE value, checked."""
-    return _family(source_ip), _packed_range(lo, hi)
-
-
-@functools.lru_cache(maxsize=1024)
-def _packed_range(lo: int, hi: int) -> bytes:
+def _check_range(lo: object, hi: object) -> None:
     if not (type(lo) is int and type(hi) is int and 1 <= lo <= hi <= 65535):
         raise ValueError(f"port range ({lo!r}, {hi!r}) is not 1 <= lo <= hi <= 65535")
-    return _RANGE.pack(hi << 16 | lo)
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(source_ip: str, lo: int, hi: int) -> tuple[int, int]:
+    """The family of ``source_ip`` and the IP_LOCAL_PORT_RANGE value, checked.
+
+    The value is the u32 ``hi << 16 | lo`` as a C int (negative when hi >= 32768):
+    CPython's ``setsockopt`` tries the int form first and packed bytes third, after
+    two failed argument parses that cost more than the rest of the call.
+    """
+    _check_range(lo, hi)
+    value = hi << 16 | lo
+    return _family(source_ip), value - (1 << 32) if value >= 1 << 31 else value
 
 
 def _check_destination(dst: Address, family: int) -> None:
@@ -257,6 +265,9 @@ def _describe(source_ip: str, lo: int, hi: int) -> str:
 
 
 # --- TCP --------------------------------------------------------------------------------
+
+_SOL_IP: Final = socket.SOL_IP
+_STREAM: Final = socket.SOCK_STREAM
 
 
 def _check_enforceable(source_ip: str, lo: int, hi: int) -> None:
@@ -275,21 +286,26 @@ def connect_tcp(
 
     ``dst`` is an (IP literal, port) pair of the source's IP version. ``timeout``
     as for :meth:`socket.socket.settimeout` (None keeps the module default); 0
-    returns a non-blocking socket whose connect is in progress (its port is
-    already chosen and checked). Raises :class:`PortsExhausted`,
-    :class:`RangeNotEnforced`, or the ``OSError`` of the connect.
+    returns a non-blocking socket whose connect is in progress. Raises
+    :class:`PortsExhausted`, :class:`RangeNotEnforced`, or the ``OSError`` of the
+    connect.
+
+    The port is not read back after ``connect()``: the slice is enforced by the
+    netns range check below, re-read every ``NETNS_RANGE_TTL`` seconds, with the
+    nftables guard behind it (the argument and the measurements are in
+    docs/agent.md).
     """
     lo, hi = port_range
-    family, packed = _plan(source_ip, lo, hi)
+    family, range_value = _plan(source_ip, lo, hi)
     if _family(dst[0]) != family:
         _check_destination(dst, family)
     netns = _netns_range
-    if netns is None or time.monotonic() > netns[0] or hi < netns[1] or lo > netns[2]:
+    if netns is None or _monotonic() > netns[0] or hi < netns[1] or lo > netns[2]:
         _check_enforceable(source_ip, lo, hi)  # the slow path; the test above is its fast form
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = _socket(family, _STREAM)
     try:
-        sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-        sock.setsockopt(socket.SOL_IP, IP_LOCAL_PORT_RANGE, packed)
+        sock.setsockopt(_SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.setsockopt(_SOL_IP, IP_LOCAL_PORT_RANGE, range_value)
         sock.bind((source_ip, 0))
         if timeout is not None:
             sock.settimeout(timeout)
@@ -306,9 +322,6 @@ def connect_tcp(
                     port_range=(lo, hi),
                 ) from error
             raise
-        port = sock.getsockname()[1]
-        if not lo <= port <= hi:
-            _refuse_outside(sock, port, source_ip, lo, hi)
     except BaseException:
         sock.close()
         raise
@@ -321,18 +334,11 @@ def _connect_nonblocking(sock: socket.socket, dst: Address) -> None:
         raise OSError(code, os.strerror(code))
 
 
-def _refuse_outside(sock: socket.socket, port: int, source_ip: str, lo: int, hi: int) -> None:
-    _forget_netns_range()
-    # Abort rather than close: a RST ends it now instead of a FIN_WAIT/TIME_WAIT
-    # socket lingering on a port that belongs to another host.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
-    raise RangeNotEnforced(
-        f"the kernel chose port {port} outside {_describe(source_ip, lo, hi)}; "
-        f"netns port range is {netns_port_range()}"
-    )
-
-
 # --- UDP --------------------------------------------------------------------------------
+_DGRAM: Final = socket.SOCK_DGRAM
+_SOL_SOCKET: Final = socket.SOL_SOCKET
+_SO_REUSEADDR: Final = socket.SO_REUSEADDR
+_EADDRINUSE: Final = errno.EADDRINUSE
 
 
 class _PortLocks:
@@ -367,9 +373,7 @@ class _PortLocks:
 
     def try_lock(self, offset: int) -> bool:
         try:
-            fcntl.fcntl(
-                self._fd, _F_OFD_SETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
-            )
+            fcntl.fcntl(self._fd, _F_OFD_SETLK, _FLOCK.pack(_F_WRLCK, _SEEK_SET, offset, 1, 0))
         except OSError as error:
             if error.errno in (errno.EAGAIN, errno.EACCES):
                 return False
@@ -377,11 +381,15 @@ class _PortLocks:
         return True
 
     def unlock(self, offset: int) -> None:
-        fcntl.fcntl(self._fd, _F_OFD_SETLK, _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, offset, 1, 0))
+        fcntl.fcntl(self._fd, _F_OFD_SETLK, _FLOCK.pack(_F_UNLCK, _SEEK_SET, offset, 1, 0))
+
+
+_F_WRLCK: Final = fcntl.F_WRLCK
+_F_UNLCK: Final = fcntl.F_UNLCK
+_SEEK_SET: Final = os.SEEK_SET
 
 
 class _ThreadState(threading.local):
-    pid = -1
     diag: SockDiag | None = None
     locks: _PortLocks | None = None
 
@@ -390,20 +398,25 @@ class _ThreadState(threading.local):
 
 
 _local = _ThreadState()
+#: Every thread's sock_diag socket and lock file, so a forked child can close them all.
+_opened: set[SockDiag | _PortLocks] = set()
 
 
 def _thread_state() -> tuple[SockDiag, _PortLocks]:
-    """This thread's sock_diag socket and lock file, reopened after a fork.
+    """This thread's sock_diag socket and lock file, opened on first use.
 
     Both belong to the network namespace the thread had when they were opened:
-    a thread that changes namespace must call :func:`forget_thread_state`.
+    a thread that changes namespace must call :func:`forget_thread_state`. A
+    forked child starts afresh (:func:`_forget_after_fork`): sharing the
+    parent's lock file would share its locks, and its netlink socket its replies.
     """
     state = _local
-    if state.pid != os.getpid() or state.diag is None or state.locks is None:
+    if state.diag is None or state.locks is None:
         forget_thread_state()
         state.diag = SockDiag()
+        _opened.add(state.diag)
         state.locks = _PortLocks()
-        state.pid = os.getpid()
+        _opened.add(state.locks)
     return state.diag, state.locks
 
 
@@ -412,11 +425,24 @@ def forget_thread_state() -> None:
     state = _local
     for resource in (state.diag, state.locks):
         if resource is not None:
+            _opened.discard(resource)
             resource.close()
     state.diag = state.locks = None
     state.targets.clear()
-    state.pid = -1
     _forget_netns_range()
+
+
+def _forget_after_fork() -> None:
+    # The parent keeps its copies open, so its locks and sockets are unaffected.
+    for resource in _opened:
+        resource.close()
+    _opened.clear()
+    _local.diag = _local.locks = None
+    _local.targets.clear()
+    _forget_netns_range()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -425,162 +451,208 @@ def _lock_base(source_ip: str) -> int:
     return zlib.crc32(ipaddress.ip_address(source_ip).packed) << 16
 
 
-_CLAIMED, _TAKEN, _BUSY, _IN_USE = "claimed", "taken", "busy", "in use"
-
-
 class _UdpTarget:
-    """What one thread needs to claim ports of ``source_ip`` toward ``dst``: cached."""
+    """What one thread keeps about ``source_ip`` toward ``dst``, and what it has seen.
 
-    def __init__(self, diag: SockDiag, source_ip: str, dst: tuple[str, int]) -> None:
+    ``taken`` holds ports a lookup found connected to ``dst``, ``in_use`` ports an
+    exclusive bind found held by some socket; both are forgotten every
+    ``UDP_MEMORY`` seconds. They only steer which ports are tried: the lookup
+    after ``bind`` still decides.
+    """
+
+    __slots__ = (
+        "family",
+        "source_ip",
+        "dst",
+        "query",
+        "locks",
+        "lock_base",
+        "taken",
+        "in_use",
+        "forget_at",
+    )
+
+    def __init__(self, source_ip: str, dst: Address) -> None:
+        diag, locks = _thread_state()
         self.family = _family(source_ip)
+        if _family(dst[0]) != self.family:
+            _check_destination(dst, self.family)
         self.source_ip = source_ip
         self.dst = dst
         self.query = diag.udp_tuple_query(src=source_ip, dst=dst[0], dport=dst[1])
+        self.locks = locks
         self.lock_base = _lock_base(source_ip)
-        #: Consecutive failed exclusive binds: on a host whose ports all carry
-        #: sockets to other destinations they only cost time, so stop trying.
-        self.exclusive_misses = 0
+        self.taken: set[int] = set()
+        self.in_use: set[int] = set()
+        self.forget_at = _monotonic() + UDP_MEMORY
 
-    def try_exclusive(self) -> bool:
-        return self.exclusive_misses < UDP_EXCLUSIVE_GIVE_UP or random.random() < 1 / 16
+    def forget_if_due(self) -> None:
+        now = _monotonic()
+        if now > self.forget_at:
+            self.taken.clear()
+            self.in_use.clear()
+            self.forget_at = now + UDP_MEMORY
 
 
 _TARGET_CACHE_SIZE: Final = 1024
 
 
-def _target(source_ip: str, dst: tuple[str, int]) -> _UdpTarget:
-    diag, _ = _thread_state()
+def _new_target(source_ip: str, dst: Address) -> _UdpTarget:
+    target = _UdpTarget(source_ip, (dst[0], dst[1]))
     targets = _local.targets
-    key = (source_ip, dst[0], dst[1])
-    target = targets.get(key)
-    if target is None:
-        if len(targets) >= _TARGET_CACHE_SIZE:
-            targets.clear()
-        target = targets[key] = _UdpTarget(diag, source_ip, dst)
+    if len(targets) >= _TARGET_CACHE_SIZE:
+        targets.clear()
+    targets[source_ip, dst[0], dst[1]] = target
     return target
 
 
-class _UdpClaim:
-    """One connect_udp call: its socket (replaced when a bound one must be dropped)."""
+# Outcomes of a shared claim; all but _CLAIMED and _BUSY leave the socket unusable.
+_CLAIMED, _TAKEN, _BUSY, _IN_USE = 0, 1, 2, 3
 
-    def __init__(self, target: _UdpTarget) -> None:
-        self.target = target
-        self.sock = socket.socket(target.family, socket.SOCK_DGRAM)
-        self.reuse = False
 
-    def close(self) -> None:
-        self.sock.close()
-
-    def exclusive(self, port: int) -> str:
-        """Fast path: bind without SO_REUSEADDR, which succeeds only if no socket at all
-        holds (IP, port) and keeps every other bind out until we connect — no lock,
-        no lookup needed. ``_IN_USE`` if the port has sockets (free toward dst or not)."""
-        try:
-            self.sock.bind((self.target.source_ip, port))
-        except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                return _IN_USE
-            raise
-        self.sock.connect(self.target.dst)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        return _CLAIMED
-
-    def shared(self, port: int) -> str:
-        """Shared path, steps 1-3 of the module docstring, for a port others also use."""
-        target = self.target
-        locks = _local.locks
-        assert locks is not None
-        offset = target.lock_base | port
-        if not locks.try_lock(offset):
-            return _BUSY
-        try:
-            return self._shared_locked(port)
-        finally:
-            locks.unlock(offset)
-
-    def _shared_locked(self, port: int) -> str:
-        target, sock = self.target, self.sock
-        if not self.reuse:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.reuse = True
+def _claim_shared(target: _UdpTarget, sock: socket.socket, port: int) -> int:
+    """Shared path, steps 1-4 of the module docstring, for a port others also use."""
+    offset = target.lock_base | port
+    locks = target.locks
+    if not locks.try_lock(offset):
+        return _BUSY
+    try:
+        sock.setsockopt(_SOL_SOCKET, _SO_REUSEADDR, 1)
         try:
             sock.bind((target.source_ip, port))
         except OSError as error:
-            if error.errno == errno.EADDRINUSE:
+            if error.errno == _EADDRINUSE:
                 return _IN_USE  # an exclusive (fast-path or foreign) socket holds it
             raise
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        sock.setsockopt(_SOL_SOCKET, _SO_REUSEADDR, 0)
         # Looked up only now, bound: a fast-path socket that connected before our bind
         # is seen here, and none can bind after us until we connect.
         if target.query.held(port):
-            self._replace_socket()
             return _TAKEN
         sock.connect(target.dst)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(_SOL_SOCKET, _SO_REUSEADDR, 1)
         return _CLAIMED
-
-    def _replace_socket(self) -> None:
-        self.sock.close()
-        self.sock = socket.socket(self.target.family, socket.SOCK_DGRAM)
-        self.reuse = False
+    finally:
+        locks.unlock(offset)
 
 
-def _random_port(lo: int, hi: int) -> int:
-    return lo + int(random.random() * (hi - lo + 1))
+def _claim_exclusive(target: _UdpTarget, sock: socket.socket, port: int) -> bool:
+    """Fast path: bind without SO_REUSEADDR, which succeeds only if no socket at all
+    holds (IP, port) and keeps every other bind out until we connect — no lock, no
+    lookup needed. False if the port has sockets (free toward dst or not)."""
+    try:
+        sock.bind((target.source_ip, port))
+    except OSError as error:
+        if error.errno == _EADDRINUSE:
+            return False
+        raise
+    sock.connect(target.dst)
+    sock.setsockopt(_SOL_SOCKET, _SO_REUSEADDR, 1)
+    return True
 
 
-def _claim_random(claim: _UdpClaim, lo: int, hi: int) -> bool:
-    """A few random ports: exclusively first, then shared with a lock-free lookup first."""
-    target = claim.target
-    exclusive_tries = UDP_EXCLUSIVE_TRIES if target.try_exclusive() else 0
-    for attempt in range(UDP_RANDOM_PROBES):
-        port = _random_port(lo, hi)
-        if attempt < exclusive_tries:
-            if claim.exclusive(port) == _CLAIMED:
-                target.exclusive_misses = 0
-                return True
-            target.exclusive_misses += 1
-        elif not target.query.held(port) and claim.shared(port) == _CLAIMED:
-            return True
-    return False
+def _claim_random(target: _UdpTarget, lo: int, hi: int) -> socket.socket | None:
+    """Random ports, preferring ones not remembered as taken; the socket, or None
+    after ``UDP_RANDOM_PROBES`` tries.
+
+    A port nobody holds is claimed exclusively. A port in use is claimed on the
+    shared path straight away the first time in a call (the memory says it is not
+    connected to ``dst``), with a lock-free lookup first after that (the memory
+    was wrong once, so it is probably cold). When every pick lands in the memory
+    a lookup decides, and corrects the memory if the port has become free: the
+    memory steers, it never makes a port unusable.
+    """
+    target.forget_if_due()
+    taken, in_use = target.taken, target.in_use
+    span = hi - lo + 1
+    sock = _socket(target.family, _DGRAM)
+    check_first = False
+    try:
+        for _ in range(UDP_RANDOM_PROBES):
+            port = lo + int(_random() * span)
+            if port in taken:
+                port = _pick_outside(taken, lo, span)
+                if port in taken:
+                    if target.query.held(port):
+                        continue
+                    taken.discard(port)
+            if port not in in_use:
+                if _claim_exclusive(target, sock, port):
+                    return sock
+                in_use.add(port)
+                check_first = True  # in use: whether toward dst is unknown
+            if check_first and target.query.held(port):
+                taken.add(port)
+                continue
+            outcome = _claim_shared(target, sock, port)
+            if outcome == _CLAIMED:
+                return sock
+            if outcome == _TAKEN:
+                taken.add(port)
+            if outcome != _BUSY:
+                sock.close()
+                sock = _socket(target.family, _DGRAM)
+            check_first = True
+    except BaseException:
+        sock.close()
+        raise
+    sock.close()
+    return None
 
 
-def _claim_free(claim: _UdpClaim, lo: int, hi: int) -> bool:
+def _pick_outside(taken: set[int], lo: int, span: int) -> int:
+    """A random port, up to a few picks to find one outside ``taken`` (else the last)."""
+    for _ in range(UDP_MEMORY_PICKS):
+        port = lo + int(_random() * span)
+        if port not in taken:
+            break
+    return port
+
+
+def _claim_free(target: _UdpTarget, lo: int, hi: int) -> socket.socket | None:
     """Try every port not connected to the destination; retry contended ones a while."""
     diag, _ = _thread_state()
-    target = claim.target
-    deadline = time.monotonic() + UDP_BUSY_TIMEOUT
+    deadline = _monotonic() + UDP_BUSY_TIMEOUT
     backoff = 0.0002
-    for round_ in range(1_000_000):
-        taken = set(
-            diag.dump_sports(
-                family=target.family,
-                protocol=socket.IPPROTO_UDP,
-                states=1 << TCP_ESTABLISHED,
-                src=target.source_ip,
-                sport_range=(lo, hi),
-                dst=target.dst[0],
-                dport=target.dst[1],
+    sock = _socket(target.family, _DGRAM)
+    try:
+        for round_ in range(1_000_000):
+            taken = set(
+                diag.dump_sports(
+                    family=target.family,
+                    protocol=socket.IPPROTO_UDP,
+                    states=1 << TCP_ESTABLISHED,
+                    src=target.source_ip,
+                    sport_range=(lo, hi),
+                    dst=target.dst[0],
+                    dport=target.dst[1],
+                )
             )
-        )
-        free = [port for port in range(lo, hi + 1) if port not in taken]
-        start = random.randrange(len(free)) if free else 0  # cheaper than a shuffle
-        busy = in_use = False
-        for port in free[start:] + free[:start]:
-            outcome = claim.shared(port)
-            if outcome == _CLAIMED:
-                return True
-            busy = busy or outcome == _BUSY
-            in_use = in_use or outcome == _IN_USE
-        # A busy port is another process mid-connect; an in-use one may be a fast-path
-        # socket mid-connect (resolved within microseconds) or a foreign exclusive
-        # socket (never), hence only a few rounds for those.
-        retry = busy or (in_use and round_ < UDP_IN_USE_ROUNDS)
-        if not retry or time.monotonic() > deadline:
-            return False
-        time.sleep(backoff)
-        backoff = min(backoff * 2, 0.01)
-    return False
+            free = [port for port in range(lo, hi + 1) if port not in taken]
+            start = random.randrange(len(free)) if free else 0  # cheaper than a shuffle
+            busy = in_use = False
+            for port in free[start:] + free[:start]:
+                outcome = _claim_shared(target, sock, port)
+                if outcome == _CLAIMED:
+                    return sock
+                if outcome != _BUSY:
+                    sock.close()
+                    sock = _socket(target.family, _DGRAM)
+                busy = busy or outcome == _BUSY
+                in_use = in_use or outcome == _IN_USE
+            # A busy port is another process mid-connect; an in-use one may be a fast-path
+            # socket mid-connect (resolved within microseconds) or a foreign exclusive
+            # socket (never), hence only a few rounds for those.
+            retry = busy or (in_use and round_ < UDP_IN_USE_ROUNDS)
+            if not retry or _monotonic() > deadline:
+                break
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 0.01)
+    except BaseException:
+        sock.close()
+        raise
+    sock.close()
+    return None
 
 
 def connect_udp(dst: Address, *, source_ip: str, port_range: tuple[int, int]) -> socket.socket:
@@ -591,21 +663,19 @@ def connect_udp(dst: Address, *, source_ip: str, port_range: tuple[int, int]) ->
     :class:`PortsExhausted` when every port of the range is connected to ``dst``.
     """
     lo, hi = port_range
-    _packed_range(lo, hi)
-    if _family(dst[0]) != _family(source_ip):
-        _check_destination(dst, _family(source_ip))
-    claim = _UdpClaim(_target(source_ip, (dst[0], dst[1])))
-    try:
-        if _claim_random(claim, lo, hi) or _claim_free(claim, lo, hi):
-            return claim.sock
+    if not (type(lo) is int and type(hi) is int and 1 <= lo <= hi <= 65535):
+        _check_range(lo, hi)
+    target = _local.targets.get((source_ip, dst[0], dst[1]))
+    if target is None:
+        target = _new_target(source_ip, dst)
+    sock = _claim_random(target, lo, hi) or _claim_free(target, lo, hi)
+    if sock is None:
         raise PortsExhausted(
             f"every port of {_describe(source_ip, lo, hi)} is connected to {dst[0]}:{dst[1]}",
             source_ip=source_ip,
             port_range=(lo, hi),
         )
-    except BaseException:
-        claim.close()
-        raise
+    return sock
 
 
 # --- the applied bundle -----------------------------------------------------------------

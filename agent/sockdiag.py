@@ -244,6 +244,13 @@ class SockDiag:
                 return False
             raise OSError(err, f"sock_diag lookup: {os.strerror(err)}")
 
+    def _no_socket(self) -> bool:
+        """False for the ENOENT error answer in the buffer; other errors raise."""
+        err = -_ERRNO.unpack_from(self._buf, _NLMSGHDR.size)[0]
+        if err == errno.ENOENT:
+            return False
+        raise OSError(err, f"sock_diag lookup: {os.strerror(err)}")
+
     def udp_lookup(self, *, src: str, sport: int, dst: str, dport: int) -> InetSocket | None:
         """The UDP socket that would receive a datagram from ``dst:dport`` to ``src:sport``.
 
@@ -369,38 +376,47 @@ class SockDiag:
 # Offsets in an exact request: nlmsghdr seq, then the socket id's local port.
 _REQ_SEQ_AT = 8
 _REQ_LOCAL_PORT_AT = _NLMSGHDR.size + _REQ_HEAD.size + 2
-# Offsets in the answer: inet_diag_msg's dport and dst address.
+# Offsets in the answer: nlmsghdr type and seq, inet_diag_msg's state, dport, dst.
+_TYPE_AT = 4
+_MSG_STATE_AT = _NLMSGHDR.size + 1
 _MSG_DPORT_AT = _NLMSGHDR.size + 6
 _MSG_DST_AT = _NLMSGHDR.size + 24
 _SEQ = struct.Struct("=I")
+_SOCKET_ANSWER = struct.pack("=H", SOCK_DIAG_BY_FAMILY)
 
 
 class UdpTupleQuery:
     """Asks, for one (src, dst, dport) and any source port, whether a connected
-    UDP socket holds that 4-tuple: one netlink round trip, no allocation."""
+    UDP socket holds that 4-tuple: one netlink round trip, one request buffer
+    reused, answers compared in place."""
 
     def __init__(self, diag: SockDiag, *, src: str, dst: str, dport: int) -> None:
         family = family_of(src)
         self._diag = diag
+        self._sock = diag._sock
+        self._buf = diag._buf
         self._request = bytearray(
             _lookup_request(family, src=src, sport=0, dst=dst, dport=dport, seq=0)
         )
         self._dport = _PORT.pack(dport)
         self._dst = _packed(family, dst)
-        self._dst_end = _MSG_DST_AT + len(self._dst)
 
     def held(self, sport: int) -> bool:
         """True if a socket is connected from ``src:sport`` to ``dst:dport``."""
-        diag = self._diag
-        seq = diag._next_seq()
-        _SEQ.pack_into(self._request, _REQ_SEQ_AT, seq)
-        _PORT.pack_into(self._request, _REQ_LOCAL_PORT_AT, sport)
-        if not diag._exact(self._request, seq):
-            return False
-        buf = diag._buf
-        # The lookup never returns a socket connected elsewhere, so a connected
-        # answer is connected to dst:dport; comparing both keeps that explicit.
+        diag, request, buf = self._diag, self._request, self._buf
+        seq = diag._seq = (diag._seq + 1) & 0xFFFFFFFF
+        _SEQ.pack_into(request, _REQ_SEQ_AT, seq)
+        _PORT.pack_into(request, _REQ_LOCAL_PORT_AT, sport)
+        self._sock.send(request)
+        self._sock.recv_into(buf)
+        while _SEQ.unpack_from(buf, _REQ_SEQ_AT)[0] != seq:
+            self._sock.recv_into(buf)  # a late reply to an earlier, abandoned request
+        if not buf.startswith(_SOCKET_ANSWER, _TYPE_AT):
+            return diag._no_socket()
+        # A connected answer: the lookup never returns a socket connected elsewhere,
+        # comparing the peer keeps that explicit (and holds with BPF sk_lookup too).
         return (
-            buf[_MSG_DPORT_AT : _MSG_DPORT_AT + 2] == self._dport
-            and buf[_MSG_DST_AT : self._dst_end] == self._dst
+            buf[_MSG_STATE_AT] == TCP_ESTABLISHED
+            and buf.startswith(self._dport, _MSG_DPORT_AT)
+            and buf.startswith(self._dst, _MSG_DST_AT)
         )

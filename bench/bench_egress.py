@@ -1,25 +1,31 @@
 """Per-connection cost of agent.egress against the kernel's plain connect(), same run.
 
 Run as root: ``.venv/bin/python -m bench.bench_egress`` (``--quick`` for fewer rounds,
-``--json`` for the raw figures). It creates a network
-namespace ``psTbench…``, measures inside it over loopback, and removes it.
+``--json`` for the raw figures, ``--sweep`` for the UDP occupancy sweep). It creates a
+network namespace ``psTbench…``, measures inside it over loopback, and removes it.
+
+Each path is measured two ways: **connect alone** (``socket`` to a connected socket;
+the close is done untimed) and **connect + close** (the connection's whole life).
+Every round measures every variant once, back to back, in an order that alternates
+between rounds, and the ratio of each variant to plain ``connect()`` is taken *per
+round*: noise from other work on a shared machine hits both sides of a round alike.
+The report gives the median ratio and its spread (25th-75th percentile of the
+per-round ratios). Rounds are short (a few hundred µs) and many.
 
 * TCP: ``connect_tcp`` from a 10,000-port slice vs ``socket(); connect()``, 8
-  listeners, batches of N connections (set up, timed; then reset and drained,
-  untimed), rounds alternating which goes first. Target: ≤ 1.15×.
+  listeners; also the design it replaced (the port read back with ``getsockname``
+  after every connect) and the bare syscalls (the floor). Target: ≤ 1.15×.
 * UDP, one destination, a 256-port slice already 50 % connected to it:
-  ``connect_udp`` + close vs ``socket(); connect(); close()``, next to
-  Cloudflare's connectx (2022 blog code: scan ports from a random start with one
-  sock_diag exact lookup each, then bind / SO_REUSEADDR=0 / lookup / connect),
-  re-implemented here on the same sock_diag primitives. Target: ≤ 3×.
-* UDP occupancy sweep (0-99 %): the three ways of choosing a port — ours
-  (random probes, then one dump), Cloudflare's per-port scan, and "dump first"
-  (one filtered dump, then a random free port) — to show where each wins.
-
-Figures are medians over rounds of the per-connection time; ratios are medians
-of the per-round ratios (each round measures both sides back to back, which
-cancels most of the noise of a shared machine); ``--json`` adds the minimum
-over rounds and the ratio of minimums, the quiet-machine estimate.
+  ``connect_udp`` vs ``socket(); connect()``, next to Cloudflare's connectx (2022
+  blog code: scan ports from a random start with one sock_diag exact lookup each,
+  then bind / SO_REUSEADDR=0 / lookup / connect), re-implemented here on the same
+  sock_diag primitives. Target: ≤ 2×.
+* UDP on a busy host: the same, and every port of the slice also carries a socket
+  to another destination, so no exclusive bind can succeed and every connect takes
+  the locked path. Target: ≤ 3×.
+* Syscalls per connection (connect + close), counted with ``strace -f -c`` over two
+  short runs of each variant (the difference, so set-up is not counted); skipped
+  with a note when strace is missing.
 """
 
 from __future__ import annotations
@@ -32,13 +38,16 @@ import os
 import platform
 import random
 import secrets
+import shutil
 import socket
 import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from agent import egress
@@ -48,12 +57,14 @@ REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
 TCP_PORTS = range(8000, 8008)
 TCP_SLICE = (20000, 29999)
-TCP_RANGE = struct.pack("=I", TCP_SLICE[1] << 16 | TCP_SLICE[0])
+TCP_RANGE = egress._plan(LOOPBACK, *TCP_SLICE)[1]
 UDP_DST = ("127.0.0.2", 53)
 UDP_SLICE = (40000, 40255)
 OTHER_DST = ("127.0.0.3", 53)
 LINGER_ABORT = struct.pack("ii", 1, 0)
 REUSE = (socket.SOL_SOCKET, socket.SO_REUSEADDR)
+
+Connect = Callable[[int], socket.socket]
 
 
 # --- TCP ---------------------------------------------------------------------------------
@@ -61,14 +72,23 @@ REUSE = (socket.SOL_SOCKET, socket.SO_REUSEADDR)
 
 def tcp_plain(i: int) -> socket.socket:
     sock = socket.socket()
-    sock.connect((LOOPBACK, TCP_PORTS[i % 8]))
+    sock.connect((LOOPBACK, TCP_PORTS[i & 7]))
     return sock
 
 
 def tcp_ours(i: int) -> socket.socket:
     return egress.connect_tcp(
-        (LOOPBACK, TCP_PORTS[i % 8]), source_ip=LOOPBACK, port_range=TCP_SLICE
+        (LOOPBACK, TCP_PORTS[i & 7]), source_ip=LOOPBACK, port_range=TCP_SLICE
     )
+
+
+def tcp_read_back(i: int) -> socket.socket:
+    """The other design: the same, then the port read back and checked after connect."""
+    sock = tcp_ours(i)
+    port = sock.getsockname()[1]
+    if not TCP_SLICE[0] <= port <= TCP_SLICE[1]:
+        raise AssertionError(f"port {port} outside the slice")
+    return sock
 
 
 def tcp_floor(i: int) -> socket.socket:
@@ -77,30 +97,20 @@ def tcp_floor(i: int) -> socket.socket:
     sock.setsockopt(socket.SOL_IP, egress.IP_BIND_ADDRESS_NO_PORT, 1)
     sock.setsockopt(socket.SOL_IP, egress.IP_LOCAL_PORT_RANGE, TCP_RANGE)
     sock.bind((LOOPBACK, 0))
-    sock.connect((LOOPBACK, TCP_PORTS[i % 8]))
-    sock.getsockname()
+    sock.connect((LOOPBACK, TCP_PORTS[i & 7]))
     return sock
 
 
-def tcp_batch(
-    connect: Callable[[int], socket.socket], n: int, listeners: list[socket.socket]
-) -> float:
-    start = time.perf_counter_ns()
-    conns = [connect(i) for i in range(n)]
-    elapsed = (time.perf_counter_ns() - start) / n / 1000
-    for sock in conns:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ABORT)
-        sock.close()
-    for listener in listeners:
-        while True:
-            try:
-                listener.accept()[0].close()
-            except BlockingIOError:
-                break
-    return elapsed
+TCP_VARIANTS: dict[str, Connect] = {
+    "plain": tcp_plain,
+    "connect_tcp": tcp_ours,
+    "read_back": tcp_read_back,
+    "syscalls_only": tcp_floor,
+}
 
 
-def bench_tcp(rounds: int, n: int) -> dict:
+@contextmanager
+def tcp_listeners() -> Iterator[list[socket.socket]]:
     listeners = []
     for port in TCP_PORTS:
         listener = socket.socket()
@@ -109,20 +119,32 @@ def bench_tcp(rounds: int, n: int) -> dict:
         listener.listen(4096)
         listener.setblocking(False)
         listeners.append(listener)
-    variants = {"plain": tcp_plain, "connect_tcp": tcp_ours, "syscalls_only": tcp_floor}
-    return paired_rounds(variants, rounds, lambda f: tcp_batch(f, n, listeners), "plain")
+    try:
+        yield listeners
+    finally:
+        for listener in listeners:
+            listener.close()
+
+
+def drain(listeners: list[socket.socket]) -> None:
+    for listener in listeners:
+        while True:
+            try:
+                listener.accept()[0].close()
+            except BlockingIOError:
+                break
 
 
 # --- UDP ---------------------------------------------------------------------------------
 
 
-def udp_plain() -> socket.socket:
+def udp_plain(_: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.connect(UDP_DST)
     return sock
 
 
-def udp_ours() -> socket.socket:
+def udp_ours(_: int) -> socket.socket:
     return egress.connect_udp(UDP_DST, source_ip=LOOPBACK, port_range=UDP_SLICE)
 
 
@@ -142,7 +164,7 @@ class Cloudflare:
                 return port
         raise OSError(errno.EAGAIN, "no free port")
 
-    def connect(self) -> socket.socket:
+    def connect(self, _: int = 0) -> socket.socket:
         while True:
             port = self.free_port(*UDP_SLICE)
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -162,9 +184,9 @@ class Cloudflare:
             return sock
 
 
-def udp_dump_first() -> socket.socket:
+def udp_dump_first(_: int = 0) -> socket.socket:
     """One filtered dump, then a random free port, each claimed as connect_udp does."""
-    diag, _ = egress._thread_state()
+    diag, _locks = egress._thread_state()
     lo, hi = UDP_SLICE
     taken = set(
         diag.dump_sports(
@@ -179,11 +201,12 @@ def udp_dump_first() -> socket.socket:
     )
     free = [port for port in range(lo, hi + 1) if port not in taken]
     start = random.randrange(len(free))
-    claim = egress._UdpClaim(egress._target(LOOPBACK, UDP_DST))
+    target = egress._new_target(LOOPBACK, UDP_DST)
     for port in free[start:] + free[:start]:
-        if claim.shared(port) == egress._CLAIMED:
-            return claim.sock
-    claim.close()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        if egress._claim_shared(target, sock, port) == egress._CLAIMED:
+            return sock
+        sock.close()
     raise OSError(errno.EADDRNOTAVAIL, "full")
 
 
@@ -197,91 +220,197 @@ def occupy(fraction: float, dst: tuple[str, int] = UDP_DST) -> list[socket.socke
         sock.setsockopt(*REUSE, 1)
         sock.bind((LOOPBACK, port))
         sock.connect(dst)
-        sock.setsockopt(*REUSE, 1)
         held.append(sock)
     return held
 
 
-def udp_batch(connect: Callable[[], socket.socket], n: int) -> float:
-    """Mean µs for connect + close, so the slice stays at the same occupancy."""
-    start = time.perf_counter_ns()
-    for _ in range(n):
-        connect().close()
-    return (time.perf_counter_ns() - start) / n / 1000
-
-
-def bench_udp(rounds: int, n: int, shared: bool) -> dict:
-    """50 % of the slice connected to the destination; with ``shared`` every port of
-    the slice also has a socket to another destination (a busy egress host), so no
-    exclusive bind can succeed and connect_udp takes its locked path."""
-    held = occupy(0.5) + (occupy(1.0, OTHER_DST) if shared else [])
-    variants = {"plain": udp_plain, "connect_udp": udp_ours, "cloudflare": Cloudflare().connect}
-    result = paired_rounds(variants, rounds, lambda f: udp_batch(f, n), "plain")
-    for sock in held:
-        sock.close()
-    return result
-
-
-def bench_udp_sweep(rounds: int, n: int) -> dict:
-    cloudflare = Cloudflare()
-    variants = {
-        "connect_udp": udp_ours,
-        "cloudflare": cloudflare.connect,
-        "dump_first": udp_dump_first,
-    }
-    sweep = {}
-    for fraction in (0.0, 0.5, 0.9, 0.99):
-        held = occupy(fraction)
-        result = paired_rounds(variants, rounds, lambda f: udp_batch(f, n), "connect_udp")
-        sweep[f"{round(fraction * 100)}%"] = {k: v["median_us"] for k, v in result.items()}
+@contextmanager
+def udp_scene(busy: bool) -> Iterator[None]:
+    """50 % of the slice connected to the destination; with ``busy`` every port of the
+    slice also has a socket to another destination (a busy egress host)."""
+    held = occupy(0.5) + (occupy(1.0, OTHER_DST) if busy else [])
+    try:
+        yield
+    finally:
         for sock in held:
             sock.close()
-    return sweep
+
+
+def udp_variants() -> dict[str, Connect]:
+    return {"plain": udp_plain, "connect_udp": udp_ours, "cloudflare": Cloudflare().connect}
 
 
 # --- measurement -------------------------------------------------------------------------
 
 
+def timed_connects(connect: Connect, n: int, with_close: bool) -> tuple[float, list[socket.socket]]:
+    """Mean µs per connection over ``n``; the sockets still open (connect alone)."""
+    clock = time.perf_counter_ns
+    if with_close:
+        start = clock()
+        for i in range(n):
+            connect(i).close()
+        return (clock() - start) / n / 1000, []
+    held, total = [], 0
+    for i in range(n):
+        start = clock()
+        sock = connect(i)
+        total += clock() - start
+        held.append(sock)
+        if len(held) >= 8:  # UDP: keep the slice's occupancy where the scene put it
+            close_abort(held)
+    return total / n / 1000, held
+
+
+def close_abort(socks: list[socket.socket]) -> None:
+    for sock in socks:
+        if sock.type == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ABORT)
+        sock.close()
+    socks.clear()
+
+
 def paired_rounds(
-    variants: dict[str, Callable], rounds: int, measure: Callable[[Callable], float], base: str
+    variants: dict[str, Connect],
+    rounds: int,
+    n: int,
+    with_close: bool,
+    after: Callable[[], None] = lambda: None,
 ) -> dict:
-    times: dict[str, list[float]] = {name: [] for name in variants}
+    def measure(connect: Connect) -> float:
+        elapsed, held = timed_connects(connect, n, with_close)
+        close_abort(held)
+        after()
+        return elapsed
+
     names = list(variants)
-    for _ in range(2):  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(3):  # warm-up: caches, the UDP memory, the netns range
         for name in names:
             measure(variants[name])
     gc.disable()
     try:
         for index in range(rounds):
-            order = names if index % 2 == 0 else names[::-1]
-            for name in order:
+            for name in names if index % 2 == 0 else names[::-1]:
                 times[name].append(measure(variants[name]))
     finally:
         gc.enable()
+    return {name: summary(samples, times["plain"]) for name, samples in times.items()}
+
+
+def summary(samples: list[float], base: list[float]) -> dict:
+    ratios = [s / b for s, b in zip(samples, base, strict=True)]
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
     return {
-        name: {
-            "median_us": round(statistics.median(samples), 2),
-            "min_us": round(min(samples), 2),
-            "ratio": round(
-                statistics.median(s / b for s, b in zip(samples, times[base], strict=True)), 3
-            ),
-            "ratio_of_min": round(min(samples) / min(times[base]), 3),
+        "median_us": round(statistics.median(samples), 2),
+        "ratio": round(statistics.median(ratios), 3),
+        "ratio_p25": round(q1, 3),
+        "ratio_p75": round(q3, 3),
+        "ratio_of_min": round(min(samples) / min(base), 3),
+    }
+
+
+def bench_tcp(rounds: int, n: int) -> dict:
+    with tcp_listeners() as listeners:
+        return {
+            way: paired_rounds(TCP_VARIANTS, rounds, n, with_close, lambda: drain(listeners))
+            for way, with_close in (("connect", False), ("connect_close", True))
         }
-        for name, samples in times.items()
+
+
+def bench_udp(rounds: int, n: int, busy: bool) -> dict:
+    with udp_scene(busy):
+        variants = udp_variants()
+        return {
+            way: paired_rounds(variants, rounds, n, with_close)
+            for way, with_close in (("connect", False), ("connect_close", True))
+        }
+
+
+def bench_udp_sweep(rounds: int, n: int) -> dict:
+    variants = {
+        "plain": udp_plain,
+        "connect_udp": udp_ours,
+        "cloudflare": Cloudflare().connect,
+        "dump_first": udp_dump_first,
     }
+    sweep = {}
+    for fraction in (0.0, 0.5, 0.9, 0.99):
+        held = occupy(fraction)
+        result = paired_rounds(variants, rounds, n, with_close=True)
+        sweep[f"{round(fraction * 100)}%"] = {k: v["median_us"] for k, v in result.items()}
+        close_abort(held)
+    return sweep
 
 
-def inside(quick: bool) -> dict:
+def inside(quick: bool, sweep: bool) -> dict:
     egress.PORT_RANGE_SYSCTL.write_text("1024 65535\n")
-    # Many short rounds: on a shared machine a burst of other work spoils a round
-    # or two instead of a whole side of the comparison.
-    rounds = 9 if quick else 31
-    return {
-        "tcp": bench_tcp(rounds, 300),
-        "udp_50": bench_udp(rounds, 500, shared=False),
-        "udp_50_shared": bench_udp(rounds, 500, shared=True),
-        "udp_sweep": bench_udp_sweep(max(3, rounds // 3), 300),
+    # Many short rounds: on a shared machine a burst of other work spoils a round or
+    # two instead of a whole side of the comparison.
+    rounds = 41 if quick else 201
+    results = {
+        "tcp": bench_tcp(rounds, 20),
+        "udp_50": bench_udp(rounds, 40, busy=False),
+        "udp_busy": bench_udp(rounds, 40, busy=True),
     }
+    if sweep:
+        results["udp_sweep"] = bench_udp_sweep(max(5, rounds // 8), 40)
+    return results
+
+
+# --- syscalls per connection -------------------------------------------------------------
+
+SCENES = {"tcp": None, "udp_50": False, "udp_busy": True}
+
+
+def count_run(scene: str, variant: str, n: int) -> None:
+    """``n`` connect + close of one variant in one scene: what strace counts."""
+    egress.PORT_RANGE_SYSCTL.write_text("1024 65535\n")
+    if scene == "tcp":
+        with tcp_listeners():  # not drained: accept() and its close are not ours to count
+            timed_connects(TCP_VARIANTS[variant], n, with_close=True)
+        return
+    with udp_scene(bool(SCENES[scene])):
+        timed_connects(udp_variants()[variant], n, with_close=True)
+
+
+def strace_total(ns: str, env: dict[str, str], scene: str, variant: str, n: int) -> int:
+    with tempfile.NamedTemporaryFile(suffix=".strace") as out:
+        argv = [sys.executable, "-m", "bench.bench_egress", "--count", scene, variant, str(n)]
+        subprocess.run(
+            ["ip", "netns", "exec", ns, "strace", "-f", "-c", "-o", out.name, *argv],
+            cwd=REPO,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        text = Path(out.name).read_text()
+    # The summary's last line: "100.00  seconds  usecs/call  calls  [errors]  total".
+    for line in text.splitlines():
+        fields = line.split()
+        if fields and fields[-1] == "total":
+            return int(fields[3])
+    raise RuntimeError(f"cannot read the strace summary:\n{text}")
+
+
+def syscalls_per_connection(ns: str, env: dict[str, str], quick: bool) -> dict:
+    """Syscalls per connect + close: two runs of each variant, the difference per connection."""
+    small, large = (200, 1200) if quick else (500, 3500)
+    counts: dict[str, dict[str, float]] = {}
+    for scene in SCENES:
+        names = TCP_VARIANTS if scene == "tcp" else ("plain", "connect_udp", "cloudflare")
+        counts[scene] = {
+            name: round(
+                (
+                    strace_total(ns, env, scene, name, large)
+                    - strace_total(ns, env, scene, name, small)
+                )
+                / (large - small),
+                1,
+            )
+            for name in names
+        }
+    return counts
 
 
 # --- outside: the namespace and the report -----------------------------------------------
@@ -298,18 +427,19 @@ def machine() -> dict:
         "cpu": cpu,
         "kernel": platform.release(),
         "python": platform.python_version(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 
-def run_in_namespace(quick: bool) -> dict:
+def run_in_namespace(args: argparse.Namespace) -> dict:
     ns = f"psTbench{secrets.token_hex(3)}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
+    run_dir = f"/run/portslice-{ns}"
     try:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-        argv = [sys.executable, "-m", "bench.bench_egress", "--inside"] + (
-            ["--quick"] if quick else []
-        )
-        env = {**os.environ, "PYTHONPATH": str(REPO), "PORTSLICE_RUN_DIR": f"/run/portslice-{ns}"}
+        flags = ["--quick"] * args.quick + ["--sweep"] * args.sweep
+        argv = [sys.executable, "-m", "bench.bench_egress", "--inside", *flags]
+        env = {**os.environ, "PYTHONPATH": str(REPO), "PORTSLICE_RUN_DIR": run_dir}
         done = subprocess.run(
             ["ip", "netns", "exec", ns, *argv],
             cwd=REPO,
@@ -318,54 +448,82 @@ def run_in_namespace(quick: bool) -> dict:
             capture_output=True,
             text=True,
         )
-        return json.loads(done.stdout)
+        results = json.loads(done.stdout)
+        if shutil.which("strace") is None:
+            results["syscalls"] = None  # the report says how to get the column
+        else:
+            results["syscalls"] = syscalls_per_connection(ns, env, args.quick)
+        return results
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
-        subprocess.run(["rm", "-rf", f"/run/portslice-{ns}"], check=False)
+        subprocess.run(["rm", "-rf", run_dir], check=False)
+
+
+ROWS = [
+    ("tcp", "plain", "TCP plain socket(); connect()", None),
+    ("tcp", "connect_tcp", "TCP connect_tcp", 1.15),
+    ("tcp", "read_back", "TCP connect_tcp + getsockname check", None),
+    ("tcp", "syscalls_only", "TCP bare syscalls (floor)", None),
+    ("udp_50", "plain", "UDP plain, slice 50 % to dst", None),
+    ("udp_50", "connect_udp", "UDP connect_udp, 50 %", 2.0),
+    ("udp_50", "cloudflare", "UDP Cloudflare connectx, 50 %", None),
+    ("udp_busy", "plain", "UDP plain, busy host", None),
+    ("udp_busy", "connect_udp", "UDP connect_udp, busy host", 3.0),
+    ("udp_busy", "cloudflare", "UDP Cloudflare connectx, busy", None),
+]
+
+
+def cell(figures: dict) -> str:
+    return (
+        f"{figures['median_us']:6.2f} µs {figures['ratio']:5.2f}× "
+        f"({figures['ratio_p25']:.2f}-{figures['ratio_p75']:.2f})"
+    )
 
 
 def report(results: dict) -> str:
-    tcp, udp, sweep = results["tcp"], results["udp_50"], results["udp_sweep"]
-    shared = results["udp_50_shared"]
+    syscalls = results.get("syscalls")
     lines = [
-        f"TCP  plain connect()        {tcp['plain']['median_us']:7.2f} µs/conn",
-        f"TCP  connect_tcp            {tcp['connect_tcp']['median_us']:7.2f} µs/conn   "
-        f"ratio {tcp['connect_tcp']['ratio']:.3f}  (target <= 1.15)",
-        f"TCP  same syscalls, no checks {tcp['syscalls_only']['median_us']:5.2f} µs/conn   "
-        f"ratio {tcp['syscalls_only']['ratio']:.3f}  (the floor)",
-        f"UDP  plain connect()+close  {udp['plain']['median_us']:7.2f} µs/conn   (slice 50 % full)",
-        f"UDP  connect_udp+close      {udp['connect_udp']['median_us']:7.2f} µs/conn   "
-        f"ratio {udp['connect_udp']['ratio']:.3f}  (target <= 3)",
-        f"UDP  Cloudflare connectx    {udp['cloudflare']['median_us']:7.2f} µs/conn   "
-        f"ratio {udp['cloudflare']['ratio']:.3f}",
-        "UDP  same, every port also used toward another destination (locked path):",
-        f"UDP  plain connect()+close  {shared['plain']['median_us']:7.2f} µs/conn",
-        f"UDP  connect_udp+close      {shared['connect_udp']['median_us']:7.2f} µs/conn   "
-        f"ratio {shared['connect_udp']['ratio']:.3f}  (target <= 3)",
-        f"UDP  Cloudflare connectx    {shared['cloudflare']['median_us']:7.2f} µs/conn   "
-        f"ratio {shared['cloudflare']['ratio']:.3f}",
-        "UDP  by occupancy, µs/conn   connect_udp  cloudflare  dump-first",
+        f"{'':38} {'connect alone':29} {'connect + close':29} syscalls  target",
     ]
-    for level, v in sweep.items():
+    for scene, name, label, target in ROWS:
+        count = "-" if syscalls is None else f"{syscalls[scene][name]:.1f}"
         lines.append(
-            f"     {level:>4}                 {v['connect_udp']:9.2f}  {v['cloudflare']:10.2f}"
-            f"  {v['dump_first']:10.2f}"
+            f"{label:38} {cell(results[scene]['connect'][name]):29} "
+            f"{cell(results[scene]['connect_close'][name]):29} {count:>8}  "
+            + (f"<= {target}" if target else "")
+        )
+    lines.append("ratios: median of per-round ratios to plain (25th-75th percentile)")
+    if syscalls is None:
+        lines.append("syscalls: strace not installed (apt-get install strace) - column skipped")
+    else:
+        lines.append("syscalls: per connect + close, strace -f -c over two runs, the difference")
+    for level, v in results.get("udp_sweep", {}).items():
+        lines.append(
+            f"UDP {level:>4} full µs/conn: plain {v['plain']:.1f}  connect_udp "
+            f"{v['connect_udp']:.1f}  cloudflare {v['cloudflare']:.1f}  "
+            f"dump-first {v['dump_first']:.1f}"
         )
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    parser.add_argument("--sweep", action="store_true", help="also the UDP occupancy sweep")
     parser.add_argument("--json", action="store_true", help="also print the raw figures")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--count", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inside:
-        print(json.dumps(inside(args.quick)))
+        print(json.dumps(inside(args.quick, args.sweep)))
+        return
+    if args.count:
+        scene, variant, n = args.count
+        count_run(scene, variant, int(n))
         return
     if os.geteuid() != 0:
         sys.exit("bench_egress needs root (network namespaces, sysctl)")
-    results = run_in_namespace(args.quick)
+    results = run_in_namespace(args)
     results["machine"] = machine()
     print(report(results))
     if args.json:
