@@ -69,7 +69,9 @@ def test_the_range_is_reported_when_it_cannot_be_widened(testbed: Testbed) -> No
     assert "cannot be widened" in done.stderr
 
 
-def test_a_range_narrowed_behind_the_cache_is_caught_after_connect(testbed: Testbed) -> None:
+def test_a_range_narrowed_behind_the_cache_is_refused_once_the_cache_expires(
+    testbed: Testbed,
+) -> None:
     result = run_worker(
         testbed.host,
         "stale_range_check",

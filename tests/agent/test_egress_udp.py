@@ -23,10 +23,14 @@ PROCESSES = 8
 DNS = 53
 
 
-def start_holders(testbed: Testbed, count: int, dst: str) -> list[Any]:
-    args = json.dumps({"source_ip": EGRESS_V4, "lo": LO, "hi": HI, "dst": dst, "port": DNS})
+def start_holders(
+    testbed: Testbed, processes: int, dst: str, *, hi: int = HI, **extra: object
+) -> list[Any]:
+    args = json.dumps(
+        {"source_ip": EGRESS_V4, "lo": LO, "hi": hi, "dst": dst, "port": DNS, **extra}
+    )
     pipes = []
-    for _ in range(count):
+    for _ in range(processes):
         worker = testbed.spawn(testbed.host, "-m", "tests.agent.workers", "udp_hold", args)
         assert worker.stdin and worker.stdout and worker.stderr
         pipes.append((worker.stdin, worker.stdout, worker.stderr))
@@ -66,6 +70,40 @@ def test_it_gives_8_racing_processes_256_distinct_4_tuples_then_exhausts(
     assert len(claimed) == HI - LO + 1 == len(set(claimed))
     assert all(report["error"] == "PortsExhausted" for report in reports)
     assert sum(1 for report in reports if report["ports"]) > 1  # they really raced
+
+
+@pytest.mark.parametrize("ports_shared", [False, True], ids=["fresh-ports", "shared-ports"])
+def test_it_gives_12_processes_of_40_jittered_connects_exactly_128_distinct_4_tuples(
+    testbed: Testbed, ports_shared: bool
+) -> None:
+    # Each process remembers the ports it found taken and picks outside them; the
+    # memory must never let two processes share a 4-tuple nor leave a port unused.
+    hi = LO + 127
+    if ports_shared:
+        start_holders(testbed, 1, ORIGINS_V4[1], hi=hi)
+    reports = start_holders(testbed, 12, ORIGINS_V4[0], hi=hi, count=40, jitter=0.002)
+
+    sockets = run_worker(testbed.host, "udp_dump", source_ip=EGRESS_V4)["sockets"]
+    tuples = Counter(tuple(s) for s in sockets if s[1] == ORIGINS_V4[0])
+    assert max(tuples.values()) == 1, [t for t, n in tuples.items() if n > 1]
+    assert sorted(sport for sport, _, _ in tuples) == list(range(LO, hi + 1))
+
+    claimed = [port for report in reports for port in report["ports"]]
+    assert len(claimed) == 128 == len(set(claimed))
+    assert sum(report["exhausted"] for report in reports) == 12 * 40 - 128
+    assert sum(1 for report in reports if report["ports"]) > 1  # they really raced
+
+
+def test_a_forked_child_does_not_share_its_parents_port_mutexes(testbed: Testbed) -> None:
+    result = run_worker(
+        testbed.host,
+        "forked_child_locks",
+        source_ip=EGRESS_V4,
+        port=LO,
+        dst=ORIGINS_V4[0],
+        other=ORIGINS_V4[1],
+    )
+    assert result == {"child_while_parent_holds": "PortsExhausted"}
 
 
 def test_it_shares_a_port_between_destinations_but_not_a_4_tuple(testbed: Testbed) -> None:

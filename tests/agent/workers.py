@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import sys
 import time
@@ -72,9 +73,10 @@ def widen_then_connect(source_ip: str, lo: int, hi: int, dst: str, port: int) ->
 
 
 def stale_range_check(source_ip: str, lo: int, hi: int, dst: str, port: int) -> Result:
-    """Narrow the netns range behind the cached view: the post-connect check must catch it."""
+    """Narrow the netns range behind the cached view: refused once the cache expires."""
     first = egress.connect_tcp((dst, port), source_ip=source_ip, port_range=(lo, hi), timeout=5)
     egress.PORT_RANGE_SYSCTL.write_text("50000 50999\n")  # disjoint from the slice
+    time.sleep(egress.NETNS_RANGE_TTL)
     try:
         egress.connect_tcp((dst, port), source_ip=source_ip, port_range=(lo, hi), timeout=5)
     except egress.RangeNotEnforced as exc:
@@ -106,17 +108,20 @@ def udp_pairs(source_ip: str, lo: int, hi: int, origins: list[str], port: int) -
 
 
 def udp_hold() -> None:
-    """Say "ready"; on "go T" start at time T; connect until exhausted; report; hold
-    the sockets until stdin closes."""
+    """Say "ready"; on "go T" start at time T; connect until exhausted (or ``count``
+    tries, ``jitter`` seconds of random sleep between them); report; hold the
+    sockets until stdin closes."""
     args = json.loads(sys.argv[2])
     dst = (args["dst"], args["port"])
+    count, jitter = args.get("count"), args.get("jitter", 0.0)
     print("ready", flush=True)
     command, start_at = sys.stdin.readline().split()
     assert command == "go"
     while time.time() < float(start_at):  # spin, so every worker is runnable at once
         pass
-    held, error = [], None
-    while error is None:
+    held, error, exhausted, tries = [], None, 0, 0
+    while (error is None) if count is None else tries < count:
+        tries += 1
         try:
             held.append(
                 egress.connect_udp(
@@ -125,9 +130,13 @@ def udp_hold() -> None:
             )
         except egress.PortsExhausted as exc:
             error = type(exc).__name__
-        os.sched_yield()  # one claim per turn, so the workers interleave on few CPUs
+            exhausted += 1
+        if jitter:
+            time.sleep(random.random() * jitter)
+        else:
+            os.sched_yield()  # one claim per turn, so the workers interleave on few CPUs
     ports = [sock.getsockname()[1] for sock in held]
-    print(json.dumps({"ports": ports, "error": error}), flush=True)
+    print(json.dumps({"ports": ports, "error": error, "exhausted": exhausted}), flush=True)
     sys.stdin.read()
 
 
@@ -195,6 +204,38 @@ def locked_port(source_ip: str, port: int, dst: str, other: str) -> Result:
     return {"while_locked": while_locked, "after": sock.getsockname()[1]}
 
 
+def forked_child_locks(source_ip: str, port: int, dst: str, other: str) -> Result:
+    """A child forked while its parent holds a port's mutex must not get it too.
+
+    Without a fresh lock file the child would share the parent's open file
+    description, and OFD locks never conflict with their own description.
+    """
+    egress.UDP_BUSY_TIMEOUT = 0.05  # type: ignore[misc]
+    sharer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sharer.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sharer.bind((source_ip, port))
+    sharer.connect((other, 53))  # the port is in use: only the shared path can claim it
+    egress.connect_udp((other, 54), source_ip=source_ip, port_range=(port, port)).close()
+    _, locks = egress._thread_state()  # the lock file this thread uses, now open
+    offset = egress._lock_base(source_ip) | port
+    assert locks.try_lock(offset)  # as if mid-claim in this process
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            egress.connect_udp((dst, 53), source_ip=source_ip, port_range=(port, port))
+            outcome = b"claimed"
+        except egress.PortsExhausted:
+            outcome = b"PortsExhausted"
+        os.write(write_end, outcome)
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(child, 0)
+    in_child = os.read(read_end, 64).decode()
+    locks.unlock(offset)
+    return {"child_while_parent_holds": in_child}
+
+
 def exclusive_foreign_socket(source_ip: str, port: int, dst: str) -> Result:
     """A socket bound without SO_REUSEADDR owns its port: connect_udp never joins it."""
     foreign = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -210,6 +251,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "reuseaddr_lock_race": reuseaddr_lock_race,
     "locked_port": locked_port,
     "exclusive_foreign_socket": exclusive_foreign_socket,
+    "forked_child_locks": forked_child_locks,
     "tcp_fill": tcp_fill,
     "tcp_connect": tcp_connect,
     "widen_then_connect": widen_then_connect,
