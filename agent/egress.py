@@ -11,10 +11,15 @@ Two caveats the code handles:
 * The per-socket bound only narrows ``net.ipv4.ip_local_port_range``; each end
   outside the netns range is ignored. A slice overlapping the netns range gets
   the overlap (ports still inside the slice, fewer of them); a slice disjoint
-  from it gets the whole netns range — outside the slice. :func:`connect_tcp`
-  refuses that case *before* a SYN leaves (:class:`RangeNotEnforced`), checks
-  the port after ``connect()`` as well, and :func:`ensure_netns_port_range`
-  widens the netns range where allowed.
+  from it gets the whole netns range — outside the slice. That is a property of
+  the network namespace, not of the socket, so it is proved per namespace:
+  :func:`connect_tcp` refuses a slice disjoint from the netns range *before* a
+  SYN leaves (:class:`RangeNotEnforced`), re-reading the range (one ``pread``)
+  every ``NETNS_RANGE_TTL`` seconds, and :func:`ensure_netns_port_range` widens
+  it where allowed. The port is not read back after ``connect()``: that cost a
+  ``getsockname`` per connection (0.06-0.09x of a loopback connect) to cover
+  only the 0.1 s after someone narrows the range by hand, which the nftables
+  guard covers anyway (docs/agent.md has the argument and the figures).
 * Ports in ``net.ipv4.ip_local_reserved_ports`` are skipped by the kernel, slice
   or not.
 
@@ -60,19 +65,28 @@ Sockets that bind with ``SO_REUSEADDR`` and follow neither convention can
 always collide; nothing in user space can prevent that. Sockets of the other
 address family (IPv4-mapped IPv6) are not considered.
 
-Choosing P: random ports of the slice — two exclusive tries, then shared ones,
-each preceded by a lock-free lookup that skips taken ports for the cost of one
-netlink round trip. At low and medium occupancy that ends within a try or two.
-If ``UDP_RANDOM_PROBES`` tries fail the slice is crowded: one sock_diag dump
-filtered in the kernel (source IP, slice, connected to D) gives the taken set
-and the other ports are tried in turn from a random start. Ports found busy
-(another process mid-claim) are retried after a short back-off, so
+Choosing P: random ports of the slice, each thread remembering for about a
+second (``UDP_MEMORY``) which ports it found connected to D and which ones an
+exclusive bind found in use, and picking outside them: on a warm memory the
+first port tried is free, so a connect costs one exclusive bind, or on a busy
+host one locked claim with its one lookup. The memory only steers the choice
+(the lookup after ``bind`` still decides), and it corrects itself: when every
+pick lands in it, a lookup decides and a port found free again is forgotten.
+A port in use whose state toward D is unknown gets a lock-free lookup before
+the lock. If ``UDP_RANDOM_PROBES`` tries fail the slice is crowded: one
+sock_diag dump filtered in the kernel (source IP, slice, connected to D) gives
+the taken set and the other ports are tried in turn from a random start. Ports
+found busy (another process mid-claim) are retried after a short back-off, so
 :class:`PortsExhausted` means every port of the slice is connected to D.
 Why not dump first, as the design suggested: a dump walks the whole UDP hash
 table (16,384 slots here) whatever the filter, about 15 µs before the first
 socket, plus ~0.2 µs per socket returned; it loses to a few lookups until the
-slice is nearly full (bench/bench_egress.py measures all three ways; figures in
-docs/benchmarks.md).
+slice is nearly full (``bench/bench_egress.py --sweep`` measures all three
+ways; figures in docs/benchmarks.md).
+
+Per-thread state (the sock_diag socket, the lock file, the memories) is
+dropped in a forked child by an ``os.register_at_fork`` hook rather than by
+comparing ``getpid()`` on every call.
 
 The lock file lives in ``$PORTSLICE_RUN_DIR`` (default ``/run/portslice``,
 created mode 1777, lock files 0666): every process of a network namespace that
@@ -115,6 +129,10 @@ DEFAULT_RUN_DIR: Final = "/run/portslice"
 UDP_RANDOM_PROBES: Final = 32
 #: How long ports found taken (or in use) toward a destination are skipped, seconds.
 UDP_MEMORY: Final = 1.0
+#: Share of picks remembered as in use that try an exclusive bind anyway, so that
+#: ports whose sockets have closed (often our own) get back to the fast path.
+UDP_IN_USE_RECHECK: Final = 1 / 8
+_RANDOM_PROBES: Final = range(UDP_RANDOM_PROBES)
 #: Further random picks to find a port outside that memory before asking the kernel.
 UDP_MEMORY_PICKS: Final = 3
 #: How long to keep retrying ports other processes are mid-connect on.
@@ -479,8 +497,8 @@ class _UdpTarget:
 
     ``taken`` holds ports a lookup found connected to ``dst``, ``in_use`` ports an
     exclusive bind found held by some socket; both are forgotten every
-    ``UDP_MEMORY`` seconds. They only steer which ports are tried: the lookup
-    after ``bind`` still decides.
+    ``UDP_MEMORY`` seconds, and corrected when a port turns out free. They only
+    steer which ports are tried: the lookup after ``bind`` still decides.
     """
 
     __slots__ = (
@@ -509,12 +527,10 @@ class _UdpTarget:
         self.in_use: set[int] = set()
         self.forget_at = _monotonic() + UDP_MEMORY
 
-    def forget_if_due(self) -> None:
-        now = _monotonic()
-        if now > self.forget_at:
-            self.taken.clear()
-            self.in_use.clear()
-            self.forget_at = now + UDP_MEMORY
+    def forget(self, now: float) -> None:
+        self.taken.clear()
+        self.in_use.clear()
+        self.forget_at = now + UDP_MEMORY
 
 
 _TARGET_CACHE_SIZE: Final = 1024
@@ -559,39 +575,28 @@ def _claim_shared(target: _UdpTarget, sock: socket.socket, port: int) -> int:
         locks.unlock(offset)
 
 
-def _claim_exclusive(target: _UdpTarget, sock: socket.socket, port: int) -> bool:
-    """Fast path: bind without SO_REUSEADDR, which succeeds only if no socket at all
-    holds (IP, port) and keeps every other bind out until we connect — no lock, no
-    lookup needed. False if the port has sockets (free toward dst or not)."""
-    try:
-        sock.bind((target.source_ip, port))
-    except OSError as error:
-        if error.errno == _EADDRINUSE:
-            return False
-        raise
-    sock.connect(target.dst)
-    sock.setsockopt(_SOL_SOCKET, _SO_REUSEADDR, 1)
-    return True
-
-
 def _claim_random(target: _UdpTarget, lo: int, hi: int) -> socket.socket | None:
     """Random ports, preferring ones not remembered as taken; the socket, or None
     after ``UDP_RANDOM_PROBES`` tries.
 
-    A port nobody holds is claimed exclusively. A port in use is claimed on the
-    shared path straight away the first time in a call (the memory says it is not
-    connected to ``dst``), with a lock-free lookup first after that (the memory
-    was wrong once, so it is probably cold). When every pick lands in the memory
-    a lookup decides, and corrects the memory if the port has become free: the
-    memory steers, it never makes a port unusable.
+    A port nobody holds is claimed exclusively (the fast path of the module
+    docstring, inlined: the bind without SO_REUSEADDR succeeds only if no socket
+    at all holds the port). A port in use is claimed on the shared path straight
+    away the first time in a call (the memory says it is not connected to
+    ``dst``), with a lock-free lookup first after that (the memory was wrong
+    once, so it is probably cold). When every pick lands in the memory a lookup
+    decides, and corrects the memory if the port has become free: the memory
+    steers, it never makes a port unusable.
     """
-    target.forget_if_due()
-    taken, in_use = target.taken, target.in_use
+    now = _monotonic()
+    if now > target.forget_at:
+        target.forget(now)
+    taken, in_use, address = target.taken, target.in_use, target.source_ip
     span = hi - lo + 1
     sock = _socket(target.family, _DGRAM)
     check_first = False
     try:
-        for _ in range(UDP_RANDOM_PROBES):
+        for _ in _RANDOM_PROBES:
             port = lo + int(_random() * span)
             if port in taken:
                 port = _pick_outside(taken, lo, span)
@@ -599,11 +604,21 @@ def _claim_random(target: _UdpTarget, lo: int, hi: int) -> socket.socket | None:
                     if target.query.held(port):
                         continue
                     taken.discard(port)
-            if port not in in_use:
-                if _claim_exclusive(target, sock, port):
+            known_in_use = port in in_use
+            if not known_in_use or _random() < UDP_IN_USE_RECHECK:
+                try:
+                    sock.bind((address, port))
+                except OSError as error:
+                    if error.errno != _EADDRINUSE:
+                        raise
+                    if not known_in_use:
+                        in_use.add(port)
+                        check_first = True  # in use: whether toward dst is unknown
+                else:
+                    sock.connect(target.dst)
+                    sock.setsockopt(_SOL_SOCKET, _SO_REUSEADDR, 1)
+                    in_use.discard(port)  # if its sockets are gone, the memory was stale
                     return sock
-                in_use.add(port)
-                check_first = True  # in use: whether toward dst is unknown
             if check_first and target.query.held(port):
                 taken.add(port)
                 continue
