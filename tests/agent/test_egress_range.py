@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import socket
+import struct
 
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent import egress
+from tests.agent.conftest import kernel_has_port_range_option
 from tests.agent.netns import EGRESS_V4, ORIGIN_PORT, ORIGINS_V4, Testbed, in_netns, run_worker
 from tests.support import need
 
@@ -84,3 +91,17 @@ def test_a_range_narrowed_behind_the_cache_is_refused_once_the_cache_expires(
     assert result["error"] == "RangeNotEnforced"
     assert "outside" in result["message"]
     assert all(40000 <= port <= 40063 for port in result["leftover_ports"])
+
+
+@given(st.integers(1, 65535), st.integers(1, 65535))
+def test_it_passes_any_slice_to_the_kernel_as_an_int(a: int, b: int) -> None:
+    # connect_tcp hands IP_LOCAL_PORT_RANGE to setsockopt as a C int (CPython's
+    # fast argument path), negative when hi >= 32768: the kernel must read back
+    # exactly the u32 hi << 16 | lo.
+    lo, hi = min(a, b), max(a, b)
+    need(kernel_has_port_range_option(), "needs IP_LOCAL_PORT_RANGE (Linux >= 6.3)")
+    _, value = egress._plan("127.0.0.1", lo, hi)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_IP, egress.IP_LOCAL_PORT_RANGE, value)
+        raw = sock.getsockopt(socket.SOL_IP, egress.IP_LOCAL_PORT_RANGE, 4)
+    assert struct.unpack("=I", raw)[0] == hi << 16 | lo
