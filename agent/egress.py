@@ -134,7 +134,7 @@ UDP_MEMORY: Final = 1.0
 UDP_IN_USE_RECHECK: Final = 1 / 8
 _RANDOM_PROBES: Final = range(UDP_RANDOM_PROBES)
 #: Further random picks to find a port outside that memory before asking the kernel.
-UDP_MEMORY_PICKS: Final = 3
+UDP_MEMORY_PICKS: Final = 8
 #: How long to keep retrying ports other processes are mid-connect on.
 UDP_BUSY_TIMEOUT: Final = 1.0
 #: Dump rounds for ports held exclusively (usually a fast-path connect in progress).
@@ -510,6 +510,7 @@ class _UdpTarget:
         "lock_base",
         "taken",
         "in_use",
+        "mine",
         "forget_at",
     )
 
@@ -525,11 +526,13 @@ class _UdpTarget:
         self.lock_base = _lock_base(source_ip)
         self.taken: set[int] = set()
         self.in_use: set[int] = set()
+        self.mine: set[int] = set()
         self.forget_at = _monotonic() + UDP_MEMORY
 
     def forget(self, now: float) -> None:
         self.taken.clear()
         self.in_use.clear()
+        self.mine.clear()
         self.forget_at = now + UDP_MEMORY
 
 
@@ -586,12 +589,15 @@ def _claim_random(target: _UdpTarget, lo: int, hi: int) -> socket.socket | None:
     ``dst``), with a lock-free lookup first after that (the memory was wrong
     once, so it is probably cold). When every pick lands in the memory a lookup
     decides, and corrects the memory if the port has become free: the memory
-    steers, it never makes a port unusable.
+    steers, it never makes a port unusable. Ports this thread claimed itself in
+    the period are remembered as taken only when seen taken twice: the caller
+    closes those sockets unseen, often soon, and remembering them would fill the
+    memory with free ports.
     """
     now = _monotonic()
     if now > target.forget_at:
         target.forget(now)
-    taken, in_use, address = target.taken, target.in_use, target.source_ip
+    taken, in_use, mine, address = target.taken, target.in_use, target.mine, target.source_ip
     span = hi - lo + 1
     sock = _socket(target.family, _DGRAM)
     check_first = False
@@ -603,7 +609,8 @@ def _claim_random(target: _UdpTarget, lo: int, hi: int) -> socket.socket | None:
                 if port in taken:
                     if target.query.held(port):
                         continue
-                    taken.discard(port)
+                    taken.discard(port)  # its socket has gone (often one of ours):
+                    in_use.discard(port)  # try it as a fresh port
             known_in_use = port in in_use
             if not known_in_use or _random() < UDP_IN_USE_RECHECK:
                 try:
@@ -618,15 +625,17 @@ def _claim_random(target: _UdpTarget, lo: int, hi: int) -> socket.socket | None:
                     sock.connect(target.dst)
                     sock.setsockopt(_SOL_SOCKET, _SO_REUSEADDR, 1)
                     in_use.discard(port)  # if its sockets are gone, the memory was stale
+                    mine.add(port)
                     return sock
             if check_first and target.query.held(port):
-                taken.add(port)
+                _remember_taken(taken, mine, port)
                 continue
             outcome = _claim_shared(target, sock, port)
             if outcome == _CLAIMED:
+                mine.add(port)
                 return sock
             if outcome == _TAKEN:
-                taken.add(port)
+                _remember_taken(taken, mine, port)
             if outcome != _BUSY:
                 sock.close()
                 sock = _socket(target.family, _DGRAM)
@@ -636,6 +645,16 @@ def _claim_random(target: _UdpTarget, lo: int, hi: int) -> socket.socket | None:
         raise
     sock.close()
     return None
+
+
+def _remember_taken(taken: set[int], mine: set[int], port: int) -> None:
+    """Remember ``port`` as taken, unless this thread claimed it itself lately: then
+    only the second sighting counts (the first is probably our own socket, the
+    second another process that has taken the port since)."""
+    if port in mine:
+        mine.discard(port)
+    else:
+        taken.add(port)
 
 
 def _pick_outside(taken: set[int], lo: int, span: int) -> int:
