@@ -511,6 +511,7 @@ class _UdpTarget:
         "taken",
         "in_use",
         "mine",
+        "mine_alone",
         "forget_at",
     )
 
@@ -526,13 +527,16 @@ class _UdpTarget:
         self.lock_base = _lock_base(source_ip)
         self.taken: set[int] = set()
         self.in_use: set[int] = set()
+        #: Ports this thread claimed in the period, and those it claimed exclusively.
         self.mine: set[int] = set()
+        self.mine_alone: set[int] = set()
         self.forget_at = _monotonic() + UDP_MEMORY
 
     def forget(self, now: float) -> None:
         self.taken.clear()
         self.in_use.clear()
         self.mine.clear()
+        self.mine_alone.clear()
         self.forget_at = now + UDP_MEMORY
 
 
@@ -590,14 +594,15 @@ def _claim_random(target: _UdpTarget, lo: int, hi: int) -> socket.socket | None:
     once, so it is probably cold). When every pick lands in the memory a lookup
     decides, and corrects the memory if the port has become free: the memory
     steers, it never makes a port unusable. Ports this thread claimed itself in
-    the period are remembered as taken only when seen taken twice: the caller
-    closes those sockets unseen, often soon, and remembering them would fill the
-    memory with free ports.
+    the period are remembered as taken (and ports it claimed exclusively as in
+    use) only when seen so twice: the caller closes those sockets unseen, often
+    soon, and remembering them would fill the memory with free ports.
     """
     now = _monotonic()
     if now > target.forget_at:
         target.forget(now)
     taken, in_use, mine, address = target.taken, target.in_use, target.mine, target.source_ip
+    mine_alone = target.mine_alone
     span = hi - lo + 1
     sock = _socket(target.family, _DGRAM)
     check_first = False
@@ -619,13 +624,17 @@ def _claim_random(target: _UdpTarget, lo: int, hi: int) -> socket.socket | None:
                     if error.errno != _EADDRINUSE:
                         raise
                     if not known_in_use:
-                        in_use.add(port)
                         check_first = True  # in use: whether toward dst is unknown
+                        if port in mine_alone:
+                            mine_alone.discard(port)  # our own socket, probably
+                        else:
+                            in_use.add(port)
                 else:
                     sock.connect(target.dst)
                     sock.setsockopt(_SOL_SOCKET, _SO_REUSEADDR, 1)
                     in_use.discard(port)  # if its sockets are gone, the memory was stale
                     mine.add(port)
+                    mine_alone.add(port)
                     return sock
             if check_first and target.query.held(port):
                 _remember_taken(taken, mine, port)
