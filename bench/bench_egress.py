@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import gc
 import json
 import os
@@ -184,6 +185,11 @@ class Cloudflare:
             return sock
 
 
+@functools.cache
+def dump_first_target() -> egress._UdpTarget:
+    return egress._UdpTarget(LOOPBACK, UDP_DST)  # not connect_udp's own: its memory stays
+
+
 def udp_dump_first(_: int = 0) -> socket.socket:
     """One filtered dump, then a random free port, each claimed as connect_udp does."""
     diag, _locks = egress._thread_state()
@@ -201,7 +207,7 @@ def udp_dump_first(_: int = 0) -> socket.socket:
     )
     free = [port for port in range(lo, hi + 1) if port not in taken]
     start = random.randrange(len(free))
-    target = egress._new_target(LOOPBACK, UDP_DST)
+    target = dump_first_target()
     for port in free[start:] + free[:start]:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         if egress._claim_shared(target, sock, port) == egress._CLAIMED:
@@ -246,7 +252,7 @@ class UdpFloor:
 
     def __init__(self, free: list[int], busy: bool) -> None:
         self.free, self.busy = free, busy
-        target = egress._new_target(LOOPBACK, UDP_DST)
+        target = egress._UdpTarget(LOOPBACK, UDP_DST)  # not connect_udp's own
         self.query, self.locks, self.base = target.query, target.locks, target.lock_base
 
     def connect(self, _: int = 0) -> socket.socket:
