@@ -377,10 +377,14 @@ def _connect_nonblocking(sock: socket.socket, dst: Address) -> None:
 
 
 # --- UDP --------------------------------------------------------------------------------
+
 _DGRAM: Final = socket.SOCK_DGRAM
 _SOL_SOCKET: Final = socket.SOL_SOCKET
 _SO_REUSEADDR: Final = socket.SO_REUSEADDR
 _EADDRINUSE: Final = errno.EADDRINUSE
+_F_WRLCK: Final = fcntl.F_WRLCK
+_F_UNLCK: Final = fcntl.F_UNLCK
+_SEEK_SET: Final = os.SEEK_SET
 
 
 class _PortLocks:
@@ -424,11 +428,6 @@ class _PortLocks:
 
     def unlock(self, offset: int) -> None:
         fcntl.fcntl(self._fd, _F_OFD_SETLK, _FLOCK.pack(_F_UNLCK, _SEEK_SET, offset, 1, 0))
-
-
-_F_WRLCK: Final = fcntl.F_WRLCK
-_F_UNLCK: Final = fcntl.F_UNLCK
-_SEEK_SET: Final = os.SEEK_SET
 
 
 class _ThreadState(threading.local):
