@@ -235,6 +235,7 @@ def udp_scene(busy: bool) -> Iterator[list[int]]:
     """50 % of the slice connected to the destination; with ``busy`` every port of the
     slice also has a socket to another destination (a busy egress host). Yields the
     ports not connected to the destination."""
+    time.sleep(egress.UDP_MEMORY)  # the ports connect_udp remembers from the last scene
     toward_dst = occupy(0.5)
     held = toward_dst + (occupy(1.0, OTHER_DST) if busy else [])
     taken = {sock.getsockname()[1] for sock in toward_dst}
@@ -390,6 +391,7 @@ def bench_udp_sweep(rounds: int, n: int) -> dict:
     }
     sweep = {}
     for fraction in (0.0, 0.5, 0.9, 0.99):
+        time.sleep(egress.UDP_MEMORY)
         held = occupy(fraction)
         result = paired_rounds(variants, rounds, n, with_close=True)
         sweep[f"{round(fraction * 100)}%"] = {k: v["median_us"] for k, v in result.items()}
