@@ -24,7 +24,7 @@ Two caveats the code handles:
   or not.
 
 UDP (:func:`connect_udp`) is done in user space because the kernel does not
-detect UDP 4-tuple conflicts (DESIGN §2): two sockets bound with
+detect UDP 4-tuple conflicts: two sockets bound with
 ``SO_REUSEADDR`` and connected to the same destination from the same port both
 succeed, and the newer one silently takes the traffic. For a candidate port P of
 the slice toward destination D there are two ways to claim it:
@@ -172,7 +172,7 @@ class PortsExhausted(OSError):
 
 
 class RangeNotEnforced(Exception):
-    """The kernel would (or did) pick a source port outside the slice."""
+    """The kernel would pick a source port outside the slice (the netns range excludes it)."""
 
 
 class NoSliceAvailable(LookupError):
