@@ -94,6 +94,24 @@ def test_it_gives_12_processes_of_40_jittered_connects_exactly_128_distinct_4_tu
     assert sum(1 for report in reports if report["ports"]) > 1  # they really raced
 
 
+def test_it_reuses_ports_it_remembers_as_taken_once_they_are_free(testbed: Testbed) -> None:
+    # The second fill runs within a second of the first, while the memory still
+    # lists ports as taken: it only steers, so every port must be claimed again.
+    result = run_worker(
+        testbed.host,
+        "udp_refill",
+        source_ip=EGRESS_V4,
+        lo=LO,
+        hi=LO + 15,
+        dst=ORIGINS_V4[0],
+        port=DNS,
+        other=ORIGINS_V4[1],
+    )
+    first, second = result["fills"]
+    assert first == second == list(range(LO, LO + 16))
+    assert result["remembered_taken_before"][1] > 0  # the memory did list some
+
+
 def test_a_forked_child_does_not_share_its_parents_port_mutexes(testbed: Testbed) -> None:
     result = run_worker(
         testbed.host,

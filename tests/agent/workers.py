@@ -107,6 +107,34 @@ def udp_pairs(source_ip: str, lo: int, hi: int, origins: list[str], port: int) -
     return {"pairs": pairs, "exhausted": errors}
 
 
+def udp_refill(source_ip: str, lo: int, hi: int, dst: str, port: int, other: str) -> Result:
+    """Fill the slice toward ``dst`` twice, closing everything in between, within one
+    memory period: ports remembered as taken must come back as soon as they are free."""
+    sharer = []
+    for sport in range(lo, hi + 1):  # every port also talks to another destination
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((source_ip, sport))
+        sock.connect((other, port))
+        sharer.append(sock)
+    fills, remembered = [], []
+    for _ in range(2):
+        target = egress._local.targets.get((source_ip, dst, port))
+        remembered.append(0 if target is None else len(target.taken))
+        held: list[socket.socket] = []
+        while True:
+            try:
+                held.append(
+                    egress.connect_udp((dst, port), source_ip=source_ip, port_range=(lo, hi))
+                )
+            except egress.PortsExhausted:
+                break
+        fills.append(sorted(sock.getsockname()[1] for sock in held))
+        for sock in held:
+            sock.close()
+    return {"fills": fills, "remembered_taken_before": remembered}
+
+
 def udp_hold() -> None:
     """Say "ready"; on "go T" start at time T; connect until exhausted (or ``count``
     tries, ``jitter`` seconds of random sleep between them); report; hold the
@@ -257,6 +285,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "widen_then_connect": widen_then_connect,
     "stale_range_check": stale_range_check,
     "udp_pairs": udp_pairs,
+    "udp_refill": udp_refill,
     "udp_dump": udp_dump,
     "egress_connect": egress_connect,
 }
