@@ -1,11 +1,15 @@
 """Per-connection cost of agent.egress against the kernel's plain connect(), same run.
 
 Run as root: ``.venv/bin/python -m bench.bench_egress`` (``--quick`` for fewer rounds,
-``--json`` for the raw figures, ``--sweep`` for the UDP occupancy sweep). It creates a
-network namespace ``psTbench…``, measures inside it over loopback, and removes it.
+``--json`` for the raw figures, ``--sweep`` for the UDP occupancy sweep, ``--clock cpu``
+to time rounds by the thread's CPU time, which leaves out what other processes of a
+shared machine take). It creates a network namespace ``psTbench…``, measures inside it
+over loopback, and removes it.
 
 Each path is measured two ways: **connect alone** (``socket`` to a connected socket;
-the close is done untimed) and **connect + close** (the connection's whole life).
+the close is done untimed, connections held 8 at a time) and **connect + close**
+(the connection's whole life, the measure the targets apply to). Each variant also
+has a floor: the same syscalls with no logic, the kernel's share of its cost.
 Every round measures every variant once, back to back, in an order that alternates
 between rounds, and the ratio of each variant to plain ``connect()`` is taken *per
 round*: noise from other work on a shared machine hits both sides of a round alike.
