@@ -17,7 +17,7 @@ Two caveats the code handles:
   SYN leaves (:class:`RangeNotEnforced`), re-reading the range (one ``pread``)
   every ``NETNS_RANGE_TTL`` seconds, and :func:`ensure_netns_port_range` widens
   it where allowed. The port is not read back after ``connect()``: that cost a
-  ``getsockname`` per connection (0.05-0.07x of a loopback connect) to cover
+  ``getsockname`` per connection (0.04-0.07x of a loopback connect) to cover
   only the 0.1 s after someone narrows the range by hand, which the nftables
   guard covers anyway (docs/agent.md has the argument and the figures).
 * Ports in ``net.ipv4.ip_local_reserved_ports`` are skipped by the kernel, slice
