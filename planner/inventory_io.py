@@ -69,14 +69,26 @@ def parse_inventory(
 ) -> list[InventoryRecord]:
     fmt = detect_format(text) if fmt == "auto" else fmt
     if fmt == "json":
-        return list(_parse_json(text))
-    if fmt in {"ips-csv", "machines-csv"}:
-        return list(_parse_csv(text, kind="ips" if fmt == "ips-csv" else "machines"))
-    if fmt == "geofeed":
-        return list(_parse_geofeed(text, datacenter=datacenter, purpose=purpose))
-    raise InventoryError(
-        "arguments", "format", fmt, "expected auto, json, ips-csv, machines-csv or geofeed"
-    )
+        records = _parse_json(text)
+    elif fmt in {"ips-csv", "machines-csv"}:
+        records = _parse_csv(text, kind="ips" if fmt == "ips-csv" else "machines")
+    elif fmt == "geofeed":
+        records = _parse_geofeed(text, datacenter=datacenter, purpose=purpose)
+    else:
+        raise InventoryError(
+            "arguments", "format", fmt, "expected auto, json, ips-csv, machines-csv or geofeed"
+        )
+    return [_without_nul(record) for record in records]
+
+
+def _without_nul(record: InventoryRecord) -> InventoryRecord:
+    """No name, code or address holds a NUL byte, and PostgreSQL text cannot store
+    one: refuse it here, naming the place, before any lookup sends it."""
+    for name, value in record.values.items():
+        texts = value if isinstance(value, list) else [value]
+        if any(isinstance(text, str) and "\x00" in text for text in texts):
+            raise InventoryError(record.where, name, value, "holds a NUL byte")
+    return record
 
 
 def _parse_json(text: str) -> Iterator[InventoryRecord]:
@@ -86,6 +98,8 @@ def _parse_json(text: str) -> Iterator[InventoryRecord]:
         raise InventoryError(
             f"line {error.lineno}", "(json)", error.doc[error.pos : error.pos + 20], error.msg
         ) from None
+    except RecursionError:
+        raise InventoryError("document", "(json)", text[:20], "nested too deeply") from None
     if not isinstance(document, dict):
         raise InventoryError("document", "(root)", type(document).__name__, "expected an object")
     for key in document:

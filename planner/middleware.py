@@ -5,6 +5,8 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+ERR_NUL_IN_URL = "The URL holds a NUL byte (%00); no name, address or filter value contains one."
+
 
 class BodySizeLimitMiddleware:
     """413 for a declared body over ``MAX_REQUEST_BODY`` before anything reads it.
@@ -26,3 +28,26 @@ class BodySizeLimitMiddleware:
             detail = f"Body of {length} bytes is over the {limit}-byte limit."
             return JsonResponse({"detail": detail}, status=413)
         return self.get_response(request)
+
+
+class RefuseNulMiddleware:
+    """400 for a NUL byte anywhere in the URL's path or query, before any view runs.
+
+    PostgreSQL text cannot hold NUL, so a lookup or filter carrying one raises
+    ``DataError`` deep in a query. No code, hostname, address or filter value
+    contains one, so refusing it at the door answers every view (API, admin,
+    UI) the same way. Bodies are checked by their fields (DRF's and Django's
+    form ``CharField`` refuse NUL; the models' ``clean_fields`` too).
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if "\x00" in request.path or "\x00" in _query_text(request):
+            return JsonResponse({"detail": ERR_NUL_IN_URL}, status=400)
+        return self.get_response(request)
+
+
+def _query_text(request: HttpRequest) -> str:
+    return "".join(key + "".join(values) for key, values in request.GET.lists())

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import IntegrityError
+from django.db import DataError, IntegrityError
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -15,6 +15,8 @@ import allocator as alloc
 from planner import constants
 from planner.services.locks import Conflict
 from planner.services.plans import shortfalls_as_list
+
+ERR_DATA = "The database cannot store a value of this request:"
 
 
 def handle(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -33,6 +35,13 @@ def handle(exc: Exception, context: dict[str, Any]) -> Response | None:
         return Response(
             {"detail": "Not enough IPs.", "shortfalls": shortfalls_as_list(exc.shortfalls)},
             status=status.HTTP_422_UNPROCESSABLE_ENTITY,
+        )
+    if isinstance(exc, DataError):
+        # A value the database cannot hold that no validator caught (the
+        # validators and the NUL middleware should); a 400, never a 500.
+        return Response(
+            {"detail": f"{ERR_DATA} {str(exc).splitlines()[0][:200]}"},
+            status=status.HTTP_400_BAD_REQUEST,
         )
     if isinstance(exc, RequestDataTooBig):
         return Response({"detail": str(exc)}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)

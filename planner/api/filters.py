@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from typing import Any
+
 import django_filters
 from django import forms
+from django.db.models import Model
+from django.db.models.constants import LOOKUP_SEP
 
-from planner.choices import IPState, MachineState, SliceState
-from planner.models import EgressIP, EgressPool, Machine, PortSlice
+from planner.choices import IPState, MachineState, RevisionStatus, SliceState
+from planner.models import Datacenter, EgressIP, EgressPool, Machine, PlanRevision, PortSlice
 
 
 class IdFilter(django_filters.Filter):
@@ -24,8 +28,28 @@ class AddressFilter(django_filters.Filter):
     field_class = forms.GenericIPAddressField
 
 
+def text_filter(model: type[Model], path: str) -> django_filters.CharFilter:
+    """Exact match on the text column at ``path``; a value longer than the column
+    can never match, so it is a 400 naming the limit rather than an empty page."""
+    field: Any = None
+    for name in path.split(LOOKUP_SEP):
+        field = model._meta.get_field(name)
+        model = field.related_model or model
+    return django_filters.CharFilter(field_name=path, max_length=field.max_length)
+
+
+class DatacenterFilter(django_filters.FilterSet):
+    country = text_filter(Datacenter, "country")
+
+    class Meta:
+        model = Datacenter
+        fields = ["country"]
+
+
 class EgressPoolFilter(django_filters.FilterSet):
-    datacenter = django_filters.CharFilter(field_name="datacenter__code")
+    datacenter = text_filter(EgressPool, "datacenter__code")
+    purpose = text_filter(EgressPool, "purpose")
+    country = text_filter(EgressPool, "country")
 
     class Meta:
         model = EgressPool
@@ -34,9 +58,9 @@ class EgressPoolFilter(django_filters.FilterSet):
 
 class EgressIPFilter(django_filters.FilterSet):
     pool = IdFilter(field_name="pool_id")
-    datacenter = django_filters.CharFilter(field_name="pool__datacenter__code")
-    purpose = django_filters.CharFilter(field_name="pool__purpose")
-    country = django_filters.CharFilter(field_name="pool__country")
+    datacenter = text_filter(EgressIP, "pool__datacenter__code")
+    purpose = text_filter(EgressIP, "pool__purpose")
+    country = text_filter(EgressIP, "pool__country")
     state = django_filters.ChoiceFilter(choices=IPState.choices)
 
     class Meta:
@@ -46,7 +70,7 @@ class EgressIPFilter(django_filters.FilterSet):
 
 class MachineFilter(django_filters.FilterSet):
     pool = IdFilter(field_name="pools__id", distinct=True)
-    datacenter = django_filters.CharFilter(field_name="datacenter__code")
+    datacenter = text_filter(Machine, "datacenter__code")
     state = django_filters.ChoiceFilter(choices=MachineState.choices)
 
     class Meta:
@@ -55,11 +79,20 @@ class MachineFilter(django_filters.FilterSet):
 
 
 class PortSliceFilter(django_filters.FilterSet):
-    datacenter = django_filters.CharFilter(field_name="ip__pool__datacenter__code")
+    datacenter = text_filter(PortSlice, "ip__pool__datacenter__code")
     ip = AddressFilter(field_name="ip__address")
-    machine = django_filters.CharFilter(field_name="machine__hostname")
+    machine = text_filter(PortSlice, "machine__hostname")
     state = django_filters.ChoiceFilter(choices=SliceState.choices)
 
     class Meta:
         model = PortSlice
         fields = ["datacenter", "ip", "machine", "state"]
+
+
+class PlanRevisionFilter(django_filters.FilterSet):
+    datacenter = text_filter(PlanRevision, "datacenter__code")
+    status = django_filters.ChoiceFilter(choices=RevisionStatus.choices)
+
+    class Meta:
+        model = PlanRevision
+        fields = ["datacenter", "status"]

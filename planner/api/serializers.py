@@ -2,9 +2,38 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from django.core.validators import ProhibitNullCharactersValidator
+from django.db.models import Model
 from rest_framework import serializers
 
 from planner.models import Datacenter, EgressIP, EgressPool, Machine, PlanRevision, PortSlice
+
+
+class NameRelatedField(serializers.SlugRelatedField[Any]):
+    """A related row named by a unique text column (a datacenter's ``code``).
+
+    What no name can be (not text, a NUL byte, longer than the column) is a
+    field error before any query: PostgreSQL would raise on the NUL.
+    """
+
+    default_error_messages = {
+        "too_long": "Ensure this field has no more than {max_length} characters.",
+    }
+
+    def __init__(self, *, model: type[Model], slug_field: str, **kwargs: Any) -> None:
+        self.max_length: int | None = getattr(model._meta.get_field(slug_field), "max_length", None)
+        queryset = model._default_manager.all()
+        super().__init__(slug_field=slug_field, queryset=queryset, **kwargs)
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        ProhibitNullCharactersValidator()(data)
+        if self.max_length is not None and len(data) > self.max_length:
+            self.fail("too_long", max_length=self.max_length)
+        return super().to_internal_value(data)
 
 
 class DatacenterSerializer(serializers.ModelSerializer[Datacenter]):
@@ -14,7 +43,7 @@ class DatacenterSerializer(serializers.ModelSerializer[Datacenter]):
 
 
 class EgressPoolSerializer(serializers.ModelSerializer[EgressPool]):
-    datacenter = serializers.SlugRelatedField(slug_field="code", queryset=Datacenter.objects.all())
+    datacenter = NameRelatedField(model=Datacenter, slug_field="code")
     key = serializers.CharField(read_only=True)
 
     class Meta:
@@ -46,7 +75,7 @@ class EgressIPSerializer(serializers.ModelSerializer[EgressIP]):
 
 
 class MachineSerializer(serializers.ModelSerializer[Machine]):
-    datacenter = serializers.SlugRelatedField(slug_field="code", queryset=Datacenter.objects.all())
+    datacenter = NameRelatedField(model=Datacenter, slug_field="code")
     pools = serializers.PrimaryKeyRelatedField(
         many=True, queryset=EgressPool.objects.all(), required=False
     )
@@ -105,3 +134,12 @@ class PlanApplySerializer(serializers.Serializer[dict[str, object]]):
         error_messages={"invalid": "Expected the 64 hex digits of a preview's inputs_digest."},
     )
     reason = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+
+
+class GeofeedQuerySerializer(serializers.Serializer[dict[str, object]]):
+    datacenter = serializers.SlugField(
+        max_length=Datacenter._meta.get_field("code").max_length,
+        required=False,
+        allow_blank=True,
+        help_text="Only this datacenter's IPs",
+    )

@@ -6,7 +6,7 @@ import ipaddress
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Model, QuerySet
+from django.db.models import Model
 from django.http import Http404
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
@@ -22,7 +22,14 @@ from rest_framework.views import APIView
 
 from planner import selectors, steering
 from planner.api import serializers as s
-from planner.api.filters import EgressIPFilter, EgressPoolFilter, MachineFilter, PortSliceFilter
+from planner.api.filters import (
+    DatacenterFilter,
+    EgressIPFilter,
+    EgressPoolFilter,
+    MachineFilter,
+    PlanRevisionFilter,
+    PortSliceFilter,
+)
 from planner.api.permissions import ADMIN, OPERATOR, RANK, user_rank
 from planner.api.renderers import CsvRenderer, JoseRenderer, NftRenderer
 from planner.choices import KeyStatus, TokenKind
@@ -148,7 +155,8 @@ class DatacenterViewSet(InventoryViewSet):
     queryset = Datacenter.objects.all()
     serializer_class = s.DatacenterSerializer
     lookup_field = "code"
-    filterset_fields = ["country"]
+    lookup_value_regex = r"[-a-zA-Z0-9_]+"  # a slug, as the steering path says
+    filterset_class = DatacenterFilter
     ordering_fields = ["code", "name", "country"]
     roles = {"plan_apply": ADMIN, "plan_preview": OPERATOR}
 
@@ -285,13 +293,8 @@ class PortSliceViewSet(viewsets.ReadOnlyModelViewSet):
 class PlanRevisionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     queryset = PlanRevision.objects.select_related("datacenter", "created_by")
     serializer_class = s.PlanRevisionSerializer
-    filterset_fields = ["status"]
+    filterset_class = PlanRevisionFilter
     ordering_fields = ["number", "created_at"]
-
-    def get_queryset(self) -> QuerySet[PlanRevision]:
-        code = self.request.query_params.get("datacenter")
-        queryset = super().get_queryset()
-        return queryset.filter(datacenter__code=code) if code else queryset
 
 
 class KeysView(APIView):
@@ -312,8 +315,12 @@ class GeofeedView(JsonErrors, APIView):
     authentication_classes: list[Any] = []
     permission_classes: list[Any] = []
 
-    @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR})
+    @extend_schema(
+        parameters=[s.GeofeedQuerySerializer], responses={(200, "text/csv"): OpenApiTypes.STR}
+    )
     def get(self, request: Request) -> Response:
+        query = s.GeofeedQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
         with transaction.atomic():
-            entries = selectors.geofeed_entries(datacenter=request.query_params.get("datacenter"))
+            entries = selectors.geofeed_entries(datacenter=query.validated_data.get("datacenter"))
         return Response(render_geofeed(entries, comment="portslice egress geofeed (RFC 8805)"))

@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import (
+    MaxValueValidator,
+    MinValueValidator,
+    ProhibitNullCharactersValidator,
+)
 from django.db import models
 
 from planner import constants
@@ -36,7 +40,36 @@ def refuse_datacenter_move(instance: models.Model, *, field: str, path: str, new
         )
 
 
-class GeoFields(models.Model):
+class NulFreeText(models.Model):
+    """Every text field refuses NUL, as a field error, before anything queries with it.
+
+    PostgreSQL cannot store NUL in text; without this, the uniqueness checks
+    that follow field validation would send it and fail with ``DataError``.
+    (DRF's and Django's form ``CharField`` refuse it too; imports rely on this.)
+    """
+
+    class Meta:
+        abstract = True
+
+    def clean_fields(self, exclude: Any = None) -> None:
+        errors: dict[str, Any] = {}
+        refuse = ProhibitNullCharactersValidator()
+        for field in self._meta.concrete_fields:
+            value = getattr(self, field.attname)
+            if isinstance(value, str) and not (exclude and field.name in exclude):
+                try:
+                    refuse(value)
+                except ValidationError as error:
+                    errors[field.name] = error.error_list
+        try:
+            super().clean_fields(exclude={*(exclude or ()), *errors})
+        except ValidationError as error:
+            errors = error.update_error_dict(errors)
+        if errors:
+            raise ValidationError(errors)
+
+
+class GeoFields(NulFreeText):
     """The RFC 8805 geolocation a datacenter or a pool carries."""
 
     country = models.CharField(
@@ -126,7 +159,7 @@ class EgressPool(GeoFields):
             )
 
 
-class EgressIP(models.Model):
+class EgressIP(NulFreeText):
     """One shared egress address and the part of its port space we may hand out."""
 
     address = models.GenericIPAddressField(unique=True, validators=[validate_host_address])
@@ -195,7 +228,7 @@ class EgressIP(models.Model):
         self.reserved_ports = sorted(set(ports))
 
 
-class Machine(models.Model):
+class Machine(NulFreeText):
     """A host that sources egress connections from its own port slices."""
 
     hostname = models.CharField(max_length=253, unique=True, validators=[validate_hostname])

@@ -187,3 +187,21 @@ def test_a_bad_csv_row_names_its_file_line(tmp_path: Path) -> None:
 def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CommandError, match="No such file"):
         _run("import_inventory", str(tmp_path / "absent.json"))
+
+
+@pytest.mark.parametrize(
+    ("section", "field"),
+    [("datacenters", "code"), ("datacenters", "name"), ("machines", "pools")],
+)
+def test_it_refuses_a_nul_byte_naming_the_place(tmp_path: Path, section: str, field: str) -> None:
+    item = dict(JSON_INVENTORY[section][0])
+    item[field] = ["lhr1/warp/GB\x00"] if field == "pools" else "lhr1\x00"
+    bad = {**JSON_INVENTORY, section: [item]}
+    with pytest.raises(CommandError, match=rf"{section}\[0\]: field '{field}'.*NUL byte"):
+        _run("import_inventory", _file(tmp_path, json.dumps(bad)))
+    assert not Datacenter.objects.exists()
+
+
+def test_it_refuses_json_nested_too_deeply(tmp_path: Path) -> None:
+    with pytest.raises(CommandError, match="nested too deeply"):
+        _run("import_inventory", _file(tmp_path, '{"datacenters": ' + "[" * 100_000))

@@ -1,0 +1,25 @@
+"""Request body parsers: DRF's, with every way a body can fail answered as 400."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import parsers
+from rest_framework.exceptions import ParseError
+
+ERR_TOO_DEEP = "JSON parse error - nested too deeply."
+
+
+class JSONParser(parsers.JSONParser):
+    """DRF's JSON parser, plus: nesting deeper than Python's recursion limit is a 400.
+
+    ``json`` decodes arrays and objects recursively, so ``[[[…]]]`` a few
+    thousand levels deep raises ``RecursionError``, which DRF's parser (it
+    catches ``ValueError`` only) would let through as a 500.
+    """
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise ParseError(ERR_TOO_DEEP) from None
