@@ -21,6 +21,7 @@ PAGES = [
     ("configbundle", "status__exact=pending"),
     ("apitoken", "kind__exact=agent"),
     ("sliceusage", "q=fra1"),
+    ("usagesample", "q=fra1"),
 ]
 
 
