@@ -222,13 +222,22 @@ def _field(claims: Mapping[str, Any], name: str, kind: type, where: str = "") ->
     raise _reject(BAD_SCHEMA, f"{where}{name}={value!r} is not a {kind.__name__}")
 
 
+def canonical_ip(text: str) -> str:
+    """One spelling per address: compressed IPv6, and IPv4 for an IPv4-mapped
+    IPv6 address (``::ffff:192.0.2.1`` is 192.0.2.1 to the kernel), so the
+    overlap check and the guard see one address, not two."""
+    address = ipaddress.ip_address(text)
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return str(mapped or address)
+
+
 def _slice(raw: object, index: int) -> BundleSlice:
     where = f"slices[{index}]."
     if not isinstance(raw, dict):
         raise _reject(BAD_SCHEMA, f"slices[{index}]={raw!r} is not an object")
     ip_text = _field(raw, "ip", str, where)
     try:
-        ip = str(ipaddress.ip_address(ip_text))
+        ip = canonical_ip(ip_text)
     except ValueError:
         raise _reject(BAD_SCHEMA, f"{where}ip={ip_text!r} is not an IP address") from None
     lo = _field(raw, "lo", int, where)

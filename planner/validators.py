@@ -67,6 +67,16 @@ def validate_host_address(value: str) -> None:
                 code="address",
                 params={"value": value, "why": flag.removeprefix("is_").replace("_", "-")},
             )
+    # ::ffff:192.0.2.1 is 192.0.2.1 to the kernel: storing both spellings would
+    # let two slices overlap on one address unnoticed (unique and exclusion
+    # constraints compare the text). One spelling only: the IPv4 one.
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    if mapped is not None:
+        raise ValidationError(
+            constants.ERR_HOST_ADDRESS,
+            code="address",
+            params={"value": value, "why": f"IPv4-mapped; write it as {mapped}"},
+        )
 
 
 def validate_usable_port(value: int) -> None:

@@ -170,6 +170,22 @@ def test_it_allows_the_same_ports_on_different_ips_and_spellings_of_one_ipv6() -
     rejected(sign(claims(slices=same), KEY), bundle.OVERLAP)
 
 
+def test_it_rejects_overlapping_slices_written_as_ipv4_and_ipv4_mapped_ipv6() -> None:
+    both = [
+        slice_claim(ip="192.0.2.1", lo=40000, hi=40063),
+        slice_claim(ip="::ffff:192.0.2.1", lo=40032, hi=40100),
+    ]
+    error = rejected(sign(claims(slices=both), KEY), bundle.OVERLAP)
+    assert "192.0.2.1 40000-40063 overlaps 40032-40100" in error.detail
+
+
+def test_it_reads_an_ipv4_mapped_address_as_the_ipv4_address() -> None:
+    mapped = [slice_claim(ip="::ffff:192.0.2.1", lo=40000, hi=40063)]
+    assert [s.ip for s in check(sign(claims(slices=mapped), KEY)).slices] == ["192.0.2.1"]
+    assert bundle.canonical_ip("::FFFF:c000:0201") == "192.0.2.1"
+    assert bundle.canonical_ip("2001:DB8:0::7") == "2001:db8::7"
+
+
 def test_it_rejects_an_oversize_token_before_parsing() -> None:
     rejected("x" * (bundle.MAX_TOKEN_BYTES + 1), bundle.OVERSIZE)
     rejected(b"." * (bundle.MAX_TOKEN_BYTES + 1), bundle.OVERSIZE)

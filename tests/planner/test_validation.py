@@ -128,6 +128,20 @@ RULES: list[tuple[str, Callable[..., models.Model], str, dict[str, Any], dict[st
     ),
     ("hostname characters", machine, "hostname", {"hostname": "m2"}, {"hostname": "m_2"}),
     ("machine address", machine, "address", {"address": "2001:db8::2"}, {"address": "10.0.0.0/8"}),
+    (
+        "egress address not IPv4-mapped",
+        egress_ip,
+        "address",
+        {"address": "192.0.2.1"},
+        {"address": "::ffff:192.0.2.1"},
+    ),
+    (
+        "machine address not IPv4-mapped",
+        machine,
+        "address",
+        {"address": "10.0.0.2"},
+        {"address": "::ffff:10.0.0.2"},
+    ),
     ("weight at least 1", machine, "weight", {"weight": 1}, {"weight": 0}),
     ("slice size at most 64512", pool, "slice_size", {"slice_size": 64512}, {"slice_size": 64513}),
     (
@@ -160,6 +174,13 @@ def test_the_error_quotes_the_bad_value() -> None:
     with pytest.raises(ValidationError) as caught:
         datacenter(country="XX").full_clean()
     assert "'XX'" in " ".join(caught.value.message_dict["country"])
+
+
+def test_an_ipv4_mapped_egress_address_is_refused_naming_the_value_and_the_ipv4_form() -> None:
+    with pytest.raises(ValidationError) as caught:
+        egress_ip(address="::ffff:192.0.2.1").full_clean()
+    message = " ".join(caught.value.message_dict["address"])
+    assert "'::ffff:192.0.2.1'" in message and "write it as 192.0.2.1" in message
 
 
 def test_hostnames_are_stored_lower_case() -> None:
