@@ -165,13 +165,16 @@ PLAN_LOCK_WAIT_SECONDS = envint("PLAN_LOCK_WAIT_SECONDS", 10)
 DRAIN_SECONDS = envint("DRAIN_SECONDS", 3600)
 
 # The quick start needs no broker server: kombu's filesystem transport passes
-# messages through folders under var/. Production points this at Redis or RabbitMQ.
+# messages through folders under var/ (and keeps its exchange tables there, not
+# in a control/ folder of whatever directory a process started in). Production
+# points this at Redis or RabbitMQ.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = (
     {
         "data_folder_in": str(VAR_DIR / "broker"),
         "data_folder_out": str(VAR_DIR / "broker"),
         "processed_folder": str(VAR_DIR / "broker-processed"),
+        "control_folder": str(VAR_DIR / "broker-control"),
         "store_processed": False,
     }
     if CELERY_BROKER_URL.startswith("filesystem")

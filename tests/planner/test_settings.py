@@ -90,3 +90,26 @@ def test_var_is_ignored_by_git() -> None:
         ["git", "check-ignore", "var/secret_key"], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0
+
+
+def test_the_quick_start_broker_keeps_its_state_under_the_var_dir(tmp_path: Path) -> None:
+    # A process started elsewhere (a worker, beat, a shell) sends a task on the
+    # filesystem:// broker: messages and exchange tables land under
+    # PORTSLICE_VAR_DIR, nothing in the directory it started in.
+    cwd, var = tmp_path / "elsewhere", tmp_path / "var"
+    cwd.mkdir()
+    code = (
+        "import django; django.setup(); from planner.celery import app; "
+        "app.send_task('planner.reconcile', queue='planner'); "
+        "app.send_task('agent.apply_bundle', args=['t'], queue='agent.m1.example.net')"
+    )
+    unset = {"DATABASE_URL", "SECRET_KEY", "DEBUG", "CELERY_BROKER_URL"}
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    env.update(
+        DJANGO_SETTINGS_MODULE="planner.settings", PORTSLICE_VAR_DIR=str(var), PYTHONPATH=str(ROOT)
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, check=True, timeout=60)
+    assert list(cwd.iterdir()) == []
+    assert len(list((var / "broker").glob("*.msg"))) == 2
+    tables = sorted(p.name for p in (var / "broker-control").iterdir())
+    assert tables == ["agent.m1.example.net.exchange", "planner.exchange"]
