@@ -23,10 +23,11 @@ from allocator.model import (
     Slice,
     validate_policy,
 )
-from allocator.planning import Plan, plan
+from allocator.planning import DEFAULT_DRAIN, Plan, plan
 from allocator.ports import USABLE_PORTS, PortRange
 
 __all__ = [
+    "DEFAULT_DRAIN",
     "USABLE_PORTS",
     "CapacityError",
     "EgressIP",

@@ -33,6 +33,7 @@ from allocator.inventory import Inventory
 from allocator.model import EgressIP, Machine, PoolPolicy, Slice
 from allocator.placement import PoolSeats, seat_base, seat_growth
 
+# How long a slice that leaves its machine keeps steering there (make-before-break).
 DEFAULT_DRAIN = timedelta(hours=1)
 _NO_POLICIES: Mapping[str, PoolPolicy] = MappingProxyType({})
 

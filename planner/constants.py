@@ -6,7 +6,8 @@ PORT_MIN = 1
 PORT_MAX = 65535
 USABLE_LO = 1024  # 0-1023 are never handed out
 USABLE_HI = 65535
-USABLE_PORTS = USABLE_HI - USABLE_LO + 1  # 64,512
+# A count; allocator.USABLE_PORTS is the range itself (a PortRange).
+USABLE_PORT_COUNT = USABLE_HI - USABLE_LO + 1  # 64,512
 
 ERR_COUNTRY = "%(value)r is not an ISO 3166-1 alpha-2 country code."
 ERR_REGION = "%(value)r is not an ISO 3166-2 subdivision code."

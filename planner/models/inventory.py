@@ -114,7 +114,7 @@ class EgressPool(GeoFields):
     purpose = models.SlugField(max_length=32, help_text="Traffic class, e.g. warp, cdn, internal")
     slice_size = models.PositiveIntegerField(
         default=2048,
-        validators=[MinValueValidator(1), MaxValueValidator(constants.USABLE_PORTS)],
+        validators=[MinValueValidator(1), MaxValueValidator(constants.USABLE_PORT_COUNT)],
     )
     slices_per_machine = models.PositiveSmallIntegerField(
         default=1, validators=[MinValueValidator(1)]

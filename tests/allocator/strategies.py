@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from hypothesis import strategies as st
 
-from allocator import USABLE_PORTS, EgressIP, Machine, PoolPolicy, PortRange
+from allocator import DEFAULT_DRAIN, USABLE_PORTS, EgressIP, Machine, PoolPolicy, PortRange
 
 # Examples per property; raise it for a soak run: ALLOCATOR_EXAMPLES=1000 pytest tests/allocator
 EXAMPLES = int(os.environ.get("ALLOCATOR_EXAMPLES", "40"))
@@ -27,7 +27,7 @@ USABLE_SHAPES = (
     PortRange(20000, 29999),
     PortRange(40000, 65535),
 )
-DRAIN_FOR = timedelta(hours=1)
+DRAIN_FOR = DEFAULT_DRAIN
 STEPS = (timedelta(0), timedelta(minutes=30), timedelta(minutes=61), timedelta(hours=3))
 
 
