@@ -1,4 +1,4 @@
-"""Verify the signed config bundle the planner sends (DESIGN §6).
+"""Verify the signed config bundle the planner sends (docs/design.md).
 
 A bundle is a JWS in compact serialization (RFC 7515) signed with EdDSA over
 Ed25519 (RFC 8037). Its protected header is ``{"alg": "EdDSA", "kid": KID,

@@ -5,7 +5,7 @@ or ``failed`` (tried and could not):
 
 * **port range** — ``IP_LOCAL_PORT_RANGE`` only narrows the network namespace's
   ``net.ipv4.ip_local_port_range``; a bound outside it is silently ignored
-  (DESIGN §2). Every live slice must lie inside the netns range, widened by
+  (docs/design.md). Every live slice must lie inside the netns range, widened by
   :func:`agent.egress.ensure_netns_port_range` when ``manage_port_range`` is on.
   If it cannot be made to cover them the bundle is *not* applied.
 * **nftables** — a table of our own, ``inet portslice``, that drops egress TCP

@@ -1,4 +1,4 @@
-"""The apply pipeline: verify → persist → enforce → ack (DESIGN §8).
+"""The apply pipeline: verify → persist → enforce → ack (docs/agent.md).
 
 :class:`Agent` owns the host's view of its bundle. The Celery worker calls
 :meth:`Agent.apply` for every ``agent.apply_bundle`` message and sends back the

@@ -9,7 +9,7 @@ carries a SHA-256 of its content, so a file damaged some other way raises
 
 One writer per directory (the agent); any number of readers.
 
-Fail static (DESIGN §8): :meth:`StateStore.load_verified` accepts a stored
+Fail static (docs/design.md): :meth:`StateStore.load_verified` accepts a stored
 bundle whose ``exp`` has passed. Expiry protects a host from a replayed old
 bundle arriving from the broker; the stored one was verified when it was
 applied, and the host must keep enforcing it while the planner is away. The

@@ -1,4 +1,4 @@
-"""The agent's Celery side: consume ``agent.<hostname>``, answer on ``planner`` (DESIGN §7).
+"""The agent's Celery side: consume ``agent.<hostname>``, answer on ``planner`` (docs/design.md).
 
 ``python -m agent run`` starts one Celery worker (solo pool: one task at a
 time, in the main thread, no child processes — bundles must be applied in
@@ -13,7 +13,7 @@ Task contract
 =============
 
 ``agent.apply_bundle(token)`` (planner → agent, queue ``agent.<hostname>``)
-    ``token``: the signed bundle, a JWS compact string (DESIGN §6). Applying the
+    ``token``: the signed bundle, a JWS compact string (docs/design.md). Applying the
     serial already applied is a no-op that is acked again.
 
 ``planner.record_ack(**kwargs)`` (agent → planner, queue ``planner``), one per

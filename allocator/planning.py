@@ -68,7 +68,7 @@ def plan(
     drain_for: timedelta = DEFAULT_DRAIN,
     usage: Mapping[Owner, float] | None = None,
 ) -> Plan:
-    """Plan every pool's slices; see the module docstring for the steps and DESIGN.md §5.
+    """Plan every pool's slices; see the module docstring and docs/design.md.
 
     ``usage`` maps (machine, pool) to utilization 0-1 and drives growth.
     Leaving slices drain for ``drain_for``; those of an IP missing from ``ips``

@@ -1,6 +1,6 @@
 """The planner's Celery app: JSON only, its own ``planner`` queue.
 
-Task names are the contract with the agents (DESIGN §7): the planner sends
+Task names are the contract with the agents (docs/design.md, Celery wiring): the planner sends
 ``agent.apply_bundle`` to ``agent.<hostname>`` by name and never imports agent code.
 """
 

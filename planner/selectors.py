@@ -168,7 +168,7 @@ def bundle_claims(
     slices: list[dict[str, Any]],
     now: datetime,
 ) -> dict[str, Any]:
-    """The claims of DESIGN §6 for one machine."""
+    """The claims of the bundle contract (docs/design.md) for one machine."""
     issued = int(now.timestamp())
     return {
         "iss": signing.ISSUER,

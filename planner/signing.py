@@ -1,10 +1,10 @@
-"""Ed25519 keys and JWS compact signing of config bundles (DESIGN §6).
+"""Ed25519 keys and JWS compact signing of config bundles (docs/design.md).
 
 Private keys are PEM files (mode 0600) in ``settings.SIGNING_KEY_DIR``, one per
 ``kid``; the ``kid`` is the RFC 7638 thumbprint of the public key, so an agent
 can check a JWKS entry against the key it names.
 
-The JWS ``alg`` is ``EdDSA`` as RFC 8037 defines it and as DESIGN §6 fixes it
+The JWS ``alg`` is ``EdDSA`` as RFC 8037 defines it and as the bundle contract fixes it
 for the agents. RFC 9864 deprecates the polymorphic ``EdDSA`` in favour of
 ``Ed25519``, and joserfc warns; we keep ``EdDSA`` until every agent accepts
 both, and silence only that one warning.

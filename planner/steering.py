@@ -3,7 +3,7 @@
 A load balancer matches destination IP and port against the live slices
 (draining ones keep steering to their old owner). ``render_nft`` writes the
 same table as a script for a Linux gateway doing the balancer's job
-(DESIGN §2): an nftables map from ``daddr . dport`` intervals to a firewall
+(docs/design.md, kernel facts): an nftables map from ``daddr . dport`` intervals to a firewall
 mark per machine, and ``ip rule`` / ``ip route`` lines sending each mark to
 that machine's address.
 """

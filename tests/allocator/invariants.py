@@ -1,4 +1,4 @@
-"""The allocation rules of DESIGN.md §5 as checks on one ``plan`` call.
+"""The allocation rules of docs/design.md as checks on one ``plan`` call.
 
 Written from the rules, not from the allocator's code: the checks recompute
 what they need by brute force (walk every grid slot, compare every pair) so a

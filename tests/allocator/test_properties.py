@@ -1,4 +1,4 @@
-"""The allocation rules (DESIGN.md §5) as Hypothesis properties.
+"""The allocation rules (docs/design.md) as Hypothesis properties.
 
 Each example is a short story: a datacenter planned from nothing, then changed
 twice (machines and IPs come, go, drain; weights and usage change; time

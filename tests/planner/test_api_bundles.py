@@ -70,7 +70,7 @@ def test_one_changed_payload_byte_breaks_the_signature(clients: dict[str, APICli
 def test_the_agent_accepts_what_the_planner_signs(
     clients: dict[str, APIClient], tmp_path: Path
 ) -> None:
-    """The contract of DESIGN §6, end to end: planner signs, agent code verifies."""
+    """The bundle contract (docs/design.md), end to end: planner signs, agent code verifies."""
     jwks_file = tmp_path / "jwks.json"
     jwks_file.write_text(json.dumps(_jwks(clients["agent"])))
     bundle = verify(
