@@ -193,3 +193,16 @@ def test_a_nul_in_any_url_is_a_json_400_with_a_message() -> None:
     for url in ["/admin/%00", "/metrics?x=%00", "/api/docs/?%00=1", "/%00"]:
         response = Client().get(url)
         assert response.status_code == 400 and response.json()["detail"] == ERR_NUL_IN_URL
+
+
+def test_a_database_data_error_that_slips_through_is_a_400_not_a_500() -> None:
+    # The last line of defence: every known path is refused earlier, by the
+    # middleware, the fields or the models.
+    from django.db import DataError
+
+    from planner.api.exceptions import ERR_DATA, handle
+
+    error = DataError("value too long for type character varying(32)\nCONTEXT: ...")
+    response = handle(error, {})
+    assert response is not None and response.status_code == 400
+    assert response.data["detail"] == f"{ERR_DATA} value too long for type character varying(32)"
