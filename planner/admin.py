@@ -2,9 +2,10 @@
 
 - Inventory (datacenters, pools, egress IPs, machines): saves and deletes go
   through :mod:`planner.services.inventory`, so an admin edit gets the same
-  validation, audit, locking and conflict checks as the API. A service that
-  refuses shows its message on the form (or the list); its transaction rolls
-  back, so nothing is half-written.
+  validation, audit, datacenter lock and live-slice checks as the API. A
+  refusal shows on the form (or the list) with the slices it names; the
+  service's transaction rolls back, so nothing is half-written. (An edit that
+  must move live slices is planned through the API's ``?plan=`` instead.)
 - Slices, revisions, bundles, signing keys, usage and the audit trail are
   read-only: only plans, agents and key commands write them.
 - Retiring a signing key and revoking an API token are actions that call
@@ -13,12 +14,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import ProtectedError, QuerySet
+from django.db.models import QuerySet
 from django.forms import BaseForm, ModelForm
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 
@@ -36,21 +37,13 @@ from planner.models import (
     SliceUsage,
     UsageSample,
 )
-from planner.services import inventory, keys, plans, tokens
+from planner.services import inventory, keys, tokens
+from planner.services.locks import Conflict
 
-
-def service_errors() -> tuple[type[Exception], ...]:
-    """What an inventory service may refuse with: field errors, rows still in use,
-    a plan holding the datacenter, and any exception the inventory module defines
-    (its conflicts: an edit that would invalidate live slices)."""
-    own = [
-        value
-        for value in vars(inventory).values()
-        if isinstance(value, type)
-        and issubclass(value, Exception)
-        and value.__module__ == inventory.__name__
-    ]
-    return (ValidationError, ProtectedError, plans.PlanConflict, *own)
+# What an inventory service refuses with: field errors, and conflicts (an edit
+# that would displace live slices, a row still in use, a datacenter held too long
+# by another writer). Either way its transaction rolled back: nothing was written.
+SERVICE_ERRORS: tuple[type[Exception], ...] = (ValidationError, Conflict)
 
 
 def describe(error: Exception) -> str:
@@ -59,9 +52,12 @@ def describe(error: Exception) -> str:
             f"{name}: {' '.join(texts)}" if name != "__all__" else " ".join(texts)
             for name, texts in _messages(error).items()
         )
-    if isinstance(error, ProtectedError):
-        used_by = sorted({str(obj) for obj in list(error.protected_objects)[:5]})
-        return f"Still in use by {', '.join(used_by)}; remove what uses it first."
+    if isinstance(error, Conflict):
+        named: list[Any] = [
+            *cast(list[Any], error.details.get("slices", [])),
+            *cast(list[Any], error.details.get("used_by", [])),
+        ]
+        return f"{error} {', '.join(map(str, named))}".strip()
     return str(error)
 
 
@@ -123,7 +119,7 @@ class ServiceAdmin(admin.ModelAdmin):
     ) -> HttpResponse:
         try:
             return super().changeform_view(request, object_id, form_url, extra_context)
-        except service_errors() as error:
+        except SERVICE_ERRORS as error:
             # The admin's transaction has rolled back. Show the form again with
             # what was typed and the service's reasons on it.
             request._service_refused = error  # type: ignore[attr-defined]
@@ -152,7 +148,7 @@ class ServiceAdmin(admin.ModelAdmin):
     ) -> HttpResponse:
         try:
             return super().delete_view(request, object_id, extra_context)
-        except service_errors() as error:
+        except SERVICE_ERRORS as error:
             self.message_user(request, describe(error), level=messages.ERROR)
             return HttpResponseRedirect(request.path.removesuffix("delete/") + "change/")
 
@@ -161,7 +157,7 @@ class ServiceAdmin(admin.ModelAdmin):
     ) -> HttpResponse:
         try:
             return super().changelist_view(request, extra_context)
-        except service_errors() as error:
+        except SERVICE_ERRORS as error:
             self.message_user(request, describe(error), level=messages.ERROR)
             return HttpResponseRedirect(request.get_full_path())
 

@@ -225,3 +225,30 @@ def test_a_viewer_cannot_run_the_actions(site: Site) -> None:
     token, _ = api_token_create(name="lb", kind=TokenKind.LOAD_BALANCER)
     client.post("/admin/planner/apitoken/", {"action": "revoke", "_selected_action": [token.pk]})
     assert not ApiToken.objects.get(pk=token.pk).revoked
+
+
+def test_an_admin_edit_that_displaces_a_live_slice_is_refused_naming_it(
+    alice: Client, site: Site
+) -> None:
+    # The same live-slice check the API makes (inventory services): reserving a
+    # port inside a live slice is refused, the slice named, nothing written.
+    slice_ = PortSlice.objects.filter(ip__address="192.0.2.1").order_by("lo").first()
+    assert slice_ is not None
+    ip = slice_.ip
+    data = {
+        "address": ip.address,
+        "pool": ip.pool_id,
+        "usable_lo": ip.usable_lo,
+        "usable_hi": ip.usable_hi,
+        "reserved_ports": f"[{slice_.lo}]",
+        "state": ip.state,
+        "_save": "Save",
+    }
+    response = alice.post(_url(ip), data)
+    assert response.status_code == 200
+    text = response.content.decode()
+    assert "would leave 1 live slice(s)" in text
+    assert f"192.0.2.1:{slice_.lo}-{slice_.hi} ({slice_.machine.hostname})" in text
+    ip.refresh_from_db()
+    assert ip.reserved_ports == []
+    assert not AuditEntry.objects.filter(model="planner.EgressIP", actor="alice").exists()

@@ -118,7 +118,7 @@ VALID_BODIES: dict[str, dict[str, object]] = {
         "address": "10.9.9.9",
         "pools": [0],
     },
-    "/api/v1/datacenters/{code}/plan/apply": {"base_revision": 1, "reason": "fuzz"},
+    "/api/v1/datacenters/{code}/plan/apply": {"inputs_digest": "0" * 64, "reason": "fuzz"},
 }
 OPERATION_LABELS = [
     result.ok().label for result in schema.get_all_operations() if isinstance(result, Ok)

@@ -74,7 +74,7 @@ def test_it_answers_a_lookup_that_cannot_match_with_400_or_404(
     ],
 )
 def test_it_refuses_plan_actions_on_a_nul_code(clients: dict[str, APIClient], url: str) -> None:
-    response = clients["alice"].post(url, {"base_revision": 1}, format="json")
+    response = clients["alice"].post(url, {"inputs_digest": "0" * 64}, format="json")
     assert response.status_code in {400, 404}, response.status_code
 
 
