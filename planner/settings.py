@@ -15,6 +15,8 @@ from pathlib import Path
 import dj_database_url
 from csp.constants import NONCE, NONE, SELF, UNSAFE_INLINE
 
+from allocator import DEFAULT_DRAIN
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -195,7 +197,7 @@ BUNDLE_TTL_SECONDS = envint("BUNDLE_TTL_SECONDS", 7 * 24 * 3600)
 # a writer waits this long for the turn, then gets 409 "try again".
 PLAN_LOCK_WAIT_SECONDS = envint("PLAN_LOCK_WAIT_SECONDS", 10)
 # How long a slice taken from its machine keeps steering to it (make-before-break).
-DRAIN_SECONDS = envint("DRAIN_SECONDS", 3600)
+DRAIN_SECONDS = envint("DRAIN_SECONDS", int(DEFAULT_DRAIN.total_seconds()))
 
 # The quick start needs no broker server: kombu's filesystem transport passes
 # messages through folders under var/ (and keeps its exchange tables there, not
