@@ -185,12 +185,20 @@ class EgressError(Exception):
 
 # --- the netns port range -------------------------------------------------------------
 
-#: (expires, low, high) of the netns range; the fast path of connect_tcp reads only this.
-_netns_range: tuple[float, int, int] | None = None
-#: The sysctl file, kept open: re-reading it is then one pread (about 2 µs), so a
-#: process that connects once in a while pays little more than a busy one.
-_range_fd = -1
-_range_lock = threading.Lock()
+
+class _RangeCache(threading.local):
+    """This thread's view of the netns port range: (expires, low, high), and the
+    sysctl file kept open. Per thread, because a namespace is a thread's own: a
+    thread that moved with ``setns`` must never be checked against another's
+    range, and the file answers for the namespace it was opened in."""
+
+    range: tuple[float, int, int] | None = None
+    #: Kept open: re-reading is then one pread (about 2 µs), so a process that
+    #: connects once in a while pays little more than a busy one.
+    fd: int = -1
+
+
+_ranges = _RangeCache()
 
 
 def netns_port_range() -> tuple[int, int]:
@@ -200,34 +208,31 @@ def netns_port_range() -> tuple[int, int]:
 
 
 def _cached_netns_range() -> tuple[float, int, int]:
-    """(expires, low, high): the netns range as read at most NETNS_RANGE_TTL ago."""
-    global _netns_range, _range_fd
-    with _range_lock:
-        cached = _netns_range
-        now = _monotonic()
-        if cached is None or now > cached[0]:
-            if _range_fd < 0:
-                _range_fd = os.open(PORT_RANGE_SYSCTL, os.O_RDONLY | os.O_CLOEXEC)
-            low, high = os.pread(_range_fd, 64, 0).split()
-            cached = _netns_range = (now + NETNS_RANGE_TTL, int(low), int(high))
+    """(expires, low, high): the netns range as this thread read it at most
+    NETNS_RANGE_TTL ago."""
+    cache = _ranges
+    cached = cache.range
+    now = _monotonic()
+    if cached is None or now > cached[0]:
+        if cache.fd < 0:
+            cache.fd = os.open(PORT_RANGE_SYSCTL, os.O_RDONLY | os.O_CLOEXEC)
+        low, high = os.pread(cache.fd, 64, 0).split()
+        cached = cache.range = (now + NETNS_RANGE_TTL, int(low), int(high))
     return cached
 
 
 def _forget_netns_range() -> None:
     """Re-read (and reopen) the sysctl next time: the range or the namespace changed."""
-    global _netns_range, _range_fd
-    with _range_lock:
-        _netns_range = None
-        if _range_fd >= 0:
-            os.close(_range_fd)
-            _range_fd = -1
+    cache = _ranges
+    cache.range = None
+    if cache.fd >= 0:
+        os.close(cache.fd)
+        cache.fd = -1
 
 
 def _reset_netns_range_in_child() -> None:
-    # A fresh lock: another thread of the parent may have held the old one at fork.
-    global _netns_range, _range_lock
-    _range_lock = threading.Lock()
-    _netns_range = None
+    # The child's one thread re-reads: the parent may have narrowed the range since.
+    _ranges.range = None
 
 
 os.register_at_fork(after_in_child=_reset_netns_range_in_child)
@@ -341,7 +346,7 @@ def connect_tcp(
     family, range_value = _plan(source_ip, lo, hi)
     if _family(dst[0]) != family:
         _check_destination(dst, family)
-    netns = _netns_range
+    netns = _ranges.range
     if netns is None or _monotonic() > netns[0] or hi < netns[1] or lo > netns[2]:
         _check_enforceable(source_ip, lo, hi)  # the slow path; the test above is its fast form
     sock = _socket(family, _STREAM)

@@ -82,18 +82,24 @@ class ServiceAdmin(admin.ModelAdmin):
     """Inventory admin whose writes are the inventory services' writes."""
 
     def save_model(self, request: HttpRequest, obj: Any, form: ModelForm, change: bool) -> None:
-        # The service gets the row as stored plus the form's values, exactly
-        # as an API PATCH would, and validates, audits and locks itself.
-        stored = type(obj)._default_manager.get(pk=obj.pk) if change else type(obj)()
-        saved = self.service_save(stored, self.form_values(form), form)
+        # The service re-reads the row under the datacenter's lock and sets only
+        # what this form changed, exactly as an API PATCH would: an edit made
+        # meanwhile by someone else is kept, not overwritten by stale form data.
+        saved = self.service_save(obj if change else type(obj)(), self.form_values(form), form)
         obj.pk = saved.pk
 
     def service_save(self, instance: Any, values: dict[str, Any], form: ModelForm) -> Any:
         return inventory.model_save(instance=instance, values=values)
 
     def form_values(self, form: ModelForm) -> dict[str, Any]:
+        """The concrete fields the form changed (all of them on an add form)."""
         concrete = {field.name for field in self.model._meta.concrete_fields}
-        return {name: value for name, value in form.cleaned_data.items() if name in concrete}
+        changed = set(form.changed_data) if form.instance.pk else set(form.cleaned_data)
+        return {
+            name: value
+            for name, value in form.cleaned_data.items()
+            if name in concrete and name in changed
+        }
 
     def save_related(
         self, request: HttpRequest, form: ModelForm, formsets: Any, change: bool
@@ -208,7 +214,7 @@ class MachineAdmin(ServiceAdmin):
     readonly_fields = ["last_seen", "applied_serial"]
 
     def service_save(self, instance: Any, values: dict[str, Any], form: ModelForm) -> Any:
-        pools = form.cleaned_data.get("pools")
+        pools = form.cleaned_data.get("pools") if "pools" in form.changed_data else None
         return inventory.machine_save(machine=instance, values=values, pools=pools)
 
 

@@ -42,6 +42,7 @@ ERR_MACHINE_HOLDS_SLICES = (
     "%(object)s still holds live slices. Set its state to draining or retired, apply "
     "the plan, and delete it once its slices have drained."
 )
+ERR_GONE = "%(object)s was removed by another change meanwhile; nothing was written."
 ERR_IN_USE = "%(object)s is still in use; remove what uses it first."
 ERR_NOTHING_TO_PLAN = "%(object)s belongs to no datacenter yet: there is no plan to make with it."
 ERR_CONCURRENT = (

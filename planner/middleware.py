@@ -6,6 +6,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 ERR_NUL_IN_URL = "The URL holds a NUL byte (%00); no name, address or filter value contains one."
+ERR_NUL_IN_COOKIE = "A cookie holds a NUL byte; clear this site's cookies and sign in again."
 
 
 class BodySizeLimitMiddleware:
@@ -46,6 +47,9 @@ class RefuseNulMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if "\x00" in request.path or "\x00" in _query_text(request):
             return JsonResponse({"detail": ERR_NUL_IN_URL}, status=400)
+        if any("\x00" in value for value in request.COOKIES.values()):
+            # A session id with a NUL would reach the session table's lookup.
+            return JsonResponse({"detail": ERR_NUL_IN_COOKIE}, status=400)
         return self.get_response(request)
 
 

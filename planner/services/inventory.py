@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.db import models, transaction
 from django.db.models import ProtectedError, QuerySet
 
@@ -199,7 +199,10 @@ class InventoryChange:
             _delete(instance, planned=planned)
             return instance
         if instance.pk is not None:
-            instance.refresh_from_db()  # what the lock holder left, not what the caller read
+            try:  # what the lock holder left, not what the caller read
+                instance.refresh_from_db()
+            except ObjectDoesNotExist:
+                raise InventoryConflict(constants.ERR_GONE % {"object": instance}) from None
         for name, value in self.values.items():
             setattr(instance, name, value)
         instance.full_clean()

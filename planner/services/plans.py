@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 import allocator as alloc
@@ -361,6 +361,7 @@ def drains_expire(*, now: datetime | None = None) -> list[PlanRevision]:
             revisions.append(
                 plan_apply_current(datacenter=datacenter, reason="drains ended", now=now)
             )
-        except (PlanConflict, alloc.CapacityError) as error:
+        except (Conflict, alloc.CapacityError, DatabaseError) as error:
+            # One busy or short datacenter must not hold up the others' drains.
             logger.warning("drains in %s not freed yet: %s", datacenter.code, error)
     return revisions

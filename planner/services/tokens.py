@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import transaction
+
 from planner.models import (
     ApiToken,
     Datacenter,
     Machine,
 )
 from planner.models.tokens import hash_token, new_token_key
-from planner.services.inventory import model_save
 
 
 def api_token_create(
@@ -31,9 +32,18 @@ def api_token_create(
         datacenter=datacenter,
         key_hash=hash_token(key),
     )
-    model_save(instance=token, values={})
+    _save(token)
     return token, key
 
 
 def api_token_revoke(*, token: ApiToken) -> None:
-    model_save(instance=token, values={"revoked": True})
+    token.revoked = True
+    _save(token)
+
+
+def _save(token: ApiToken) -> None:
+    # Validated and audited like any row, but no inventory lock: revoking a
+    # leaked token must never wait behind a plan being applied.
+    with transaction.atomic():
+        token.full_clean()
+        token.save()

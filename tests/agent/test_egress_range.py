@@ -105,3 +105,44 @@ def test_it_passes_any_slice_to_the_kernel_as_an_int(a: int, b: int) -> None:
         sock.setsockopt(socket.SOL_IP, egress.IP_LOCAL_PORT_RANGE, value)
         raw = sock.getsockopt(socket.SOL_IP, egress.IP_LOCAL_PORT_RANGE, 4)
     assert struct.unpack("=I", raw)[0] == hi << 16 | lo
+
+
+_THREAD_IN_OTHER_NETNS = """
+import ctypes, json, os, sys, threading
+from agent import egress
+egress.ensure_netns_port_range([(1024, 1087)])
+egress._cached_netns_range()  # this thread's namespace now covers the slice, cached
+outcome = {}
+
+def in_other_namespace():
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(sys.argv[1], os.O_RDONLY)
+    assert libc.setns(fd, 0x40000000) == 0, ctypes.get_errno()  # CLONE_NEWNET
+    try:
+        egress.connect_tcp(("192.0.2.9", 80), source_ip="198.51.100.7", port_range=(1024, 1087))
+    except Exception as error:
+        outcome["error"] = type(error).__name__
+
+thread = threading.Thread(target=in_other_namespace)
+thread.start()
+thread.join()
+print(json.dumps(outcome))
+"""
+
+
+def test_a_thread_in_another_namespace_is_checked_against_its_own_range(
+    testbed: Testbed,
+) -> None:
+    import subprocess
+
+    from tests.agent.netns import PYTHON, REPO, child_env, unique_name
+
+    other = unique_name("n")
+    testbed.add_namespace(other)  # a fresh namespace: 32768-60999, not the slice
+    done = subprocess.run(
+        in_netns(testbed.host, PYTHON, "-c", _THREAD_IN_OTHER_NETNS, f"/run/netns/{other}"),
+        cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    # Not the other thread's cached range: refused before any connect is tried.
+    assert done.stdout.strip().splitlines()[-1] == '{"error": "RangeNotEnforced"}'

@@ -206,3 +206,10 @@ def test_a_database_data_error_that_slips_through_is_a_400_not_a_500() -> None:
     response = handle(error, {})
     assert response is not None and response.status_code == 400
     assert response.data["detail"] == f"{ERR_DATA} value too long for type character varying(32)"
+
+
+def test_it_refuses_a_nul_in_a_cookie_before_the_session_lookup(site: Site) -> None:
+    client = Client()
+    client.cookies["sessionid"] = "abcdefghijkl\x00"
+    response = client.get("/admin/")
+    assert response.status_code == 400 and "cookie" in response.json()["detail"]

@@ -150,3 +150,15 @@ def _assert_steering_overlap_free(lb: APIClient) -> None:
     for a, b in combinations(rows, 2):
         if a["ip"] == b["ip"]:
             assert a["hi"] < b["lo"] or b["hi"] < a["lo"], (a, b)
+
+
+def test_an_edit_of_an_object_removed_meanwhile_is_a_conflict_not_a_crash(site: Site) -> None:
+    from planner.services.inventory import InventoryConflict, model_save
+    from tests.planner.factories import make_ip
+
+    spare = make_ip("198.51.100.77", pool=EgressPool.objects.get())
+    loaded = EgressIP.objects.get(pk=spare.pk)  # read by a PATCH before the DELETE commits
+    spare.delete()
+    with pytest.raises(InventoryConflict, match="removed by another change"):
+        model_save(instance=loaded, values={"usable_lo": 2048})
+    assert not EgressIP.objects.filter(address="198.51.100.77").exists()
