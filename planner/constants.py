@@ -20,6 +20,7 @@ ERR_RESERVED = "Reserved port %(value)r is outside the usable range %(lo)d-%(hi)
 ERR_SLICE_ORDER = "lo %(lo)d is above hi %(hi)d."
 ERR_SLICE_RANGE = "Slice %(lo)d-%(hi)d is outside %(ip)s's usable range %(ulo)d-%(uhi)d."
 ERR_SLICE_OVERLAP = "Ports overlap a live slice on the same IP."
+ERR_POOL_KEY = "Another pool of this datacenter is already named %(key)r; tell them apart."
 ERR_POOL_DATACENTER = "Pool %(pool)s is in datacenter %(pool_dc)s, not %(dc)s."
 ERR_STALE_BASE = (
     "Plan is based on revision %(base)d but revision %(current)d is current; preview again."

@@ -135,6 +135,15 @@ class EgressPool(GeoFields):
     def __str__(self) -> str:
         return self.key
 
+    def _refuse_key_clash(self) -> None:
+        # The key leaves out an empty region or city, so ("NL-NH", "") and
+        # ("", "NL-NH") would name one pool: the allocator would merge them.
+        if self.datacenter_id is None:
+            return
+        others = EgressPool.objects.filter(datacenter_id=self.datacenter_id, purpose=self.purpose)
+        if any(other.key == self.key for other in others.exclude(pk=self.pk)):
+            raise ValidationError({"city": constants.ERR_POOL_KEY % {"key": self.key}})
+
     @property
     def key(self) -> str:
         """The pool's name as the allocator and the bundles know it."""
@@ -147,6 +156,7 @@ class EgressPool(GeoFields):
         refuse_datacenter_move(
             self, field="datacenter", path="datacenter_id", new=self.datacenter_id
         )
+        self._refuse_key_clash()
         maximum = self.max_slices_per_machine
         if maximum is not None and maximum < self.slices_per_machine:
             raise ValidationError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -27,8 +28,10 @@ from planner.models import (
     PortSlice,
 )
 from planner.selectors import slice_fit_inputs
+from planner.services.bundles import bundles_build
 from planner.services.locks import Conflict, datacenter_lock
 from planner.services.plans import PlanPreview, plan_apply, plan_preview
+from planner.signing import SigningKeyMissing
 
 POOL_KEY_FIELDS = ("purpose", "country", "region", "city")
 POLICY_FIELDS = ("slice_size", "slices_per_machine", "max_slices_per_machine")
@@ -163,6 +166,8 @@ class InventoryChange:
     values: dict[str, Any] = field(default_factory=dict)
     pools: list[EgressPool] | None = None
     delete: bool = False
+    #: The fields whose value the write really changed (known once written).
+    changed: set[str] = field(default_factory=set, init=False)
 
     def datacenter_id(self) -> int | None:
         """The datacenter whose lock the write needs; None for a new datacenter."""
@@ -203,6 +208,9 @@ class InventoryChange:
                 instance.refresh_from_db()
             except ObjectDoesNotExist:
                 raise InventoryConflict(constants.ERR_GONE % {"object": instance}) from None
+        self.changed = {
+            name for name, value in self.values.items() if getattr(instance, name, None) != value
+        }
         for name, value in self.values.items():
             setattr(instance, name, value)
         instance.full_clean()
@@ -283,7 +291,42 @@ def _guarded(change: InventoryChange) -> models.Model:
                 % {"object": change.instance, "count": len(displaced)},
                 slices=_described(displaced),
             )
+        _refuse_moving_held_ip(change)
+        _resign_renamed(change)
     return written
+
+
+def _refuse_moving_held_ip(change: InventoryChange) -> None:
+    """An IP moved to another pool would leave its slices with machines that may not
+    serve that pool, and bundles naming the old one: planned, or not at all."""
+    instance = change.instance
+    if isinstance(instance, EgressIP) and "pool" in change.changed:
+        held = _live_slices_of(instance).order_by("lo")
+        if held.exists():
+            raise InventoryConflict(
+                constants.ERR_DISPLACES_SLICES % {"object": instance, "count": held.count()},
+                slices=_described(held),
+            )
+
+
+# The fields that name a pool in every bundle holding one of its slices.
+_NAMING_FIELDS: dict[type[models.Model], set[str]] = {
+    Datacenter: {"code"},
+    EgressPool: {"purpose", "country", "region", "city"},
+}
+
+
+def _resign_renamed(change: InventoryChange) -> None:
+    """A renamed pool or datacenter: its machines' bundles say the old name, so they
+    get new ones in the same transaction (reconcile delivers them)."""
+    instance = change.instance
+    if not change.changed & _NAMING_FIELDS.get(type(instance), set()):
+        return
+    slices = _live_slices_of(instance)
+    machines = Machine.objects.filter(pk__in=slices.values("machine_id"))
+    # Without a key there are no bundles yet: the first ones will carry the new name.
+    with suppress(SigningKeyMissing):
+        bundles_build(machines=machines)
 
 
 def model_save(*, instance: models.Model, values: dict[str, Any]) -> models.Model:

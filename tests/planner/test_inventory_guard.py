@@ -101,8 +101,8 @@ def test_a_planned_edit_is_previewed_then_applied_and_its_slice_drains(
     drained = PortSlice.objects.get(pk=first.pk)
     assert drained.state == "draining" and drained.machine == first.machine
     # Make-before-break: its owner has a new active slice clear of the reserved port.
-    for mine in PortSlice.objects.filter(machine=first.machine, state="active"):
-        assert (mine.ip.address, mine.lo) != ("192.0.2.1", first.lo)
+    mine = list(PortSlice.objects.filter(machine=first.machine, state="active"))
+    assert len(mine) == 1 and (mine[0].ip.address, mine[0].lo) != ("192.0.2.1", first.lo)
     _assert_steering_overlap_free(clients["lb"])
 
 
@@ -162,3 +162,32 @@ def test_an_edit_of_an_object_removed_meanwhile_is_a_conflict_not_a_crash(site: 
     with pytest.raises(InventoryConflict, match="removed by another change"):
         model_save(instance=loaded, values={"usable_lo": 2048})
     assert not EgressIP.objects.filter(address="198.51.100.77").exists()
+
+
+def test_renaming_a_pool_re_signs_its_machines_bundles(
+    clients: dict[str, APIClient], site: Site
+) -> None:
+    from agent.bundle import decode_unverified
+    from planner.models import ConfigBundle
+
+    pool = EgressPool.objects.get()
+    before = ConfigBundle.objects.count()
+    response = clients["bob"].patch(f"/api/v1/pools/{pool.pk}", {"city": "Offenbach"}, "json")
+    assert response.status_code == 200, response.json()
+    assert ConfigBundle.objects.count() == before + len(site.machines)
+    for machine in site.machines:
+        newest = ConfigBundle.objects.filter(machine=machine).latest("serial")
+        pools = {item.pool for item in decode_unverified(newest.token).slices}
+        assert pools == {"fra1/warp/DE/Offenbach"}
+
+
+def test_moving_an_ip_with_live_slices_to_another_pool_is_refused(
+    clients: dict[str, APIClient], site: Site
+) -> None:
+    from tests.planner.factories import make_pool
+
+    other = make_pool(datacenter=site.datacenter, purpose="corp")
+    held = _held_on("192.0.2.1")
+    response = clients["bob"].patch(IP, {"pool": other.pk}, format="json")
+    _assert_refused(response, held)
+    assert EgressIP.objects.get(address="192.0.2.1").pool != other

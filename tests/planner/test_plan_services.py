@@ -100,6 +100,12 @@ def test_each_input_of_a_plan_changes_the_digest() -> None:
         lambda: make_ip("192.0.2.9", pool=pool),
         lambda: EgressIP.objects.filter(address="192.0.2.9").update(reserved_ports=[40000]),
         lambda: Machine.objects.filter(hostname="m0.example.net").update(weight=2),
+        lambda: Machine.objects.filter(hostname="m1.example.net").update(state="draining"),
+        lambda: Machine.objects.get(hostname="m0.example.net").pools.clear(),
+        lambda: EgressIP.objects.filter(address="192.0.2.9").update(state="draining"),
+        lambda: EgressIP.objects.filter(address="192.0.2.9").update(usable_lo=4096),
+        lambda: EgressPool.objects.update(slice_size=8192),
+        lambda: EgressPool.objects.update(city="Offenbach"),
         lambda: make_machine("m7.example.net", datacenter=dc),
         lambda: PortSlice.objects.filter(machine__hostname="m1.example.net").update(
             state="draining", drain_until=NOW + timedelta(minutes=5)

@@ -211,3 +211,16 @@ def test_saving_a_stale_machine_keeps_its_counters() -> None:
     machine.save()
     fresh = Machine.objects.get(pk=machine.pk)
     assert (fresh.weight, fresh.bundle_serial, fresh.applied_serial) == (3, 7, 6)
+
+
+def test_two_pools_whose_keys_would_read_the_same_are_refused() -> None:
+    from planner import constants
+    from tests.planner.factories import make_datacenter, make_pool
+
+    dc = make_datacenter(code="ams1", country="NL")
+    make_pool(datacenter=dc, country="NL", region="NL-NH")
+    with pytest.raises(ValidationError) as caught:
+        make_pool(datacenter=dc, country="NL", city="NL-NH")
+    assert caught.value.message_dict["city"] == [
+        constants.ERR_POOL_KEY % {"key": "ams1/warp/NL/NL-NH"}
+    ]
