@@ -43,19 +43,21 @@ def bundle_ack(
     if status not in {BundleStatus.APPLIED, BundleStatus.REJECTED, BundleStatus.FAILED}:
         raise ValueError(f"status: {status!r} is not applied, rejected or failed")
     with transaction.atomic():
+        # The machine row first, then its bundles: the order bundles_build locks
+        # them in, so an ack and a plan apply never wait on each other in a cycle.
         machine = Machine.objects.filter(hostname=hostname)
-        updated = 0
-        if serial is not None:
-            error = f"{reason}: {detail}"[:500] if reason else ""
-            updated = ConfigBundle.objects.filter(machine__hostname=hostname, serial=serial).update(
-                status=status, acked_at=at, error=error
-            )
         changes: dict[str, Any] = {"last_seen": at}
         if enforcement:
             changes["enforcement"] = enforcement
         machine.update(**changes)
         if applied_serial:
             machine.filter(applied_serial__lt=applied_serial).update(applied_serial=applied_serial)
+        updated = 0
+        if serial is not None:
+            error = f"{reason}: {detail}"[:500] if reason else ""
+            updated = ConfigBundle.objects.filter(machine__hostname=hostname, serial=serial).update(
+                status=status, acked_at=at, error=error
+            )
     return updated
 
 

@@ -103,3 +103,18 @@ def test_metrics_hold_to_the_allocators_figures_with_reserved_ports_and_weights(
     assert 'portslice_pool_unserved_machines{pool="fra1/warp/DE"} 13.0' in text
     assert short.ips_needed == 3
     assert f'portslice_pool_ips_needed{{pool="fra1/warp/DE"}} {short.ips_needed}.0' in text
+
+
+def test_a_deadlock_or_lock_timeout_the_database_broke_answers_409_not_500() -> None:
+    from django.db import OperationalError
+    from psycopg import errors
+
+    from planner.api.exceptions import handle
+
+    for cause in (errors.DeadlockDetected("deadlock detected"), errors.LockNotAvailable("x")):
+        error = OperationalError(str(cause))
+        error.__cause__ = cause
+        response = handle(error, {})
+        assert response is not None and response.status_code == 409
+    plain = OperationalError("server closed the connection")
+    assert handle(plain, {}) is None  # not a conflict: stays a server error
