@@ -39,6 +39,7 @@ from typing import Any, Final, Protocol
 
 from joserfc.jwk import OKPKey
 
+import contract
 from agent.bundle import Bundle, BundleRejected, verify
 from agent.config import AgentConfig
 from agent.enforce import Enforcement, enforce
@@ -46,10 +47,10 @@ from agent.state import StateCorrupt, StateStore
 
 log = logging.getLogger(__name__)
 
-APPLIED: Final = "applied"
-REJECTED: Final = "rejected"
-FAILED: Final = "failed"
-DUPLICATE: Final = "duplicate"
+APPLIED: Final = contract.APPLIED
+REJECTED: Final = contract.REJECTED
+FAILED: Final = contract.FAILED
+DUPLICATE: Final = contract.DUPLICATE
 #: ``reason`` of a ``failed`` ack.
 ENFORCEMENT_FAILED: Final = "enforcement_failed"
 PERSIST_FAILED: Final = "persist_failed"
@@ -84,7 +85,7 @@ class Ack:
     enforcement: dict[str, Any] = field(default_factory=dict)
 
     def as_kwargs(self) -> dict[str, Any]:
-        return asdict(self)
+        return contract.ack_message(**asdict(self))
 
 
 @dataclass(frozen=True, slots=True)

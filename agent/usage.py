@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+import contract
 from agent.bundle import Bundle, BundleSlice
 from agent.enforce import live_slices
 from agent.sockdiag import TCP_ESTABLISHED, SockDiag, family_of
@@ -86,13 +87,13 @@ def measure(slices: Iterable[BundleSlice], diag: SockDiag) -> list[SliceUsage]:
 
 
 def usage_kwargs(hostname: str, bundle: Bundle, usage: list[SliceUsage], at: float) -> dict:
-    """The kwargs of ``planner.record_usage`` (see :mod:`agent.worker`)."""
-    return {
-        "hostname": hostname,
-        "serial": bundle.serial,
-        "at": at,
-        "slices": [item.as_dict() for item in usage],
-    }
+    """The kwargs of ``planner.record_usage`` (see :mod:`agent.worker`), checked by the contract."""
+    return contract.usage_message(
+        hostname=hostname,
+        serial=bundle.serial,
+        at=at,
+        slices=[item.as_dict() for item in usage],
+    )
 
 
 class UsageReporter(threading.Thread):

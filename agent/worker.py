@@ -12,6 +12,12 @@ signature is what the agent trusts.
 Task contract
 =============
 
+The names, queues and fields below live in :mod:`contract` (no Django), which
+both sides import: the agent builds its messages with ``contract.ack_message``
+and ``contract.usage_message``, and the planner checks every message it takes
+off the broker with ``contract.validate_ack`` / ``validate_usage``, dropping
+(and counting) any that breaks the bounds.
+
 ``agent.apply_bundle(token)`` (planner → agent, queue ``agent.<hostname>``)
     ``token``: the signed bundle, a JWS compact string (docs/design.md). Applying the
     serial already applied is a no-op that is acked again.
@@ -65,6 +71,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, Final
 
+import contract
 from agent.bundle import load_keys
 from agent.config import AgentConfig
 from agent.egress import Egress
@@ -78,10 +85,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-APPLY_TASK: Final = "agent.apply_bundle"
-ACK_TASK: Final = "planner.record_ack"
-USAGE_TASK: Final = "planner.record_usage"
-PLANNER_QUEUE: Final = "planner"
+APPLY_TASK: Final = contract.APPLY_TASK
+ACK_TASK: Final = contract.ACK_TASK
+USAGE_TASK: Final = contract.USAGE_TASK
+PLANNER_QUEUE: Final = contract.PLANNER_QUEUE
 #: Celery reads these before its own configuration; the agent's config must win.
 CELERY_OVERRIDES: Final = (
     "CELERY_BROKER_URL",

@@ -10,12 +10,14 @@ import os
 
 from celery import Celery
 
+import contract
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "planner.settings")
 
 app = Celery("portslice")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.update(
-    task_default_queue="planner",
+    task_default_queue=contract.PLANNER_QUEUE,
     task_serializer="json",
     result_serializer="json",
     accept_content=["json"],
@@ -23,6 +25,4 @@ app.conf.update(
 )
 app.autodiscover_tasks(["planner"])
 
-
-def agent_queue(hostname: str) -> str:
-    return f"agent.{hostname}"
+agent_queue = contract.agent_queue

@@ -54,3 +54,12 @@ class TokenKind(models.TextChoices):
     USER = "user", "User (acts with the user's role)"
     AGENT = "agent", "Agent (one machine's bundle and the keys)"
     LOAD_BALANCER = "lb", "Load balancer (steering tables)"
+
+
+class RebalanceOutcome(models.TextChoices):
+    APPLIED = "applied", "Applied (only adds)"
+    DRAFTED = "drafted", "Draft left for an operator"
+    BOTH = "applied_drafted", "Applied the adds, drafted the rest"
+    UNCHANGED = "unchanged", "Nothing to change"
+    SHORTFALL = "shortfall", "A pool is short of IPs"
+    CONFLICT = "conflict", "Another apply was running"

@@ -58,3 +58,9 @@ ERR_DATACENTER_MOVE = (
     "Cannot move to another datacenter: its slices and bundles belong to this one. "
     "Retire it and create a new one there."
 )
+ERR_COLD_HOT = "cold %(cold)s must be below hot %(hot)s."
+ERR_NOT_DRAFT = "Revision %(number)d of %(datacenter)s is %(status)s, not a draft."
+ERR_DRAFT_STALE = (
+    "Draft %(number)d was planned on inputs that have changed since; "
+    "rebalance will draft again, or preview and apply by hand."
+)

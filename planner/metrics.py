@@ -13,12 +13,12 @@ from django.conf import settings
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from planner.choices import BundleStatus
-from planner.models import ConfigBundle, Machine, PortSlice
-from planner.selectors import pool_headroom
+from planner.models import ConfigBundle, Machine, PortSlice, RebalanceRun, ReportRejection
+from planner.selectors import draft_revisions, machines_stale_count, pool_headroom
 
 
 class PlannerCollector(Collector):
@@ -46,6 +46,46 @@ class PlannerCollector(Collector):
         for state, n in Machine.objects.values_list("state").annotate(n=Count("id")).order_by():
             machines.add_metric([state], n)
         yield machines
+        yield from self._loop()
+
+    def _loop(self) -> Iterator[Metric]:
+        """The live loop: stale agents, refused reports, rebalance runs and drafts."""
+        stale = GaugeMetricFamily(
+            "portslice_machines_stale",
+            f"Machines whose agent has been silent for {settings.AGENT_STALE_MINUTES} minutes",
+            labels=["datacenter"],
+        )
+        for dc, n in machines_stale_count().items():
+            stale.add_metric([dc], n)
+        yield stale
+        rejected = CounterMetricFamily(
+            "portslice_reports_rejected",
+            "Agent messages refused for breaking the contract (never stored)",
+            labels=["kind", "field"],
+        )
+        for kind, field, n in ReportRejection.objects.values_list("kind", "field", "count"):
+            rejected.add_metric([kind, field], n)
+        yield rejected
+        runs = CounterMetricFamily(
+            "portslice_rebalance_runs", "Rebalance runs", labels=["datacenter", "outcome"]
+        )
+        for dc, outcome, n in (
+            RebalanceRun.objects.values_list("datacenter__code", "outcome")
+            .annotate(n=Count("id"))
+            .order_by()
+        ):
+            runs.add_metric([dc, outcome], n)
+        yield runs
+        drafts = GaugeMetricFamily(
+            "portslice_revisions_draft",
+            "Draft revisions waiting for approval",
+            labels=["datacenter"],
+        )
+        for dc, n in (
+            draft_revisions().values_list("datacenter__code").annotate(n=Count("id")).order_by()
+        ):
+            drafts.add_metric([dc], n)
+        yield drafts
 
     def _pools(self) -> Iterator[Metric]:
         free = GaugeMetricFamily(

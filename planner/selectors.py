@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -11,6 +12,7 @@ from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 import allocator as alloc
+from allocator.demand import COLD, HOT
 from planner import signing
 from planner.choices import BundleStatus, MachineState, RevisionStatus
 from planner.inventory_io import GeofeedEntry
@@ -22,6 +24,8 @@ from planner.models import (
     Machine,
     PlanRevision,
     PortSlice,
+    RebalancePolicy,
+    UsageSample,
 )
 from planner.steering import SteeringRow
 
@@ -45,6 +49,39 @@ class PlannerInputs:
     machines: tuple[alloc.Machine, ...]
     previous: tuple[alloc.Slice, ...]
     policies: dict[str, alloc.PoolPolicy]
+
+
+@dataclass(frozen=True)
+class PlanUsage:
+    """What a usage-driven plan feeds the allocator: utilization per (machine, pool),
+    and the thresholds it is judged by."""
+
+    levels: Mapping[tuple[str, str], float]
+    hot: float = HOT
+    cold: float = COLD
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "hot": self.hot,
+            "cold": self.cold,
+            "levels": [[m, p, round(v, 6)] for (m, p), v in sorted(self.levels.items())],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PlanUsage:
+        levels = {(m, p): float(v) for m, p, v in data.get("levels", [])}
+        return cls(levels, float(data.get("hot", HOT)), float(data.get("cold", COLD)))
+
+
+def next_revision_number(*, datacenter: Datacenter) -> int:
+    """Drafts take numbers too, so a new revision follows the highest of any status."""
+    latest = (
+        PlanRevision.objects.filter(datacenter=datacenter)
+        .order_by("-number")
+        .values_list("number", flat=True)
+        .first()
+    )
+    return (latest or 0) + 1
 
 
 def current_revision(*, datacenter: Datacenter) -> int:
@@ -231,3 +268,86 @@ def bundles_due(*, now: datetime | None = None) -> QuerySet[ConfigBundle]:
         )
         .select_related("machine")
     )
+
+
+def stale_cutoff(*, now: datetime | None = None) -> datetime:
+    """An agent last heard from before this is stale."""
+    return (now or timezone.now()) - timedelta(minutes=settings.AGENT_STALE_MINUTES)
+
+
+def stale_hostnames(*, datacenter: Datacenter, now: datetime | None = None) -> set[str]:
+    """Machines of the datacenter whose agent reported once, then went silent.
+
+    Computed from ``last_seen`` (not from the ``stale_since`` mark, which the
+    ``planner.mark_stale`` job sets once a minute) so rebalance never acts on a
+    mark that is a minute late.
+    """
+    return set(
+        Machine.objects.filter(
+            datacenter=datacenter, last_seen__lt=stale_cutoff(now=now)
+        ).values_list("hostname", flat=True)
+    )
+
+
+def machines_stale_count(*, now: datetime | None = None) -> dict[str, int]:
+    """Stale machines per datacenter code (the same test as :func:`stale_hostnames`)."""
+    rows = (
+        Machine.objects.filter(last_seen__lt=stale_cutoff(now=now))
+        .values_list("datacenter__code")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    return dict(rows)
+
+
+def rebalance_policy(*, datacenter: Datacenter) -> RebalancePolicy:
+    """The datacenter's policy; an unsaved one with the defaults if it has none."""
+    policy = RebalancePolicy.objects.filter(datacenter=datacenter).first()
+    return policy or RebalancePolicy(datacenter=datacenter)
+
+
+def usage_high_water(*, datacenter: Datacenter, since: datetime) -> dict[tuple[str, str], float]:
+    """Per (machine, pool): the highest utilization reported since ``since``.
+
+    Utilization at one report is the sockets in the slices the machine holds
+    now in that pool, over the ports those slices hold; the high-water mark
+    over the window keeps one quiet sample from shrinking a busy machine.
+    Machines with no report in the window are absent: they keep what they have.
+    """
+    held: dict[tuple[str, str, int, int], tuple[str, str, int]] = {}
+    ports: dict[tuple[str, str], int] = {}
+    for ip, lo, hi, host, dc, purpose, country, region, city in live_slices(
+        datacenter=datacenter
+    ).values_list(
+        "ip__address",
+        "lo",
+        "hi",
+        "machine__hostname",
+        "ip__pool__datacenter__code",
+        "ip__pool__purpose",
+        "ip__pool__country",
+        "ip__pool__region",
+        "ip__pool__city",
+    ):
+        pool = "/".join(part for part in (dc, purpose, country, region, city) if part)
+        held[(host, ip, lo, hi)] = (host, pool, hi - lo + 1)
+        ports[(host, pool)] = ports.get((host, pool), 0) + hi - lo + 1
+    in_use: dict[tuple[str, str, datetime], int] = {}
+    samples = UsageSample.objects.filter(machine__datacenter=datacenter, at__gte=since)
+    for host, ip, lo, hi, at, sockets in samples.values_list(
+        "machine__hostname", "ip", "lo", "hi", "at", "sockets"
+    ):
+        slice_ = held.get((host, ip, lo, hi))
+        if slice_ is not None:
+            key = (host, slice_[1], at)
+            in_use[key] = in_use.get(key, 0) + sockets
+    levels: dict[tuple[str, str], float] = {}
+    for (host, pool, _), sockets in in_use.items():
+        level = sockets / ports[(host, pool)]
+        levels[(host, pool)] = max(level, levels.get((host, pool), 0.0))
+    return levels
+
+
+def draft_revisions(*, datacenter: Datacenter | None = None) -> QuerySet[PlanRevision]:
+    drafts = PlanRevision.objects.filter(status=RevisionStatus.DRAFT)
+    return drafts.filter(datacenter=datacenter) if datacenter else drafts

@@ -85,6 +85,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "csp",
+    "django_celery_beat",
     "planner",
 ]
 
@@ -218,12 +219,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = (
 for _folder in CELERY_BROKER_TRANSPORT_OPTIONS.values():
     if isinstance(_folder, str):
         Path(_folder).mkdir(parents=True, exist_ok=True)
-CELERY_BEAT_SCHEDULE = {
-    "reconcile": {"task": "planner.reconcile", "schedule": 60.0},
-    "expire-drains": {"task": "planner.expire_drains", "schedule": 60.0},
-    "expire-usage": {"task": "planner.expire_usage", "schedule": 3600.0},
-}
-CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Beat reads its schedule from the database (django-celery-beat), so operators
+# change intervals in the admin without a deploy; migration 0005 creates the
+# default entries (planner/schedules.py lists them).
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -233,6 +232,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY
 METRICS_TOKEN = envsecret("METRICS_TOKEN")
 USAGE_SAMPLE_SECONDS = envint("USAGE_SAMPLE_SECONDS", 60)
 USAGE_RETENTION_DAYS = envint("USAGE_RETENTION_DAYS", 14)
+# An agent that sent no ack and no usage for this long is stale: shown in the API
+# and /metrics, and given no new slices by rebalance until it reports again.
+AGENT_STALE_MINUTES = envint("AGENT_STALE_MINUTES", 10)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

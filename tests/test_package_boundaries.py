@@ -1,4 +1,4 @@
-"""allocator/ and agent/ run on hosts without Django: importing them must not load it."""
+"""allocator/, agent/ and contract/ run on hosts without Django: importing them must not load it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("package", ["allocator", "agent"])
+@pytest.mark.parametrize("package", ["allocator", "agent", "contract"])
 def test_it_imports_without_django(package: str) -> None:
     code = (
         "import importlib, pkgutil, sys\n"

@@ -2,6 +2,7 @@
 
 from planner.models.audit import AuditEntry
 from planner.models.inventory import Datacenter, EgressIP, EgressPool, Machine
+from planner.models.loop import RebalancePolicy, RebalanceRun, ReportRejection
 from planner.models.signing import ConfigBundle, SigningKey
 from planner.models.slices import PlanRevision, PortSlice
 from planner.models.tokens import ApiToken
@@ -20,4 +21,7 @@ __all__ = [
     "Machine",
     "PlanRevision",
     "PortSlice",
+    "RebalancePolicy",
+    "RebalanceRun",
+    "ReportRejection",
 ]

@@ -263,13 +263,21 @@ class Machine(NulFreeText):
     bundle_serial = models.PositiveBigIntegerField(
         default=0, editable=False, help_text="Serial of the newest bundle signed for it"
     )
+    stale_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="When its agent was marked stale (silent for AGENT_STALE_MINUTES)",
+    )
 
     class Meta:
         ordering = ["hostname"]
 
     # Written only by atomic UPDATEs (bundle builds, agent acks); a save of a
     # stale instance (an admin form, an API PATCH) must not put them back.
-    COUNTERS = frozenset({"bundle_serial", "applied_serial", "last_seen", "enforcement"})
+    COUNTERS = frozenset(
+        {"bundle_serial", "applied_serial", "last_seen", "enforcement", "stale_since"}
+    )
 
     def __str__(self) -> str:
         return self.hostname

@@ -31,6 +31,12 @@ class PlanRevision(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     applied_at = models.DateTimeField(null=True, blank=True)
     diff_summary = models.JSONField(default=dict, blank=True)
+    # A draft remembers what it was planned on, so approving it can tell
+    # whether those inputs still hold (the base revision, the inputs' digest)
+    # and re-plan with the same usage.
+    base_revision = models.PositiveIntegerField(null=True, blank=True)
+    inputs_digest = models.CharField(max_length=64, blank=True)
+    usage = models.JSONField(default=dict, blank=True, help_text="usage levels a draft used")
 
     class Meta:
         ordering = ["datacenter__code", "-number"]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
+from contract import ContractError
 from planner.choices import (
     BundleStatus,
 )
@@ -17,9 +20,13 @@ from planner.models import (
     ConfigBundle,
     Machine,
     PortSlice,
+    ReportRejection,
     SliceUsage,
     UsageSample,
 )
+from planner.selectors import stale_cutoff
+
+logger = logging.getLogger(__name__)
 
 
 def bundle_ack(
@@ -46,7 +53,7 @@ def bundle_ack(
         # The machine row first, then its bundles: the order bundles_build locks
         # them in, so an ack and a plan apply never wait on each other in a cycle.
         machine = Machine.objects.filter(hostname=hostname)
-        changes: dict[str, Any] = {"last_seen": at}
+        changes: dict[str, Any] = {"last_seen": at, "stale_since": None}
         if enforcement:
             changes["enforcement"] = enforcement
         machine.update(**changes)
@@ -110,7 +117,10 @@ def usage_record(*, hostname: str, at: datetime, slices: Iterable[dict[str, Any]
             for _, r in reported
             if (r["ip"], r["lo"], r["hi"]) not in sampled
         )
-        Machine.objects.filter(pk=machine.pk).update(last_seen=at)
+        # A late report (older than what the machine last said) does not revive it.
+        Machine.objects.filter(pk=machine.pk).filter(
+            Q(last_seen__isnull=True) | Q(last_seen__lt=at)
+        ).update(last_seen=at, stale_since=None)
     return len(reported)
 
 
@@ -119,3 +129,31 @@ def usage_expire(*, now: datetime | None = None) -> int:
     cutoff = (now or timezone.now()) - timedelta(days=settings.USAGE_RETENTION_DAYS)
     deleted, _ = UsageSample.objects.filter(at__lt=cutoff).delete()
     return deleted
+
+
+def report_reject(*, kind: str, error: ContractError, at: datetime | None = None) -> None:
+    """Count a message that broke the contract (by kind and field); it is not stored."""
+    at = at or timezone.now()
+    text = str(error)[:300]
+    with transaction.atomic():
+        row, created = ReportRejection.objects.get_or_create(
+            kind=kind, field=error.field, defaults={"count": 1, "last_at": at, "last_error": text}
+        )
+        if not created:
+            ReportRejection.objects.filter(pk=row.pk).update(
+                count=F("count") + 1, last_at=at, last_error=text
+            )
+
+
+def machines_mark_stale(*, now: datetime | None = None) -> int:
+    """Mark machines whose agent has been silent since the stale cutoff; returns how many
+    were newly marked. A machine never heard from is not stale: it has no agent yet."""
+    now = now or timezone.now()
+    marked = Machine.objects.filter(
+        last_seen__lt=stale_cutoff(now=now), stale_since__isnull=True
+    ).update(stale_since=now)
+    if marked:
+        logger.warning(
+            "%d agent(s) newly stale (silent for %s min)", marked, settings.AGENT_STALE_MINUTES
+        )
+    return marked

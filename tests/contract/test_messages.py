@@ -1,0 +1,91 @@
+"""The contract checks what it documents: what the builders make passes, and any
+field pushed out of its bounds is refused with that field named."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import contract
+from contract.messages import MAX_COUNT, MAX_SERIAL
+
+HOST = "edge0.fra1.example.net"
+
+serials = st.integers(min_value=0, max_value=MAX_SERIAL)
+counts = st.integers(min_value=0, max_value=MAX_COUNT)
+
+
+@st.composite
+def slices(draw: st.DrawFn) -> dict[str, Any]:
+    lo = draw(st.integers(min_value=1, max_value=65535))
+    hi = draw(st.integers(min_value=lo, max_value=min(lo + 4095, 65535)))
+    starts = st.sampled_from(range(lo - lo % 64, hi + 1, 64))
+    buckets = draw(st.dictionaries(starts.map(str), counts, max_size=8))
+    ip = draw(st.sampled_from(["198.51.100.7", "2001:db8::7"]))
+    return {
+        "ip": ip,
+        "lo": lo,
+        "hi": hi,
+        "tcp": draw(counts),
+        "udp": draw(counts),
+        "buckets": buckets,
+    }
+
+
+@given(
+    serial=st.none() | serials,
+    status=st.sampled_from(sorted(contract.ACK_STATUSES)),
+    detail=st.text(max_size=3000),
+)
+def test_it_builds_acks_that_it_accepts(serial: int | None, status: str, detail: str) -> None:
+    message = contract.ack_message(hostname=HOST, serial=serial, status=status, detail=detail)
+    assert {spec.name for spec in contract.ACK_FIELDS} == set(message)
+    ack = contract.validate_ack(message)
+    assert (ack.serial, ack.status, ack.detail) == (serial, status, detail[:2000])
+
+
+@given(
+    serial=serials, at=st.floats(min_value=1, max_value=2**32), items=st.lists(slices(), max_size=5)
+)
+def test_it_builds_usage_reports_that_it_accepts(
+    serial: int, at: float, items: list[dict[str, Any]]
+) -> None:
+    message = contract.usage_message(hostname=HOST, serial=serial, at=at, slices=items)
+    report = contract.validate_usage(message)
+    assert [s.as_dict() for s in report.slices] == items
+    assert report.at.timestamp() == pytest.approx(at)
+
+
+@given(value=st.integers().filter(lambda v: not 0 <= v <= MAX_SERIAL) | st.text() | st.booleans())
+def test_it_refuses_any_serial_out_of_bounds(value: object) -> None:
+    message = {**contract.ack_message(hostname=HOST, serial=1, status="applied"), "serial": value}
+    with pytest.raises(contract.ContractError) as refused:
+        contract.validate_ack(message)
+    assert refused.value.field == "serial"
+
+
+@given(item=slices(), count=st.integers(max_value=-1) | st.integers(min_value=MAX_COUNT + 1))
+def test_it_refuses_a_socket_count_out_of_bounds(item: dict[str, Any], count: int) -> None:
+    message = {"hostname": HOST, "serial": 1, "at": 1.0e9, "slices": [{**item, "tcp": count}]}
+    with pytest.raises(contract.ContractError, match=r"usage\.slices=.*slice 0: must be between 0"):
+        contract.validate_usage(message)
+
+
+def test_a_required_field_missing_is_named() -> None:
+    with pytest.raises(contract.ContractError) as refused:
+        contract.validate_usage({"hostname": HOST, "serial": 1, "slices": []})
+    assert (refused.value.field, refused.value.problem) == ("at", "missing")
+
+
+def test_unknown_keys_are_ignored_but_a_flood_of_keys_is_not() -> None:
+    message = contract.ack_message(hostname=HOST, serial=1, status="applied")
+    assert contract.validate_ack({**message, "from_the_future": 1}).serial == 1
+    with pytest.raises(contract.ContractError):
+        contract.validate_ack({**message, **{f"k{i}": i for i in range(40)}})
+
+
+def test_the_agent_queue_is_named_after_the_host() -> None:
+    assert contract.agent_queue(HOST) == f"agent.{HOST}"
