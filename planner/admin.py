@@ -33,6 +33,9 @@ from planner.models import (
     Machine,
     PlanRevision,
     PortSlice,
+    RebalancePolicy,
+    RebalanceRun,
+    ReportRejection,
     SigningKey,
     SliceUsage,
     UsageSample,
@@ -211,7 +214,7 @@ class MachineAdmin(ServiceAdmin):
     list_filter = ["state", "datacenter"]
     list_select_related = ["datacenter"]
     filter_horizontal = ["pools"]
-    readonly_fields = ["last_seen", "applied_serial"]
+    readonly_fields = ["last_seen", "applied_serial", "stale_since"]
 
     def service_save(self, instance: Any, values: dict[str, Any], form: ModelForm) -> Any:
         pools = form.cleaned_data.get("pools") if "pools" in form.changed_data else None
@@ -326,3 +329,49 @@ class UsageSampleAdmin(ReadOnlyAdmin):
     list_select_related = ["machine"]
     search_fields = ["machine__hostname", "ip"]
     date_hierarchy = "at"
+
+
+@admin.register(RebalancePolicy)
+class RebalancePolicyAdmin(admin.ModelAdmin):
+    """Thresholds, window, interval and auto-apply of each datacenter's rebalance."""
+
+    list_display = [
+        "datacenter",
+        "enabled",
+        "auto_apply",
+        "hot",
+        "cold",
+        "window_minutes",
+        "interval_minutes",
+        "last_run_at",
+    ]
+    list_editable = ["enabled", "auto_apply"]
+    readonly_fields = ["last_run_at"]
+
+
+@admin.register(RebalanceRun)
+class RebalanceRunAdmin(admin.ModelAdmin):
+    """Read-only: what each rebalance run saw and did."""
+
+    list_display = ["at", "datacenter", "outcome", "detail", "revision", "draft"]
+    list_filter = ["outcome", "datacenter"]
+    list_select_related = ["datacenter", "revision", "draft"]
+
+    def has_add_permission(self, request: Any) -> bool:
+        return False
+
+    def has_change_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(ReportRejection)
+class ReportRejectionAdmin(admin.ModelAdmin):
+    """Agent messages refused for breaking the contract, counted by field."""
+
+    list_display = ["kind", "field", "count", "last_at", "last_error"]
+
+    def has_add_permission(self, request: Any) -> bool:
+        return False
+
+    def has_change_permission(self, request: Any, obj: Any = None) -> bool:
+        return False

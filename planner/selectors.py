@@ -25,6 +25,7 @@ from planner.models import (
     PlanRevision,
     PortSlice,
     RebalancePolicy,
+    RebalanceRun,
     UsageSample,
 )
 from planner.steering import SteeringRow
@@ -351,3 +352,7 @@ def usage_high_water(*, datacenter: Datacenter, since: datetime) -> dict[tuple[s
 def draft_revisions(*, datacenter: Datacenter | None = None) -> QuerySet[PlanRevision]:
     drafts = PlanRevision.objects.filter(status=RevisionStatus.DRAFT)
     return drafts.filter(datacenter=datacenter) if datacenter else drafts
+
+
+def rebalance_runs(*, datacenter: Datacenter) -> QuerySet[RebalanceRun]:
+    return RebalanceRun.objects.filter(datacenter=datacenter).select_related("revision", "draft")

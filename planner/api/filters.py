@@ -4,11 +4,12 @@ from typing import Any
 
 import django_filters
 from django import forms
-from django.db.models import Model
+from django.db.models import Model, Q, QuerySet
 from django.db.models.constants import LOOKUP_SEP
 
 from planner.choices import IPState, MachineState, RevisionStatus, SliceState
 from planner.models import Datacenter, EgressIP, EgressPool, Machine, PlanRevision, PortSlice
+from planner.selectors import stale_cutoff
 
 
 class IdFilter(django_filters.Filter):
@@ -72,10 +73,18 @@ class MachineFilter(django_filters.FilterSet):
     pool = IdFilter(field_name="pools__id", distinct=True)
     datacenter = text_filter(Machine, "datacenter__code")
     state = django_filters.ChoiceFilter(choices=MachineState.choices)
+    stale = django_filters.BooleanFilter(method="filter_stale")
 
     class Meta:
         model = Machine
-        fields = ["datacenter", "state", "pool"]
+        fields = ["datacenter", "state", "pool", "stale"]
+
+    def filter_stale(
+        self, queryset: QuerySet[Machine], name: str, value: bool
+    ) -> QuerySet[Machine]:
+        """Machines whose agent reported once and then went silent (``?stale=true``)."""
+        silent = Q(last_seen__lt=stale_cutoff())
+        return queryset.filter(silent) if value else queryset.exclude(silent)
 
 
 class PortSliceFilter(django_filters.FilterSet):

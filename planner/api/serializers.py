@@ -8,7 +8,17 @@ from django.core.validators import ProhibitNullCharactersValidator
 from django.db.models import Model
 from rest_framework import serializers
 
-from planner.models import Datacenter, EgressIP, EgressPool, Machine, PlanRevision, PortSlice
+from planner.models import (
+    Datacenter,
+    EgressIP,
+    EgressPool,
+    Machine,
+    PlanRevision,
+    PortSlice,
+    RebalancePolicy,
+    RebalanceRun,
+)
+from planner.selectors import stale_cutoff
 
 
 class NameRelatedField(serializers.SlugRelatedField[Any]):
@@ -92,8 +102,17 @@ class MachineSerializer(serializers.ModelSerializer[Machine]):
             "last_seen",
             "applied_serial",
             "bundle_serial",
+            "stale",
+            "stale_since",
         ]
-        read_only_fields = ["last_seen", "applied_serial", "bundle_serial"]
+        read_only_fields = ["last_seen", "applied_serial", "bundle_serial", "stale_since"]
+
+    stale = serializers.SerializerMethodField()
+
+    def get_stale(self, machine: Machine) -> bool:
+        """Its agent reported once, then nothing for ``AGENT_STALE_MINUTES``."""
+        seen = machine.last_seen
+        return seen is not None and seen < stale_cutoff()
 
 
 class PortSliceSerializer(serializers.ModelSerializer[PortSlice]):
@@ -123,6 +142,7 @@ class PlanRevisionSerializer(serializers.ModelSerializer[PlanRevision]):
             "created_at",
             "applied_at",
             "diff_summary",
+            "base_revision",
         ]
         read_only_fields = fields
 
@@ -143,3 +163,35 @@ class GeofeedQuerySerializer(serializers.Serializer[dict[str, object]]):
         allow_blank=True,
         help_text="Only this datacenter's IPs",
     )
+
+
+class RebalancePolicySerializer(serializers.ModelSerializer[RebalancePolicy]):
+    """A datacenter's rebalance thresholds, window, interval and auto-apply switch."""
+
+    datacenter = serializers.CharField(source="datacenter.code", read_only=True)
+
+    class Meta:
+        model = RebalancePolicy
+        fields = [
+            "datacenter",
+            "enabled",
+            "auto_apply",
+            "hot",
+            "cold",
+            "window_minutes",
+            "interval_minutes",
+            "last_run_at",
+        ]
+        read_only_fields = ["datacenter", "last_run_at"]
+        # The pair is checked by the model's clean() (cold below hot), whole or nothing.
+        validators: list[Any] = []
+
+
+class RebalanceRunSerializer(serializers.ModelSerializer[RebalanceRun]):
+    revision = serializers.IntegerField(source="revision.number", allow_null=True)
+    draft = serializers.IntegerField(source="draft.number", allow_null=True)
+
+    class Meta:
+        model = RebalanceRun
+        fields = ["at", "outcome", "detail", "saw", "changed", "revision", "draft"]
+        read_only_fields = fields

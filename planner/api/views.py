@@ -44,7 +44,7 @@ from planner.models import (
     PortSlice,
     SigningKey,
 )
-from planner.services import inventory, plans
+from planner.services import inventory, plans, rebalance
 from planner.signing import jwks
 
 # An IPv4 or IPv6 address in a URL path segment.
@@ -158,7 +158,7 @@ class DatacenterViewSet(InventoryViewSet):
     lookup_value_regex = r"[-a-zA-Z0-9_]+"  # a slug, as the steering path says
     filterset_class = DatacenterFilter
     ordering_fields = ["code", "name", "country"]
-    roles = {"plan_apply": ADMIN, "plan_preview": OPERATOR}
+    roles = {"plan_apply": ADMIN, "plan_preview": OPERATOR, "revision_approve": OPERATOR}
 
     @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT})
     @action(detail=True, methods=["post"], url_path="plan/preview")
@@ -193,6 +193,54 @@ class DatacenterViewSet(InventoryViewSet):
             user=request.user,
         )
         return Response(s.PlanRevisionSerializer(revision).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        request=None,
+        responses={
+            200: s.PlanRevisionSerializer,
+            404: OpenApiResponse(description="no revision with that number"),
+            409: OpenApiResponse(
+                description="not a draft, or its base or inputs moved on since it was drafted"
+            ),
+            422: OpenApiResponse(description="a pool lacks IPs: the shortfall per pool"),
+        },
+    )
+    @action(detail=True, methods=["post"], url_path=r"revisions/(?P<number>[0-9]{1,9})/approve")
+    def revision_approve(self, request: Request, code: str, number: str) -> Response:
+        """Apply a draft that rebalance left (it drains live slices), as it was planned."""
+        try:
+            revision = rebalance.revision_approve(
+                datacenter=self.get_object(), number=int(number), user=request.user
+            )
+        except PlanRevision.DoesNotExist:
+            raise Http404(f"no revision {number} in {code}") from None
+        return Response(s.PlanRevisionSerializer(revision).data)
+
+    @extend_schema(methods=["GET"], request=None, responses={200: s.RebalancePolicySerializer})
+    @extend_schema(
+        methods=["PATCH"],
+        request=s.RebalancePolicySerializer,
+        responses={200: s.RebalancePolicySerializer},
+    )
+    @action(detail=True, methods=["get", "patch"], url_path="rebalance")
+    def rebalance_policy(self, request: Request, code: str) -> Response:
+        """The datacenter's rebalance policy (defaults until first changed)."""
+        datacenter = self.get_object()
+        policy = selectors.rebalance_policy(datacenter=datacenter)
+        if request.method == "PATCH":
+            body = s.RebalancePolicySerializer(policy, data=request.data, partial=True)
+            body.is_valid(raise_exception=True)
+            policy = rebalance.rebalance_policy_save(
+                datacenter=datacenter, values=dict(body.validated_data)
+            )
+        return Response(s.RebalancePolicySerializer(policy).data)
+
+    @extend_schema(request=None, responses={200: s.RebalanceRunSerializer(many=True)})
+    @action(detail=True, methods=["get"], url_path="rebalance/runs")
+    def rebalance_runs(self, request: Request, code: str) -> Response:
+        """The datacenter's last 50 rebalance runs: what each saw and did, newest first."""
+        runs = selectors.rebalance_runs(datacenter=self.get_object())[:50]
+        return Response(s.RebalanceRunSerializer(runs, many=True).data)
 
 
 class SteeringView(JsonErrors, APIView):

@@ -39,6 +39,7 @@ from planner.selectors import (
     stale_hostnames,
     usage_high_water,
 )
+from planner.services.inventory import model_save
 from planner.services.plans import (
     PlanConflict,
     PlanPreview,
@@ -68,6 +69,15 @@ def rebalance_due(*, now: datetime | None = None) -> list[RebalanceRun]:
 def rebalance_policy_ensure(*, datacenter: Datacenter) -> RebalancePolicy:
     policy, _ = RebalancePolicy.objects.get_or_create(datacenter=datacenter)
     return policy
+
+
+def rebalance_policy_save(*, datacenter: Datacenter, values: dict[str, Any]) -> RebalancePolicy:
+    """Change the datacenter's policy (made with the defaults first if it has none);
+    every rule is checked, whole or nothing."""
+    policy = rebalance_policy(datacenter=datacenter)
+    saved = model_save(instance=policy, values=values)
+    assert isinstance(saved, RebalancePolicy)
+    return saved
 
 
 def _claim(policy: RebalancePolicy, now: datetime) -> bool:
