@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import F, Q, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
 import allocator as alloc
-from allocator.demand import COLD, HOT
 from planner import signing
 from planner.choices import BundleStatus, MachineState, RevisionStatus
 from planner.inventory_io import GeofeedEntry
@@ -50,28 +48,6 @@ class PlannerInputs:
     machines: tuple[alloc.Machine, ...]
     previous: tuple[alloc.Slice, ...]
     policies: dict[str, alloc.PoolPolicy]
-
-
-@dataclass(frozen=True)
-class PlanUsage:
-    """What a usage-driven plan feeds the allocator: utilization per (machine, pool),
-    and the thresholds it is judged by."""
-
-    levels: Mapping[tuple[str, str], float]
-    hot: float = HOT
-    cold: float = COLD
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "hot": self.hot,
-            "cold": self.cold,
-            "levels": [[m, p, round(v, 6)] for (m, p), v in sorted(self.levels.items())],
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> PlanUsage:
-        levels = {(m, p): float(v) for m, p, v in data.get("levels", [])}
-        return cls(levels, float(data.get("hot", HOT)), float(data.get("cold", COLD)))
 
 
 def next_revision_number(*, datacenter: Datacenter) -> int:

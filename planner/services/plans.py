@@ -28,7 +28,13 @@ from planner.models import (
     PlanRevision,
     PortSlice,
 )
-from planner.selectors import PlannerInputs, current_revision, live_slices, planner_inputs
+from planner.selectors import (
+    PlannerInputs,
+    current_revision,
+    live_slices,
+    next_revision_number,
+    planner_inputs,
+)
 from planner.services.bundles import bundles_build
 from planner.services.locks import Conflict, datacenter_lock
 
@@ -186,8 +192,12 @@ def plan_apply(
     now: datetime | None = None,
     usage: Usage | None = None,
     change: Change | None = None,
+    draft: PlanRevision | None = None,
 ) -> PlanRevision:
     """Apply the plan a preview showed: whole, or nothing.
+
+    ``draft``, a draft revision being approved (see planner.services.rebalance),
+    becomes the applied revision instead of a new one.
 
     Takes the datacenter's lock (:mod:`planner.services.locks`; inventory
     writes take it too), re-reads every input under it, and refuses with
@@ -205,8 +215,7 @@ def plan_apply(
             inputs = _inputs_after(datacenter, change)
         _check_digest(datacenter, inputs, inputs_digest, now, usage)
         plan = _compute_plan(inputs, now, usage)
-        number = current_revision(datacenter=datacenter) + 1
-        revision = _record_revision(datacenter, number, plan, user, reason, now)
+        revision = _record_revision(datacenter, plan, user, reason, now, draft)
         _write_slices(datacenter, plan, revision)
         _sign_touched(datacenter, plan, revision, now)
         audit_record(
@@ -282,21 +291,38 @@ def _enqueue_publish(revision_id: int) -> None:
 
 
 def _record_revision(
-    datacenter: Datacenter, number: int, plan: alloc.Plan, user: Any, reason: str, now: datetime
+    datacenter: Datacenter,
+    plan: alloc.Plan,
+    user: Any,
+    reason: str,
+    now: datetime,
+    draft: PlanRevision | None = None,
 ) -> PlanRevision:
-    PlanRevision.objects.filter(datacenter=datacenter, status=RevisionStatus.APPLIED).update(
-        status=RevisionStatus.SUPERSEDED
+    # An apply replaces the applied revision and makes every waiting draft moot.
+    replaced = PlanRevision.objects.filter(
+        datacenter=datacenter, status__in=[RevisionStatus.APPLIED, RevisionStatus.DRAFT]
     )
+    if draft is not None:
+        replaced = replaced.exclude(pk=draft.pk)
+    replaced.update(status=RevisionStatus.SUPERSEDED)
     summary: dict[str, Any] = dict(plan.diff.summary())
     summary["machines_touched"] = sorted(plan.diff.machines_touched())
+    fields = {
+        "status": RevisionStatus.APPLIED,
+        "applied_at": now,
+        "diff_summary": summary,
+        "created_by": user if getattr(user, "pk", None) else None,
+    }
+    if draft is not None:
+        PlanRevision.objects.filter(pk=draft.pk).update(**fields)
+        draft.refresh_from_db()
+        return draft
     return PlanRevision.objects.create(
         datacenter=datacenter,
-        number=number,
-        status=RevisionStatus.APPLIED,
+        # Drafts take numbers too: a new revision follows the highest of any status.
+        number=next_revision_number(datacenter=datacenter),
         reason=reason,
-        created_by=user if getattr(user, "pk", None) else None,
-        applied_at=now,
-        diff_summary=summary,
+        **fields,
     )
 
 

@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,17 +32,18 @@ from django.db.models import Q
 from django.utils import timezone
 
 import allocator as alloc
+from allocator.demand import COLD, HOT
 from planner import constants
 from planner.choices import RebalanceOutcome, RevisionStatus
 from planner.models import Datacenter, PlanRevision, RebalancePolicy, RebalanceRun
 from planner.selectors import (
-    PlanUsage,
     next_revision_number,
     rebalance_policy,
     stale_hostnames,
     usage_high_water,
 )
 from planner.services.inventory import model_save
+from planner.services.locks import Conflict
 from planner.services.plans import (
     PlanConflict,
     PlanPreview,
@@ -49,6 +53,39 @@ from planner.services.plans import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlanUsage:
+    """Utilization per (machine, pool) and the thresholds this datacenter judges it by."""
+
+    levels: Mapping[tuple[str, str], float]
+    hot: float = HOT
+    cold: float = COLD
+
+    def as_json(self) -> dict[str, Any]:
+        return {"hot": self.hot, "cold": self.cold, "levels": _as_json(self.levels)}
+
+    def for_allocator(self) -> dict[tuple[str, str], float]:
+        """The levels on the allocator's scale, where ``HOT`` and ``COLD`` are fixed.
+
+        A monotone, piecewise-linear map sending this policy's ``cold`` to
+        ``COLD`` and ``hot`` to ``HOT``, so the allocator grows and gives back
+        exactly where this policy says; the plan's inputs digest covers the
+        result, so a draft made on these figures is approved on them too.
+        """
+        return {owner: _rescale(v, self.hot, self.cold) for owner, v in self.levels.items()}
+
+
+def _rescale(level: float, hot: float, cold: float) -> float:
+    if level > hot:
+        return max(HOT + (level - hot), math.nextafter(HOT, math.inf))
+    if level < cold:
+        return min(COLD * level / cold, math.nextafter(COLD, 0.0))
+    if level == hot:  # the boundaries exactly, whatever the float arithmetic below
+        return HOT
+    return min(COLD + (level - cold) / (hot - cold) * (HOT - COLD), HOT)
+
 
 # Beat ticks every minute; a run due at 5:00 must not wait for 6:00 because the
 # tick came a moment early.
@@ -106,7 +143,7 @@ def datacenter_rebalance(
     adding = PlanUsage(
         {owner: v for owner, v in levels.items() if v >= policy.cold}, policy.hot, policy.cold
     )
-    preview = plan_preview(datacenter=datacenter, now=now, usage=adding)
+    preview = plan_preview(datacenter=datacenter, now=now, usage=adding.for_allocator())
     if preview.plan is None:
         return _finish(run, RebalanceOutcome.SHORTFALL, shortfalls=preview.shortfalls)
     run.saw["growth_denied"] = sorted(f"{m} {p}" for m, p in preview.plan.growth_denied)
@@ -119,12 +156,12 @@ def datacenter_rebalance(
         try:
             run.revision = plan_apply(
                 datacenter=datacenter,
-                base_revision=preview.base_revision,
-                usage=adding,
+                inputs_digest=preview.inputs_digest,
+                usage=adding.for_allocator(),
                 reason="rebalance: growth and freed drains",
                 now=now,
             )
-        except PlanConflict as error:
+        except Conflict as error:  # inputs moved since the preview, or the lock was held
             return _finish(run, RebalanceOutcome.CONFLICT, detail=str(error))
         except alloc.CapacityError as error:
             return _finish(run, RebalanceOutcome.SHORTFALL, shortfalls=error.shortfalls)
@@ -142,7 +179,7 @@ def _draft_give_backs(
     # Measured again: growth just applied changes the ports each machine holds.
     levels = _levels(datacenter, policy, stale, now)
     usage = PlanUsage(levels, policy.hot, policy.cold)
-    preview = plan_preview(datacenter=datacenter, now=now, usage=usage)
+    preview = plan_preview(datacenter=datacenter, now=now, usage=usage.for_allocator())
     applied = run.revision is not None
     if preview.plan is None or not preview.plan.diff.draining:
         superseded = _supersede_drafts(datacenter)
@@ -237,36 +274,50 @@ def revision_draft(
 ) -> PlanRevision:
     """Save ``preview`` as the datacenter's waiting draft, superseding any older one.
 
-    If the waiting draft would leave the same slices from the same base, it is
-    kept (its number stays what operators may already be looking at).
+    The draft keeps the preview's inputs digest and the usage it was planned
+    on, so approving it re-plans exactly this. A waiting draft that would leave
+    the same slices is kept instead (its number is what operators may already
+    be looking at), with the newer figures.
     """
     assert preview.plan is not None
     datacenter = Datacenter.objects.get(code=preview.datacenter)
-    digest = plan_digest(preview.plan)
+    outcome = plan_digest(preview.plan)
+    summary: dict[str, Any] = dict(preview.plan.diff.summary())
+    summary["machines_touched"] = sorted(preview.plan.diff.machines_touched())
+    summary["draining"] = [str(s) for s in preview.plan.diff.draining[:100]]
+    summary["outcome_digest"] = outcome
+    fields = {
+        "inputs_digest": preview.inputs_digest,
+        "base_revision": preview.base_revision,
+        "usage": {"levels": usage.as_json(), "planned_with": _as_json(usage.for_allocator())},
+        "diff_summary": summary,
+    }
     with transaction.atomic():
         waiting = PlanRevision.objects.filter(
             datacenter=datacenter,
             status=RevisionStatus.DRAFT,
-            base_revision=preview.base_revision,
-            inputs_digest=digest,
+            diff_summary__outcome_digest=outcome,
         ).first()
+        _supersede_drafts(datacenter, keep=waiting)
         if waiting is not None:
-            _supersede_drafts(datacenter, keep=waiting)
+            PlanRevision.objects.filter(pk=waiting.pk).update(**fields)
+            waiting.refresh_from_db()
             return waiting
-        _supersede_drafts(datacenter)
-        summary: dict[str, Any] = dict(preview.plan.diff.summary())
-        summary["machines_touched"] = sorted(preview.plan.diff.machines_touched())
-        summary["draining"] = [str(s) for s in preview.plan.diff.draining[:100]]
         return PlanRevision.objects.create(
             datacenter=datacenter,
             number=next_revision_number(datacenter=datacenter),
             status=RevisionStatus.DRAFT,
             reason=reason[:200],
-            diff_summary=summary,
-            base_revision=preview.base_revision,
-            inputs_digest=digest,
-            usage=usage.as_json(),
+            **fields,
         )
+
+
+def _as_json(levels: Mapping[tuple[str, str], float]) -> list[list[Any]]:
+    return [[machine, pool, level] for (machine, pool), level in sorted(levels.items())]
+
+
+def _from_json(rows: list[list[Any]]) -> dict[tuple[str, str], float]:
+    return {(str(machine), str(pool)): float(level) for machine, pool, level in rows}
 
 
 def revision_approve(
@@ -274,9 +325,9 @@ def revision_approve(
 ) -> PlanRevision:
     """Apply draft ``number`` as it was planned, or refuse with :class:`PlanConflict`.
 
-    Refused when it is not a draft (superseded, already applied), when another
-    revision was applied since it was drafted, or when planning it again now
-    would give other slices (the inventory or the drains moved on).
+    Refused when it is not a draft (superseded, already applied) or when its
+    inputs (inventory, live slices, ended drains) are no longer what it was
+    planned on: the inputs digest, as for a stale preview.
     Raises ``PlanRevision.DoesNotExist`` for an unknown number.
     """
     draft = PlanRevision.objects.get(datacenter=datacenter, number=number)
@@ -285,20 +336,17 @@ def revision_approve(
             constants.ERR_NOT_DRAFT
             % {"number": number, "datacenter": datacenter.code, "status": draft.status}
         )
-    usage = PlanUsage.from_json(draft.usage)
-    preview = plan_preview(datacenter=datacenter, now=now, usage=usage)
-    if (
-        preview.plan is None
-        or preview.base_revision != draft.base_revision
-        or plan_digest(preview.plan) != draft.inputs_digest
-    ):
-        raise PlanConflict(constants.ERR_DRAFT_STALE % {"number": number})
-    return plan_apply(
-        datacenter=datacenter,
-        base_revision=preview.base_revision,
-        user=user,
-        reason=f"approved: {draft.reason}"[:200],
-        now=now,
-        usage=usage,
-        draft=draft,
-    )
+    try:
+        return plan_apply(
+            datacenter=datacenter,
+            inputs_digest=draft.inputs_digest,
+            user=user,
+            reason=f"approved: {draft.reason}"[:200],
+            now=now,
+            usage=_from_json(draft.usage.get("planned_with", [])),
+            draft=draft,
+        )
+    except PlanConflict as error:
+        raise PlanConflict(
+            constants.ERR_DRAFT_STALE % {"number": number}, **error.details
+        ) from None

@@ -15,7 +15,7 @@ from rest_framework.test import APIClient
 import contract
 from planner.models import Datacenter, Machine, PortSlice, RebalanceRun, SigningKey
 from planner.services.keys import signing_key_generate
-from planner.services.plans import plan_apply
+from planner.services.plans import plan_apply_current
 from planner.services.rebalance import datacenter_rebalance, rebalance_due
 from planner.tasks import record_usage
 from tests.planner.factories import make_datacenter, make_ip, make_machine, make_pool
@@ -36,7 +36,7 @@ def dc(key_dir: Path, settings: Any) -> Datacenter:
         make_machine(host, datacenter=datacenter, address=f"10.9.1.{n + 2}").pools.add(pool)
     if not SigningKey.objects.exists():  # the API actors' site may have made one
         signing_key_generate()
-    plan_apply(datacenter=datacenter, base_revision=0, now=T0)
+    plan_apply_current(datacenter=datacenter, reason="first", now=T0)
     return datacenter
 
 
@@ -178,7 +178,7 @@ def test_growth_with_no_room_is_recorded_as_denied(dc: Datacenter) -> None:
         make_machine(f"x{n}.rb1.example.net", datacenter=dc, address=f"10.9.2.{n + 2}").pools.add(
             pool
         )
-    plan_apply(datacenter=dc, base_revision=1, now=T0)
+    plan_apply_current(datacenter=dc, reason="fill", now=T0)
     now = T0 + timedelta(minutes=5)
     _report(HOT, 0.95, now - timedelta(minutes=1))
     run = datacenter_rebalance(datacenter=dc, now=now)
