@@ -93,17 +93,30 @@ def bundles_build(
 
 
 def bundles_send(*, bundles: Iterable[ConfigBundle], send: Any) -> int:
-    """Hand each bundle to ``send(hostname, token)`` and mark it sent.
+    """Claim each bundle, then hand it to ``send(hostname, token)``; returns how many.
 
     ``send`` puts the token on the machine's queue (the Celery task does it by
     name); the broker is an untrusted transport, the signature protects the host.
-    A bundle acked meanwhile is not marked back to sent.
+    The claim is one conditional UPDATE from the state this caller read to
+    ``sent``: when two workers (a publish and a reconcile, two beat ticks) hold
+    the same bundle, only one sends it. A bundle acked meanwhile is not
+    claimed. If ``send`` raises (the broker is down), the claim is undone, so
+    a retry or the next ``planner.reconcile`` finds the bundle as it was.
     """
     sent = 0
     for bundle in bundles:
-        send(bundle.machine.hostname, bundle.token)
-        ConfigBundle.objects.filter(pk=bundle.pk, status__in=RESENDABLE).update(
-            status=BundleStatus.SENT, sent_at=timezone.now()
-        )
+        now = timezone.now()
+        claimed = ConfigBundle.objects.filter(
+            pk=bundle.pk, status=bundle.status, sent_at=bundle.sent_at, status__in=RESENDABLE
+        ).update(status=BundleStatus.SENT, sent_at=now)
+        if claimed != 1:
+            continue  # another worker sent it, or its agent answered meanwhile
+        try:
+            send(bundle.machine.hostname, bundle.token)
+        except BaseException:
+            ConfigBundle.objects.filter(pk=bundle.pk, status=BundleStatus.SENT, sent_at=now).update(
+                status=bundle.status, sent_at=bundle.sent_at
+            )
+            raise
         sent += 1
     return sent

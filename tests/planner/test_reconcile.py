@@ -61,3 +61,20 @@ def test_ended_drains_are_freed_and_running_ones_kept(site: Site) -> None:
     (revision,) = drains_expire(now=now + timedelta(hours=2))
     assert revision.diff_summary["freed"] == 1
     assert not PortSlice.objects.filter(machine=site.machines[0]).exists()
+
+
+def test_two_senders_holding_the_same_bundles_send_each_once(site: Site) -> None:
+    first, second = list(bundles_due()), list(bundles_due())  # both read before either sends
+    sent: list[str] = []
+    assert bundles_send(bundles=first, send=lambda host, token: sent.append(host)) == 3
+    assert bundles_send(bundles=second, send=lambda host, token: sent.append(host)) == 0
+    assert sorted(sent) == sorted(m.hostname for m in site.machines)
+
+
+def test_a_send_that_fails_leaves_the_bundle_due(site: Site) -> None:
+    def broker_down(host: str, token: str) -> None:
+        raise OSError("connection refused")
+
+    with pytest.raises(OSError):
+        bundles_send(bundles=bundles_due(), send=broker_down)
+    assert bundles_due().count() == 3  # nothing marked sent
