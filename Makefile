@@ -28,10 +28,11 @@ run: $(STAMP)
 	$(PY) manage.py ensure_admin
 	$(PY) manage.py collectstatic --no-input -v0
 	@echo
-	@echo "portslice is starting on http://$(HOST):$(PORT)/admin/"
+	@echo "portslice is starting on http://$(HOST):$(PORT)/  (Ctrl-C stops everything)"
+	@echo "web, a planner worker, beat and the demo agents with traffic (Procfile, honcho)"
 	@echo "log in as 'admin' with the password in var/admin-password (cat var/admin-password)"
 	@echo
-	$(PY) manage.py runserver --noreload $(HOST):$(PORT)
+	HOST=$(HOST) PORT=$(PORT) $(VENV)/bin/honcho start -f Procfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -13,6 +13,7 @@ The file (``--config PATH``, else ``$PORTSLICE_AGENT_CONFIG``, else
     metrics_address = "127.0.0.1:9465"   # "off" disables the metrics endpoint
     socket_path = "/run/portslice/agent.sock"
     socket_mode = "0660"
+    broker_folder = "/srv/portslice/var/broker"   # only for broker_url = "filesystem://"
 
 Every key can be set in the environment as ``PORTSLICE_AGENT_<KEY>`` (upper
 case), which wins over the file. A bad value raises :class:`ConfigError`
@@ -57,6 +58,9 @@ class AgentConfig:
     metrics_address: tuple[str, int] | None = ("127.0.0.1", 9465)
     socket_path: Path = Path("/run/portslice/agent.sock")
     socket_mode: int = 0o660
+    #: With ``broker_url = "filesystem://"`` (the quick start): the folder the
+    #: planner's messages pass through (its ``var/broker``).
+    broker_folder: Path | None = None
 
     @property
     def queue(self) -> str:
@@ -128,6 +132,7 @@ _PARSERS: Final[Mapping[str, Callable[[str], Any]]] = {
     "metrics_address": _metrics_address,
     "socket_path": _path,
     "socket_mode": _mode,
+    "broker_folder": _path,
 }
 KEYS: Final = tuple(field.name for field in fields(AgentConfig))
 

@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import contract
@@ -108,6 +109,8 @@ def make_app(config: AgentConfig) -> Celery:
     from kombu import Queue
 
     app = Celery("portslice-agent", broker=config.broker_url, set_as_current=False)
+    if config.broker_folder is not None:
+        app.conf.broker_transport_options = filesystem_options(config.broker_folder)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -127,6 +130,17 @@ def make_app(config: AgentConfig) -> Celery:
         enable_utc=True,
     )
     return app
+
+
+def filesystem_options(folder: Path) -> dict[str, Any]:
+    """kombu's ``filesystem://`` transport options for one shared folder (the quick start)."""
+    return {
+        "data_folder_in": str(folder),
+        "data_folder_out": str(folder),
+        "control_folder": str(folder / "control"),
+        "store_processed": False,
+        "polling_interval": 0.1,
+    }
 
 
 def ignore_celery_environment() -> None:

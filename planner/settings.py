@@ -210,8 +210,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = (
         "data_folder_in": str(VAR_DIR / "broker"),
         "data_folder_out": str(VAR_DIR / "broker"),
         "processed_folder": str(VAR_DIR / "broker-processed"),
-        "control_folder": str(VAR_DIR / "broker-control"),
+        "control_folder": str(VAR_DIR / "broker" / "control"),
         "store_processed": False,
+        # The transport polls its folder; the default second would add up to a
+        # second per hop (planner -> agent -> planner) to every delivery.
+        "polling_interval": 0.1,
     }
     if CELERY_BROKER_URL.startswith("filesystem")
     else {}

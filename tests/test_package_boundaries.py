@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("package", ["allocator", "agent", "contract"])
+@pytest.mark.parametrize("package", ["allocator", "agent", "contract", "demo"])
 def test_it_imports_without_django(package: str) -> None:
     code = (
         "import importlib, pkgutil, sys\n"
