@@ -92,9 +92,10 @@ def usage_record(*, hostname: str, at: datetime, slices: Iterable[dict[str, Any]
                 slice_id__in=[pk for pk, _ in reported], at__gte=at
             ).values_list("slice_id", flat=True)
         )
-        sampled = set(
-            UsageSample.objects.filter(machine=machine, at__gt=since).values_list("ip", "lo", "hi")
-        )
+        # A report's slices are sampled together or not at all: rebalance adds up
+        # one machine's slices at one moment, so a slice sampled out of step with
+        # its siblings (a new one, after growth) would halve the machine's figure.
+        sampled = UsageSample.objects.filter(machine=machine, at__gt=since).exists()
         SliceUsage.objects.bulk_create(
             [
                 SliceUsage(slice_id=pk, at=at, tcp=r["tcp"], udp=r["udp"], buckets=r["buckets"])
@@ -115,7 +116,7 @@ def usage_record(*, hostname: str, at: datetime, slices: Iterable[dict[str, Any]
                 sockets=r["tcp"] + r["udp"],
             )
             for _, r in reported
-            if (r["ip"], r["lo"], r["hi"]) not in sampled
+            if not sampled
         )
         # A late report (older than what the machine last said) does not revive it.
         Machine.objects.filter(pk=machine.pk).filter(

@@ -254,3 +254,18 @@ def test_drafts_are_in_the_schema(clients: dict[str, APIClient]) -> None:
     schema = clients["vera"].get("/api/schema/?format=json").json()
     assert "/api/v1/datacenters/{code}/revisions/{number}/approve" in schema["paths"]
     assert "/api/v1/datacenters/{code}/rebalance" in schema["paths"]
+
+
+def test_a_grown_machine_is_measured_on_all_its_slices_at_once(
+    dc: Datacenter, settings: Any
+) -> None:
+    settings.USAGE_SAMPLE_SECONDS = 60
+    now = T0 + timedelta(minutes=5)
+    _report(HOT, 0.95, now - timedelta(seconds=20))
+    assert datacenter_rebalance(datacenter=dc, now=now).outcome == "applied"
+    # Reports every 30 s: the new slice must be sampled in step with the old one,
+    # or each sample would see half the machine and it would never grow again.
+    for seconds in (30, 60, 90, 120, 150):
+        _report(HOT, 0.95, now + timedelta(seconds=seconds))
+    run = datacenter_rebalance(datacenter=dc, now=now + timedelta(minutes=5))
+    assert run.outcome == "applied" and _held(HOT) == 3
