@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import contract
@@ -80,6 +79,7 @@ from agent.fdpass import FdPassServer
 from agent.metrics import AgentMetrics
 from agent.service import Agent
 from agent.usage import UsageReporter
+from contract.broker import filesystem_options, filesystem_transport
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -109,8 +109,10 @@ def make_app(config: AgentConfig) -> Celery:
     from kombu import Queue
 
     app = Celery("portslice-agent", broker=config.broker_url, set_as_current=False)
-    if config.broker_folder is not None:
-        app.conf.broker_transport_options = filesystem_options(config.broker_folder)
+    if config.broker_url.startswith("filesystem"):
+        app.conf.broker_transport = filesystem_transport()
+        if config.broker_folder is not None:
+            app.conf.broker_transport_options = filesystem_options(config.broker_folder)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -130,17 +132,6 @@ def make_app(config: AgentConfig) -> Celery:
         enable_utc=True,
     )
     return app
-
-
-def filesystem_options(folder: Path) -> dict[str, Any]:
-    """kombu's ``filesystem://`` transport options for one shared folder (the quick start)."""
-    return {
-        "data_folder_in": str(folder),
-        "data_folder_out": str(folder),
-        "control_folder": str(folder / "control"),
-        "store_processed": False,
-        "polling_interval": 0.1,
-    }
 
 
 def ignore_celery_environment() -> None:

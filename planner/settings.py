@@ -17,6 +17,8 @@ from csp.constants import NONCE, NONE, SELF, UNSAFE_INLINE
 
 from allocator import DEFAULT_DRAIN
 
+from contract.broker import filesystem_options, filesystem_transport
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -205,20 +207,14 @@ DRAIN_SECONDS = envint("DRAIN_SECONDS", int(DEFAULT_DRAIN.total_seconds()))
 # in a control/ folder of whatever directory a process started in). Production
 # points this at Redis or RabbitMQ.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
-CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = (
-    {
-        "data_folder_in": str(VAR_DIR / "broker"),
-        "data_folder_out": str(VAR_DIR / "broker"),
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
+if CELERY_BROKER_URL.startswith("filesystem"):
+    # Messages written whole (contract/broker.py says why), through var/broker.
+    CELERY_BROKER_TRANSPORT = filesystem_transport()
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        **filesystem_options(VAR_DIR / "broker"),
         "processed_folder": str(VAR_DIR / "broker-processed"),
-        "control_folder": str(VAR_DIR / "broker" / "control"),
-        "store_processed": False,
-        # The transport polls its folder; the default second would add up to a
-        # second per hop (planner -> agent -> planner) to every delivery.
-        "polling_interval": 0.1,
     }
-    if CELERY_BROKER_URL.startswith("filesystem")
-    else {}
-)
 for _folder in CELERY_BROKER_TRANSPORT_OPTIONS.values():
     if isinstance(_folder, str):
         Path(_folder).mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,56 @@
+"""The quick start's broker, ``filesystem://``, made safe for several processes.
+
+kombu's filesystem transport creates a message file and then writes it; a
+consumer polling the folder can take the file in between and read nothing (a
+``JSONDecodeError`` that stops the worker). Here each message is written under
+a hidden name and renamed into place, so a consumer only ever sees whole
+messages. Both the planner and the agents use it for ``filesystem://``.
+
+kombu is imported when the transport is asked for, not when this module is:
+importing kombu loads Django's ``Promise`` where Django is installed, and the
+agent must not load Django (tests/test_package_boundaries.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+
+@cache
+def filesystem_transport() -> type:
+    """kombu's filesystem ``Transport`` whose messages appear in the folder whole."""
+    from kombu.transport import filesystem
+    from kombu.utils.json import dumps
+
+    class Channel(filesystem.Channel):
+        def _put(self, queue: str, message: Any, **kwargs: Any) -> None:  # type: ignore[override]
+            name = f"{int(round(time.monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
+            final = Path(self.data_folder_out) / name
+            # A leading dot: consumers match "<anything>.<queue>.msg" after the first dot.
+            partial = final.with_name(f".{name}.part")
+            partial.write_bytes(dumps(message).encode())
+            os.replace(partial, final)
+
+    class Transport(filesystem.Transport):
+        pass
+
+    Transport.Channel = Channel
+    return Transport
+
+
+def filesystem_options(folder: Path) -> dict[str, Any]:
+    """Transport options for one shared folder (the planner's ``var/broker``)."""
+    return {
+        "data_folder_in": str(folder),
+        "data_folder_out": str(folder),
+        "control_folder": str(folder / "control"),
+        "store_processed": False,
+        # The transport polls its folder; kombu's default second would add up to
+        # a second per hop (planner -> agent -> planner) to every delivery.
+        "polling_interval": 0.1,
+    }

@@ -1,0 +1,38 @@
+"""The quick start's broker never shows a consumer half a message."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from kombu import Connection
+
+from contract.broker import filesystem_options, filesystem_transport
+
+
+def test_it_passes_every_message_whole_between_a_writer_and_a_reader(tmp_path: Path) -> None:
+    options = filesystem_options(tmp_path)
+    # Large messages take a while to write: a reader polling meanwhile would catch
+    # one half written if it could see it.
+    sent = [{"n": n, "pad": "x" * 4_000_000} for n in range(40)]
+    received = []
+
+    def read() -> None:
+        with Connection(transport=filesystem_transport(), transport_options=options) as conn:
+            queue = conn.SimpleQueue("q")
+            while len(received) < len(sent):
+                message = queue.get(timeout=10)
+                received.append(message.payload)
+                message.ack()
+            queue.close()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    with Connection(transport=filesystem_transport(), transport_options=options) as conn:
+        queue = conn.SimpleQueue("q")
+        for body in sent:
+            queue.put(body)
+        queue.close()
+    reader.join(timeout=60)
+    assert sorted(r["n"] for r in received) == list(range(40))
+    assert not list(tmp_path.glob(".*.part"))
