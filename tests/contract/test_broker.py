@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 from kombu import Connection
 
@@ -15,7 +16,7 @@ def test_it_passes_every_message_whole_between_a_writer_and_a_reader(tmp_path: P
     # Large messages take a while to write: a reader polling meanwhile would catch
     # one half written if it could see it.
     sent = [{"n": n, "pad": "x" * 4_000_000} for n in range(40)]
-    received = []
+    received: list[dict[str, Any]] = []
 
     def read() -> None:
         with Connection(transport=filesystem_transport(), transport_options=options) as conn:

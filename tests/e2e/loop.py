@@ -28,6 +28,7 @@ from django.db import connection
 from kombu import Connection
 
 import contract
+from contract.broker import filesystem_options, filesystem_transport
 from planner import signing
 from planner.choices import KeyStatus
 from planner.models import SigningKey
@@ -115,6 +116,8 @@ class Loop:
     broker_url: str
     agent_broker_url: str
     netns: bool
+    #: For ``filesystem://``: the folder messages pass through.
+    broker_folder: Path | None = None
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -128,8 +131,16 @@ class Loop:
             self._sender.conf.update(task_serializer="json", accept_content=["json"])
         # An explicit connection: Celery would let $CELERY_BROKER_URL (memory:// in
         # the tests, see tests/environment.py) override the app's broker.
-        with Connection(self.broker_url) as conn:
+        with self.connection() as conn:
             self._sender.send_task(task, args=list(args), queue=queue, connection=conn)
+
+    def connection(self) -> Connection:
+        if self.broker_folder is None:
+            return Connection(self.broker_url)
+        return Connection(
+            transport=filesystem_transport(),
+            transport_options=filesystem_options(self.broker_folder),
+        )
 
     def _spawn(self, argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
         with log.open("ab") as out:
@@ -150,6 +161,8 @@ class Loop:
             "SIGNING_KEY_DIR": str(signing_key_dir()),
             "DJANGO_SETTINGS_MODULE": "planner.settings",
         }
+        if self.broker_folder is not None:  # settings put the broker under var/broker
+            env["PORTSLICE_VAR_DIR"] = str(self.broker_folder.parent)
         argv = [sys.executable, "-m", "celery", "-A", "planner", "worker", "-Q", "planner",
                 "--pool", "solo", "--without-gossip", "--without-mingle", "-l", "info",
                 "-n", f"{name}@%h"]  # fmt: skip
@@ -163,6 +176,15 @@ class Loop:
 
     def start_agent(self, hostname: str) -> None:
         """Start (or restart) ``hostname``'s agent and wait until it consumes its queue."""
+        self.start_agents([hostname])
+
+    def start_agents(self, hostnames: list[str]) -> None:
+        """Start them all, then wait until each consumes its queue."""
+        waits = [self._spawn_agent(hostname) for hostname in hostnames]
+        for wait in waits:
+            wait()
+
+    def _spawn_agent(self, hostname: str) -> Callable[[], None]:
         config = self._agent_config(hostname)
         argv = [sys.executable, "-m", "agent", "--config", str(config), "run", "--loglevel", "INFO"]
         if self.netns:
@@ -172,11 +194,15 @@ class Loop:
         before = log.read_text().count("ready.") if log.exists() else 0
         process = self._spawn(argv, log, env)
         self.agents[hostname] = process
-        wait_for(
-            f"agent {hostname} ready",
-            lambda: log.read_text().count("ready.") > before or process.poll() is not None,
-        )
-        assert process.poll() is None, log.read_text()
+
+        def ready() -> None:
+            wait_for(
+                f"agent {hostname} ready",
+                lambda: log.read_text().count("ready.") > before or process.poll() is not None,
+            )
+            assert process.poll() is None, log.read_text()
+
+        return ready
 
     def _namespace(self, hostname: str) -> str:
         """The agent's own network namespace (kept across restarts, as a host's is)."""
@@ -216,6 +242,8 @@ class Loop:
             "metrics_address": "off",
             "socket_path": str(folder / "agent.sock"),
         }
+        if self.broker_folder is not None:
+            values["broker_folder"] = str(self.broker_folder)
         path = folder / "agent.toml"
         path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
         return path
