@@ -25,6 +25,7 @@ from celery import Celery
 from django.db import connection
 from kombu import Connection
 
+import contract
 from planner.models import ConfigBundle, Machine, PortSlice, SliceUsage
 from planner.services.keys import signing_key_generate
 from planner.services.plans import plan_apply_current
@@ -139,33 +140,30 @@ def test_bundles_go_out_and_acks_and_usage_come_back(
 
     at = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
     sender.send_task(
-        "planner.record_ack",
-        queue="planner",
-        kwargs={
-            "hostname": HOST,
-            "serial": bundle.serial,
-            "status": "applied",
-            "reason": "",
-            "detail": "",
-            "note": "",
-            "applied_serial": bundle.serial,
-            "revision": 1,
-            "applied_at": at.isoformat(),
-            "enforcement": {"serial": bundle.serial},
-        },
+        contract.ACK_TASK,
+        queue=contract.PLANNER_QUEUE,
+        kwargs=contract.ack_message(
+            hostname=HOST,
+            serial=bundle.serial,
+            status="applied",
+            applied_serial=bundle.serial,
+            revision=1,
+            applied_at=at.isoformat(),
+            enforcement={"serial": bundle.serial},
+        ),
     )
     _wait("the ack", lambda: Machine.objects.get().applied_serial == bundle.serial)
     assert ConfigBundle.objects.get().status == "applied"
 
     own = PortSlice.objects.get()
     sender.send_task(
-        "planner.record_usage",
-        queue="planner",
-        kwargs={
-            "hostname": HOST,
-            "serial": bundle.serial,
-            "at": at.timestamp(),
-            "slices": [
+        contract.USAGE_TASK,
+        queue=contract.PLANNER_QUEUE,
+        kwargs=contract.usage_message(
+            hostname=HOST,
+            serial=bundle.serial,
+            at=at.timestamp(),
+            slices=[
                 {
                     "ip": own.ip.address,
                     "lo": own.lo,
@@ -175,7 +173,7 @@ def test_bundles_go_out_and_acks_and_usage_come_back(
                     "buckets": {str(own.lo): 15},
                 }
             ],
-        },
+        ),
     )
     usage = _wait("the usage", lambda: SliceUsage.objects.filter(slice=own).first())
     assert (usage.tcp, usage.udp) == (12, 3)
