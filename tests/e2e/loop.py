@@ -118,6 +118,7 @@ class Loop:
     netns: bool
     #: For ``filesystem://``: the folder messages pass through.
     broker_folder: Path | None = None
+    usage_interval: float = 1.0
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -151,7 +152,8 @@ class Loop:
         self.processes.append(process)
         return process
 
-    def planner_worker(self, name: str = "planner") -> subprocess.Popen[bytes]:
+    def planner_worker(self, name: str = "planner", processes: int = 0) -> subprocess.Popen[bytes]:
+        """A planner worker: the solo pool, or ``processes`` prefork children."""
         log = self.folder / f"{name}.log"
         settings_dict = connection.settings_dict
         env = {
@@ -163,8 +165,9 @@ class Loop:
         }
         if self.broker_folder is not None:  # settings put the broker under var/broker
             env["PORTSLICE_VAR_DIR"] = str(self.broker_folder.parent)
+        pool = ["--pool", "prefork", "-c", str(processes)] if processes else ["--pool", "solo"]
         argv = [sys.executable, "-m", "celery", "-A", "planner", "worker", "-Q", "planner",
-                "--pool", "solo", "--without-gossip", "--without-mingle", "-l", "info",
+                *pool, "--without-gossip", "--without-mingle", "-l", "info",
                 "-n", f"{name}@%h"]  # fmt: skip
         process = self._spawn(argv, log, env)
         wait_for(f"{name} ready", lambda: "ready." in log.read_text() or process.poll() is not None)
@@ -238,7 +241,7 @@ class Loop:
             "state_dir": str(folder / "state"),
             "manage_nftables": self.netns,
             "manage_port_range": self.netns,
-            "usage_interval": 1,
+            "usage_interval": self.usage_interval,
             "metrics_address": "off",
             "socket_path": str(folder / "agent.sock"),
         }

@@ -269,3 +269,11 @@ def test_a_grown_machine_is_measured_on_all_its_slices_at_once(
         _report(HOT, 0.95, now + timedelta(seconds=seconds))
     run = datacenter_rebalance(datacenter=dc, now=now + timedelta(minutes=5))
     assert run.outcome == "applied" and _held(HOT) == 3
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-1", "0.8"])
+def test_a_threshold_that_is_not_a_share_is_refused(
+    clients: dict[str, APIClient], dc: Datacenter, value: str
+) -> None:
+    response = clients["bob"].patch("/api/v1/datacenters/rb1/rebalance", {"cold": value})
+    assert response.status_code == 400 and "cold" in response.json()
