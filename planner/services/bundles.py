@@ -93,30 +93,44 @@ def bundles_build(
 
 
 def bundles_send(*, bundles: Iterable[ConfigBundle], send: Any) -> int:
-    """Claim each bundle, then hand it to ``send(hostname, token)``; returns how many.
+    """Claim the bundles, then hand each to ``send(hostname, token)``; returns how many.
 
     ``send`` puts the token on the machine's queue (the Celery task does it by
     name); the broker is an untrusted transport, the signature protects the host.
-    The claim is one conditional UPDATE from the state this caller read to
-    ``sent``: when two workers (a publish and a reconcile, two beat ticks) hold
-    the same bundle, only one sends it. A bundle acked meanwhile is not
-    claimed. If ``send`` raises (the broker is down), the claim is undone, so
-    a retry or the next ``planner.reconcile`` finds the bundle as it was.
+    A bundle is claimed only if it is still in the state this caller read (the
+    rows are locked, re-read and moved to ``sent`` in one transaction), so when
+    two workers hold the same bundles (a publish and a reconcile, two beat
+    ticks) each bundle is sent once; one acked meanwhile is not claimed. If
+    ``send`` raises (the broker is down), the claims not yet sent are undone,
+    so a retry or the next ``planner.reconcile`` finds them as they were.
     """
-    sent = 0
-    for bundle in bundles:
-        now = timezone.now()
-        claimed = ConfigBundle.objects.filter(
-            pk=bundle.pk, status=bundle.status, sent_at=bundle.sent_at, status__in=RESENDABLE
-        ).update(status=BundleStatus.SENT, sent_at=now)
-        if claimed != 1:
-            continue  # another worker sent it, or its agent answered meanwhile
+    read = {bundle.pk: bundle for bundle in bundles}
+    now = timezone.now()
+    claimed = _claim(read, now)
+    for sent, bundle in enumerate(claimed):
         try:
             send(bundle.machine.hostname, bundle.token)
         except BaseException:
-            ConfigBundle.objects.filter(pk=bundle.pk, status=BundleStatus.SENT, sent_at=now).update(
-                status=bundle.status, sent_at=bundle.sent_at
-            )
+            unsent = claimed[sent:]
+            for old in unsent:
+                ConfigBundle.objects.filter(
+                    pk=old.pk, status=BundleStatus.SENT, sent_at=now
+                ).update(status=old.status, sent_at=old.sent_at)
             raise
-        sent += 1
-    return sent
+    return len(claimed)
+
+
+def _claim(read: dict[int, ConfigBundle], now: datetime) -> list[ConfigBundle]:
+    """The bundles of ``read`` still as read, now marked sent: one transaction, one UPDATE."""
+    with transaction.atomic():
+        rows = ConfigBundle.objects.select_for_update(skip_locked=True).filter(
+            pk__in=list(read), status__in=RESENDABLE
+        )
+        current = {pk: (status, sent_at) for pk, status, sent_at in rows.values_list(
+            "pk", "status", "sent_at"
+        )}  # fmt: skip
+        claimed = [b for pk, b in read.items() if current.get(pk) == (b.status, b.sent_at)]
+        ConfigBundle.objects.filter(pk__in=[b.pk for b in claimed]).update(
+            status=BundleStatus.SENT, sent_at=now
+        )
+    return claimed

@@ -118,14 +118,15 @@ class Command(BaseCommand):
             self._spawn(f"traffic {hostname}", in_netns(ns, *traffic))
 
     def _banner(self, mode: str) -> None:
+        # The web process of the same Procfile listens there (make run sets both).
+        url = f"http://{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}/"
         lines = [
             "",
             f"demo: {len(MACHINES)} agents in datacenter {CODE} ({mode})",
             f"demo: agent logs in {self.demo_dir}/<hostname>.log",
             "demo: bundles are applied within seconds; usage every 5 s; rebalance every minute",
             "demo: (hot machine grows, the burst one goes cold and leaves a draft to approve)",
-            "demo: open http://127.0.0.1:8000/  (admin: http://127.0.0.1:8000/admin/, "
-            "password in var/admin-password)",
+            f"demo: open {url}  (admin: {url}admin/, password in var/admin-password)",
             "",
         ]
         self.stdout.write("\n".join(lines))
