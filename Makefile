@@ -32,7 +32,7 @@ run: $(STAMP)
 	@echo "web, a planner worker, beat and the demo agents with traffic (Procfile, honcho)"
 	@echo "log in as 'admin' with the password in var/admin-password (cat var/admin-password)"
 	@echo
-	HOST=$(HOST) PORT=$(PORT) $(VENV)/bin/honcho start -f Procfile
+	HOST=$(HOST) WEB_PORT=$(PORT) $(VENV)/bin/honcho start -f Procfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

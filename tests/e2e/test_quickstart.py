@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,7 @@ def test_make_run_shows_the_loop_live_and_ctrl_c_cleans_up(tmp_path: Path) -> No
     var = tmp_path / "var"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DATABASE_URL"))}
     port = free_port()
-    env.update(PORTSLICE_VAR_DIR=str(var), SIGNING_KEY_DIR=str(var / "keys"), PORT=str(port))
+    env.update(PORTSLICE_VAR_DIR=str(var), SIGNING_KEY_DIR=str(var / "keys"), WEB_PORT=str(port))
     manage = [sys.executable, "manage.py"]
     for step in (["migrate", "--no-input", "-v0"], ["signing_key", "generate", "--if-missing"]):
         subprocess.run([*manage, *step], cwd=ROOT, env=env, check=True, capture_output=True)
@@ -62,6 +63,8 @@ def test_make_run_shows_the_loop_live_and_ctrl_c_cleans_up(tmp_path: Path) -> No
                  timeout=60)  # fmt: skip
         assert "nftables ON" in log.read_text()
         assert f"demo: open http://127.0.0.1:{port}/" in log.read_text()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            assert b'portslice_slices{datacenter="demo1",state="active"}' in answer.read()
         namespaces = json.loads((var / "demo" / "namespaces.json").read_text())
         assert len(namespaces) == 5  # gateway, origin, three agents
     finally:

@@ -118,8 +118,9 @@ class Command(BaseCommand):
             self._spawn(f"traffic {hostname}", in_netns(ns, *traffic))
 
     def _banner(self, mode: str) -> None:
-        # The web process of the same Procfile listens there (make run sets both).
-        url = f"http://{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}/"
+        # The web process of the same Procfile listens there (make run sets both;
+        # not $PORT, which honcho sets to a port of its own for each process).
+        url = f"http://{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('WEB_PORT', '8000')}/"
         lines = [
             "",
             f"demo: {len(MACHINES)} agents in datacenter {CODE} ({mode})",
