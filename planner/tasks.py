@@ -75,7 +75,8 @@ def record_usage(**message: Any) -> int:
 
 @shared_task(name="planner.expire_usage")
 def expire_usage() -> int:
-    return reports.usage_expire()
+    """Usage history and the rebalance runs that read it, past their retention."""
+    return reports.usage_expire() + rebalance.rebalance_runs_expire()
 
 
 @shared_task(name="planner.reconcile")

@@ -1,7 +1,7 @@
 """Every write to the planner's tables goes through this package.
 
 One module per topic: ``inventory``, ``plans``, ``bundles``, ``keys``,
-``reports`` and ``tokens``. Services are keyword-only, typed, named
+``reports``, ``rebalance`` and ``tokens``. Services are keyword-only, typed, named
 ``<entity>_<action>``, and run inside one transaction: they apply whole or not
 at all. Reads live in :mod:`planner.selectors`.
 """

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -101,6 +102,13 @@ def rebalance_due(*, now: datetime | None = None) -> list[RebalanceRun]:
         if policy.enabled and _claim(policy, now):
             runs.append(datacenter_rebalance(datacenter=datacenter, policy=policy, now=now))
     return runs
+
+
+def rebalance_runs_expire(*, now: datetime | None = None) -> int:
+    """Delete run records older than ``USAGE_RETENTION_DAYS`` (they describe that usage)."""
+    cutoff = (now or timezone.now()) - timedelta(days=settings.USAGE_RETENTION_DAYS)
+    deleted, _ = RebalanceRun.objects.filter(at__lt=cutoff).delete()
+    return deleted
 
 
 def rebalance_policy_ensure(*, datacenter: Datacenter) -> RebalancePolicy:

@@ -16,7 +16,11 @@ import contract
 from planner.models import Datacenter, Machine, PortSlice, RebalanceRun, SigningKey
 from planner.services.keys import signing_key_generate
 from planner.services.plans import plan_apply_current
-from planner.services.rebalance import datacenter_rebalance, rebalance_due
+from planner.services.rebalance import (
+    datacenter_rebalance,
+    rebalance_due,
+    rebalance_runs_expire,
+)
 from planner.tasks import record_usage
 from tests.planner.factories import make_datacenter, make_ip, make_machine, make_pool
 
@@ -277,3 +281,10 @@ def test_a_threshold_that_is_not_a_share_is_refused(
 ) -> None:
     response = clients["bob"].patch("/api/v1/datacenters/rb1/rebalance", {"cold": value})
     assert response.status_code == 400 and "cold" in response.json()
+
+
+def test_run_records_expire_with_the_usage_they_read(dc: Datacenter, settings: Any) -> None:
+    settings.USAGE_RETENTION_DAYS = 14
+    datacenter_rebalance(datacenter=dc, now=T0)
+    assert rebalance_runs_expire(now=T0 + timedelta(days=13)) == 0
+    assert rebalance_runs_expire(now=T0 + timedelta(days=15)) == 1
