@@ -116,7 +116,14 @@ def apply_to_all(loop: Any, dc: Any, weight: int) -> tuple[float, float]:
     revision = plan_apply_current(datacenter=dc, reason=f"bench weight {weight}")
     applied = time.perf_counter() - start
     loop.send(contract.PUBLISH_TASK, revision.pk)
-    wait_until(lambda: all_applied(revision))
+    try:
+        wait_until(lambda: all_applied(revision))
+    except TimeoutError:
+        from planner.models import ConfigBundle
+
+        stuck = ConfigBundle.objects.filter(revision=revision).exclude(status="applied")
+        rows = list(stuck.values_list("machine__hostname", "status", "error"))
+        raise TimeoutError(f"revision {revision.number} not acked everywhere: {rows}") from None
     return time.perf_counter() - start, applied
 
 
@@ -259,7 +266,7 @@ def main() -> None:
             f"{platform.python_version()}, {os.cpu_count()} CPUs, {platform.machine()}"
         )
         print(f"apply -> every agent acked ({AGENTS} agents, {ROUNDS} rounds):")
-        for kind in ("redis", "rabbitmq", "filesystem"):
+        for kind in os.environ.get("BENCH_BROKERS", "redis,rabbitmq,filesystem").split(","):
             bench_apply(kind)
         print(f"a machine joins a 100,000-slice datacenter ({JOINS} joins, Redis):")
         bench_join()

@@ -123,8 +123,12 @@ def bundles_send(*, bundles: Iterable[ConfigBundle], send: Any) -> int:
 def _claim(read: dict[int, ConfigBundle], now: datetime) -> list[ConfigBundle]:
     """The bundles of ``read`` still as read, now marked sent: one transaction, one UPDATE."""
     with transaction.atomic():
-        rows = ConfigBundle.objects.select_for_update(skip_locked=True).filter(
-            pk__in=list(read), status__in=RESENDABLE
+        # Wait for rows another claimer holds (in pk order, so two never deadlock),
+        # then see what it left: rows it claimed are no longer as this caller read them.
+        rows = (
+            ConfigBundle.objects.select_for_update()
+            .filter(pk__in=list(read), status__in=RESENDABLE)
+            .order_by("pk")
         )
         current = {pk: (status, sent_at) for pk, status, sent_at in rows.values_list(
             "pk", "status", "sent_at"
