@@ -48,7 +48,9 @@ def filesystem_options(folder: Path) -> dict[str, Any]:
     return {
         "data_folder_in": str(folder),
         "data_folder_out": str(folder),
-        "control_folder": str(folder / "control"),
+        # Exchange tables beside the folder, not in the working directory: for
+        # var/broker, var/broker-control.
+        "control_folder": str(folder.with_name(f"{folder.name}-control")),
         "store_processed": False,
         # The transport polls its folder; kombu's default second would add up to
         # a second per hop (planner -> agent -> planner) to every delivery.

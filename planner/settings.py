@@ -16,7 +16,6 @@ import dj_database_url
 from csp.constants import NONCE, NONE, SELF, UNSAFE_INLINE
 
 from allocator import DEFAULT_DRAIN
-
 from contract.broker import filesystem_options, filesystem_transport
 
 BASE_DIR = Path(__file__).resolve().parent.parent
