@@ -9,9 +9,10 @@
 
 Every agent sources its connections from the *same* egress IPs; the origin
 answers to those IPs, and the gateway sends each answer to the machine that
-owns the destination port, by the planner's steering table (DESIGN §2), as a
-load balancer would. Names carry a random suffix; :meth:`Topology.remove`
-deletes every namespace, and with them their nftables tables and links.
+owns the destination port, by the planner's steering table, as a load balancer
+would (nftables marks and policy routing; see planner/steering.py). Names
+carry a random suffix; :meth:`Topology.remove` deletes every namespace, and
+with them their nftables tables and links.
 """
 
 from __future__ import annotations

@@ -238,9 +238,9 @@ class DatacenterViewSet(InventoryViewSet):
     @extend_schema(request=None, responses={200: s.RebalanceRunSerializer(many=True)})
     @action(detail=True, methods=["get"], url_path="rebalance/runs")
     def rebalance_runs(self, request: Request, code: str) -> Response:
-        """The datacenter's last 50 rebalance runs: what each saw and did, newest first."""
-        runs = selectors.rebalance_runs(datacenter=self.get_object())[:50]
-        return Response(s.RebalanceRunSerializer(runs, many=True).data)
+        """The datacenter's rebalance runs, newest first (paginated): what each saw and did."""
+        page = self.paginate_queryset(selectors.rebalance_runs(datacenter=self.get_object()))
+        return self.get_paginated_response(s.RebalanceRunSerializer(page, many=True).data)
 
 
 class SteeringView(JsonErrors, APIView):

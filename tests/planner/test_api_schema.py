@@ -131,6 +131,7 @@ def _valid_path(pool_id: int) -> dict[str, object]:
         "hostname": "edge0.fra1.example.net",
         "address": "192.0.2.1",
         "id": pool_id,
+        "number": 1,
     }
 
 

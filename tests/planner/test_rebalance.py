@@ -236,7 +236,7 @@ def test_runs_are_listed_and_counted_in_metrics(
     clients: dict[str, APIClient], dc: Datacenter, client: Any
 ) -> None:
     datacenter_rebalance(datacenter=dc, now=T0 + timedelta(minutes=5))
-    runs = clients["vera"].get("/api/v1/datacenters/rb1/rebalance/runs").json()
+    runs = clients["vera"].get("/api/v1/datacenters/rb1/rebalance/runs").json()["results"]
     assert [r["outcome"] for r in runs] == ["unchanged"]
     body = client.get("/metrics").content.decode()
     assert 'portslice_rebalance_runs_total{datacenter="rb1",outcome="unchanged"} 1.0' in body
