@@ -157,6 +157,18 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
 
+# plotly.js comes from the plotly package itself (planner/staticfinders.py): no CDN.
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "planner.staticfinders.PlotlyFinder",
+]
+
+# The operator UI (planner/ui): everything but the login page needs a session.
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "overview"
+LOGOUT_REDIRECT_URL = "login"
+
 # HTTPS in production (README "Production"): all off for the quick start on
 # http://127.0.0.1, all on behind TLS so that `manage.py check --deploy` is clean.
 SESSION_COOKIE_SECURE = envbool("SECURE_COOKIES")

@@ -15,6 +15,7 @@ router.register("revisions", views.PlanRevisionViewSet)
 
 urlpatterns = [
     path("datacenters/<slug:code>/steering", views.SteeringView.as_view(), name="steering"),
+    path("datacenters/<slug:code>/heatmap", views.HeatmapView.as_view(), name="heatmap"),
     path("keys", views.KeysView.as_view(), name="keys"),
     path("geofeed.csv", views.GeofeedView.as_view(), name="geofeed"),
     *router.urls,

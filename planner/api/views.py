@@ -9,6 +9,8 @@ from django.db import transaction
 from django.db.models import Model
 from django.http import Http404
 from django.shortcuts import get_object_or_404
+from django.utils.decorators import method_decorator
+from django.views.decorators.gzip import gzip_page
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
@@ -20,7 +22,7 @@ from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
 from rest_framework.views import APIView
 
-from planner import selectors, steering
+from planner import charts, heatmap, selectors, steering
 from planner.api import serializers as s
 from planner.api.filters import (
     DatacenterFilter,
@@ -46,6 +48,7 @@ from planner.models import (
 )
 from planner.services import inventory, plans
 from planner.signing import jwks
+from planner.ui.forms import HeatmapQuery
 
 # An IPv4 or IPv6 address in a URL path segment.
 ADDRESS_IN_PATH = r"[0-9A-Fa-f:.]+"
@@ -222,6 +225,44 @@ class SteeringView(JsonErrors, APIView):
                 steering.render_gateway_script(rows, datacenter=code, revision=revision)
             )
         return Response(steering.steering_document(rows, datacenter=code, revision=revision))
+
+
+@method_decorator(gzip_page, name="dispatch")
+class HeatmapView(JsonErrors, APIView):
+    """The port-space heatmap of a datacenter: rows are egress IPs grouped by pool (or
+    one row per pool with ``collapse=1``), columns port buckets over 1024-65535.
+
+    ``figure`` is a ready Plotly figure; ``slices`` lists, per row, each slice as
+    ``[row, lo, hi, machine index, state (0 active, 1 draining), drain end, use, kind]``
+    with ``machines`` naming the indexes, so a dashboard can explain any cell.
+    """
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("mode", str, enum=list(heatmap.MODES)),
+            OpenApiParameter("pool", int, description="only this pool (id)"),
+            OpenApiParameter("purpose", str),
+            OpenApiParameter("country", str, description="ISO 3166-1 alpha-2"),
+            OpenApiParameter("ip", str, description="only this egress IP"),
+            OpenApiParameter(
+                "collapse",
+                str,
+                enum=["auto", "1", "0"],
+                description=f"one row per pool; auto collapses above {heatmap.COLLAPSE_ABOVE} IPs",
+            ),
+            OpenApiParameter("bucket", int, description="ports per column, 64-4096"),
+        ],
+        responses={200: OpenApiTypes.OBJECT},
+    )
+    def get(self, request: Request, code: str) -> Response:
+        datacenter = get_object_or_404(Datacenter, code=code)
+        query = HeatmapQuery(request.query_params)
+        if not query.is_valid():
+            raise ValidationError(query.errors)
+        picture = heatmap.datacenter_heatmap(
+            datacenter=datacenter, mode=query.chosen_mode(), filters=query.heatmap_filter()
+        )
+        return Response(charts.heatmap_payload(picture))
 
 
 class EgressPoolViewSet(InventoryViewSet):
