@@ -28,7 +28,7 @@ from planner.models import (
     SliceUsage,
     UsageSample,
 )
-from planner.selectors import PoolHeadroom, planner_inputs, pool_headroom
+from planner.selectors import planner_inputs, pool_headroom
 
 # An agent that has said nothing for this long is shown as stale.
 STALE_AFTER = timedelta(minutes=5)
@@ -59,7 +59,7 @@ class DatacenterCard:
     pools: int
     sockets: int
     ports_handed_out: int
-    short_pools: list[PoolHeadroom]
+    short_pools: list[alloc.PoolHeadroom]
     last_revision: PlanRevision | None
 
     @property
@@ -146,7 +146,7 @@ class PoolRow:
     ports_handed_out: int
     sockets: int
     peak: float | None
-    headroom: PoolHeadroom | None
+    headroom: alloc.PoolHeadroom | None
 
     @property
     def use(self) -> float | None:
@@ -181,7 +181,7 @@ def pool_rows(*, datacenter: Datacenter, now: datetime | None = None) -> list[Po
         .order_by()
     )
     peaks = _pool_peaks(datacenter, slices, now)
-    headroom = {row.pool: row for row in pool_headroom()}
+    headroom = datacenter_headroom(datacenter=datacenter)
     return [
         PoolRow(
             pool=pool,
@@ -195,6 +195,19 @@ def pool_rows(*, datacenter: Datacenter, now: datetime | None = None) -> list[Po
         )
         for pool in pools
     ]
+
+
+def datacenter_headroom(*, datacenter: Datacenter) -> dict[str, alloc.PoolHeadroom]:
+    """Room per pool key now, counted by the allocator (no planning)."""
+    inputs = planner_inputs(datacenter=datacenter)
+    return dict(
+        alloc.headroom(
+            ips=inputs.ips,
+            machines=inputs.machines,
+            slices=inputs.previous,
+            policies=inputs.policies,
+        )
+    )
 
 
 def _pool_peaks(
@@ -253,7 +266,9 @@ def machine_slices(*, machine: Machine) -> list[PortSlice]:
     )
     for slice_ in slices:
         usage = getattr(slice_, "usage", None)
-        slice_.use = (usage.tcp + usage.udp) / slice_.size if usage else None  # type: ignore[attr-defined]
+        sockets = usage.tcp + usage.udp if usage else None
+        slice_.sockets = sockets  # type: ignore[attr-defined]
+        slice_.use = sockets / slice_.size if sockets is not None else None  # type: ignore[attr-defined]
     return slices
 
 

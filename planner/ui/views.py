@@ -32,8 +32,8 @@ from planner.api.permissions import OPERATOR, RANK, VIEWER, user_rank
 from planner.choices import BundleStatus, MachineState, RevisionStatus
 from planner.inventory_io import InventoryError, parse_inventory
 from planner.models import AuditEntry, Datacenter, EgressIP, EgressPool, Machine, PlanRevision
-from planner.selectors import pool_headroom
 from planner.services import inventory, plans
+from planner.services.locks import Conflict
 from planner.ui import forms as f
 
 View = Callable[..., HttpResponse]
@@ -142,7 +142,7 @@ def plan_apply(request: HttpRequest, datacenter: Datacenter) -> HttpResponse:
             user=request.user,
             reason=form.cleaned_data["reason"],
         )
-    except plans.PlanConflict as error:
+    except Conflict as error:  # the preview went stale, or another writer holds the lock
         return plan_page(request, datacenter, f.ApplyForm(), refused=str(error), status=409)
     except alloc.CapacityError as error:
         return plan_page(request, datacenter, f.ApplyForm(), refused=str(error), status=409)
@@ -168,7 +168,7 @@ def plan_page(
     status: int = 200,
 ) -> HttpResponse:
     preview = plans.plan_preview(datacenter=datacenter)
-    digest = getattr(preview, "inputs_digest", "")
+    digest = preview.inputs_digest
     apply_form = apply_form if apply_form.is_bound else f.ApplyForm(initial={})
     apply_form.initial["inputs_digest"] = digest
     if apply_form.is_bound:
@@ -194,9 +194,7 @@ def plan_page(
 
 def capacity_rows(datacenter: Datacenter, preview: Any) -> list[dict[str, Any]]:
     """Per pool: slots before (now) and after the plan, and the IPs a short pool needs."""
-    before = {
-        row.pool: row for row in pool_headroom() if row.pool.startswith(datacenter.code + "/")
-    }
+    before = dashboard.datacenter_headroom(datacenter=datacenter)
     after = preview.plan.capacity if preview.plan is not None else {}
     short = {s.pool: s for s in preview.shortfalls}
     pools = EgressPool.objects.filter(datacenter=datacenter).order_by("purpose", "country", "pk")
@@ -300,6 +298,8 @@ def machine_state(request: HttpRequest, hostname: str) -> HttpResponse:
         inventory.machine_save(machine=machine, values={"state": state})
     except ValidationError as error:
         messages.error(request, "; ".join(error.messages))
+    except Conflict as error:
+        messages.error(request, str(error))
     else:
         verb = "is draining" if state == MachineState.DRAINING else "is back in service"
         messages.success(
@@ -458,6 +458,9 @@ def _save(form: Any, kind: str) -> bool:
             inventory.model_save(instance=form.instance, values=values)
     except ValidationError as error:
         _add_errors(form, error)
+        return False
+    except Conflict as error:  # the change would contradict live slices, or the lock is held
+        form.add_error(None, str(error))
         return False
     except ProtectedError as error:
         form.add_error(None, str(error.args[0]))
