@@ -218,7 +218,6 @@ def _layout(heatmap: hm.Heatmap, rows: int) -> dict[str, Any]:
         "legend": {"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom", "font": {"size": 12}},
         "xaxis": {
             "title": {"text": f"source port (one column = {heatmap.bucket:,} ports)"},
-            "range": [heatmap.edges[0], heatmap.edges[-1]],
             "tickvals": ticks,
             "ticktext": [f"{tick:,}" for tick in ticks],
             "showgrid": False,

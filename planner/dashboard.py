@@ -185,8 +185,8 @@ def pool_rows(*, datacenter: Datacenter, now: datetime | None = None) -> list[Po
     return [
         PoolRow(
             pool=pool,
-            ips=pool.n_ips,  # type: ignore[attr-defined]
-            machines_served=pool.served,  # type: ignore[attr-defined]
+            ips=pool.n_ips,
+            machines_served=pool.served,
             slices=slices.get(pool.pk, (0, 0))[0],
             ports_handed_out=slices.get(pool.pk, (0, 0))[1] or 0,
             sockets=sockets.get(pool.pk) or 0,

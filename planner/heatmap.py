@@ -203,7 +203,8 @@ def stored_slices(
     for values in queryset.values_list(*fields):
         if values[0] not in addresses:
             continue
-        sockets, buckets = None, {}
+        sockets: int | None = None
+        buckets: dict[str, int] = {}
         if with_usage and values[6] is not None:
             sockets, buckets = values[6] + values[7], values[8] or {}
         result.append(

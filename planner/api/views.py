@@ -258,7 +258,7 @@ class HeatmapView(JsonErrors, APIView):
         datacenter = get_object_or_404(Datacenter, code=code)
         query = HeatmapQuery(request.query_params)
         if not query.is_valid():
-            raise ValidationError(query.errors)
+            raise ValidationError(query.errors.get_json_data())
         picture = heatmap.datacenter_heatmap(
             datacenter=datacenter, mode=query.chosen_mode(), filters=query.heatmap_filter()
         )

@@ -50,7 +50,7 @@ class HeatmapQuery(forms.Form):
 
     def error_text(self) -> str:
         return "; ".join(
-            f"{name}: {' '.join(messages)} (got {self.data.get(name)!r})"
+            f"{name}: {' '.join(str(m) for m in messages)} (got {self.data.get(name)!r})"
             for name, messages in self.errors.items()
         )
 
@@ -93,7 +93,7 @@ class ReservedPortsField(forms.CharField):
             return ", ".join(str(port) for port in value)
         return value
 
-    def to_python(self, value: Any) -> list[int]:
+    def to_python(self, value: Any) -> list[int]:  # type: ignore[override]
         text = (super().to_python(value) or "").replace(",", ";")
         try:
             return _parse_port_list("form", text)
@@ -211,4 +211,4 @@ class AuditFilter(forms.Form):
         from planner.choices import AuditAction
 
         super().__init__(*args, **kwargs)
-        self.fields["action"].choices = [("", "any"), *AuditAction.choices]
+        self.fields["action"].choices = [("", "any"), *AuditAction.choices]  # type: ignore[attr-defined]

@@ -173,8 +173,9 @@ def plan_page(
     apply_form.initial["inputs_digest"] = digest
     if apply_form.is_bound:
         # A refused or invalid apply shows the fresh preview's digest, never the old one.
-        apply_form.data = apply_form.data.copy()
-        apply_form.data["inputs_digest"] = digest
+        data = apply_form.data.copy()  # type: ignore[attr-defined]
+        data["inputs_digest"] = digest
+        apply_form.data = data
     context: dict[str, Any] = {
         "datacenter": datacenter,
         "preview": preview,

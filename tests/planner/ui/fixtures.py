@@ -95,6 +95,6 @@ def make_users() -> dict[str, User]:
     for name, role in (("bob", "operator"), ("vera", "viewer"), ("charlie", None)):
         user = User.objects.create_user(name, password=PASSWORD)
         if role:
-            user.groups.add(Group.objects.get(name=role))
+            user.groups.add(Group.objects.get_or_create(name=role)[0])
         users[name] = user
     return users

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
 from django.test import Client
 
 from planner import heatmap as hm
@@ -163,9 +165,7 @@ def test_an_operator_applies_the_previewed_plan(
     make_machine("edge3.fra1.example.net", datacenter=ui_site.datacenter).pools.add(ui_site.warp)
     page = clients["bob"].get("/datacenters/fra1/plan/").content.decode()
     assert 'data-kind="added">1 slice' in page and 'data-machine="edge3.fra1.example.net"' in page
-    payload = json.loads(
-        re.search(r'id="diff-data" type="application/json">(.*?)</script>', page, re.S).group(1)
-    )  # type: ignore[union-attr]
+    payload = _json_block(page, "diff-data")
     added = [s for s in payload["slices"] if s[7] == "added"]
     assert [payload["machines"][s[3]] for s in added] == ["edge3.fra1.example.net"]
     response = clients["bob"].post(
@@ -198,7 +198,7 @@ def test_it_refuses_a_stale_preview_with_a_plain_reason_and_a_fresh_one(
 
 
 def test_it_needs_the_confirmation_and_refuses_viewers_the_apply(
-    clients: dict[str, Client], ui_site: UiSite
+    clients: dict[str, Client], users: dict[str, User], ui_site: UiSite
 ) -> None:
     digest = _digest(clients["bob"].get("/datacenters/fra1/plan/").content.decode())
     unconfirmed = clients["bob"].post("/datacenters/fra1/plan/", {"inputs_digest": digest})
@@ -208,19 +208,13 @@ def test_it_needs_the_confirmation_and_refuses_viewers_the_apply(
     )
     assert viewer.status_code == 403 and PlanRevision.objects.count() == 1
     no_csrf = Client(enforce_csrf_checks=True)
-    no_csrf.force_login(PlanRevision.objects.get().created_by or _user("bob"))
+    no_csrf.force_login(users["bob"])
     assert (
         no_csrf.post(
             "/datacenters/fra1/plan/", {"inputs_digest": digest, "confirm": "on"}
         ).status_code
         == 403
     )
-
-
-def _user(name: str) -> object:
-    from django.contrib.auth.models import User
-
-    return User.objects.get(username=name)
 
 
 def test_what_if_tells_the_ips_needed_and_writes_nothing(
@@ -265,9 +259,7 @@ def test_the_machine_page_shows_bundle_serials_the_rejection_and_usage(
     own = clients["vera"].get("/machines/edge0.fra1.example.net/").content.decode()
     assert '<td class="num" data-col="use">50.0 %</td>' in own  # the warp slice
     assert '<td class="num" data-col="use">25.0 %</td>' in own  # the cdn slice
-    figure = json.loads(
-        re.search(r'id="usage-figure" type="application/json">(.*?)</script>', own, re.S).group(1)
-    )  # type: ignore[union-attr]
+    figure = _json_block(own, "usage-figure")
     assert sorted(max(trace["y"]) for trace in figure["data"]) == [0.25, 0.5]
 
 
@@ -346,7 +338,7 @@ def test_the_audit_log_filters_by_who_and_what(clients: dict[str, Client], ui_si
     assert "Nothing matches." in none
 
 
-def test_login_and_logout(users: dict[str, object], ui_site: UiSite) -> None:
+def test_login_and_logout(users: dict[str, User], ui_site: UiSite) -> None:
     from tests.planner.ui.fixtures import PASSWORD
 
     client = Client()
@@ -359,6 +351,12 @@ def test_login_and_logout(users: dict[str, object], ui_site: UiSite) -> None:
     assert client.get("/").status_code == 200
     assert client.post("/logout/").status_code == 302
     assert client.get("/").status_code == 302
+
+
+def _json_block(html: str, block_id: str) -> Any:
+    match = re.search(rf'id="{block_id}" type="application/json">(.*?)</script>', html, re.S)
+    assert match, block_id
+    return json.loads(match.group(1))
 
 
 def _text(response: object) -> str:
