@@ -16,9 +16,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # What the kernel tests need from Debian (only installed when missing, as root).
+# The UI's browser tests drive Debian's chromium (Playwright, never its own browser download).
 sysdeps:
 	@if [ "$$(id -u)" = 0 ] && ! command -v nft >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables iproute2; \
+	fi
+	@if [ "$$(id -u)" = 0 ] && [ ! -x /usr/bin/chromium ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core; \
 	fi
 
 run: $(STAMP)
@@ -28,7 +32,7 @@ run: $(STAMP)
 	$(PY) manage.py ensure_admin
 	$(PY) manage.py collectstatic --no-input -v0
 	@echo
-	@echo "portslice is starting on http://$(HOST):$(PORT)/admin/"
+	@echo "portslice is starting on http://$(HOST):$(PORT)/ (the overview; admin at /admin/)"
 	@echo "log in as 'admin' with the password in var/admin-password (cat var/admin-password)"
 	@echo
 	$(PY) manage.py runserver --noreload $(HOST):$(PORT)
