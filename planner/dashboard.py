@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, F, Max, Q, Sum
+from django.db.models import Count, F, Max, Sum
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
@@ -157,12 +157,24 @@ def pool_rows(*, datacenter: Datacenter, now: datetime | None = None) -> list[Po
     """The pools table of a datacenter page."""
     now = now or timezone.now()
     pools = list(
-        EgressPool.objects.filter(datacenter=datacenter)
-        .annotate(
-            n_ips=Count("ips", distinct=True),
-            served=Count("machines", filter=Q(machines__state="active"), distinct=True),
+        EgressPool.objects.filter(datacenter=datacenter).order_by(
+            "purpose", "country", "region", "city", "pk"
         )
-        .order_by("purpose", "country", "region", "city", "pk")
+    )
+    # Two small GROUP BYs, not one join of pools x IPs x machines (4 million rows at scale).
+    ips = dict(
+        EgressIP.objects.filter(pool__datacenter=datacenter)
+        .values_list("pool_id")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    served = dict(
+        Machine.pools.through.objects.filter(
+            egresspool__datacenter=datacenter, machine__state=MachineState.ACTIVE
+        )
+        .values_list("egresspool_id")
+        .annotate(n=Count("machine_id"))
+        .order_by()
     )
     for pool in pools:
         pool.datacenter = datacenter
@@ -185,8 +197,8 @@ def pool_rows(*, datacenter: Datacenter, now: datetime | None = None) -> list[Po
     return [
         PoolRow(
             pool=pool,
-            ips=pool.n_ips,
-            machines_served=pool.served,
+            ips=ips.get(pool.pk, 0),
+            machines_served=served.get(pool.pk, 0),
             slices=slices.get(pool.pk, (0, 0))[0],
             ports_handed_out=slices.get(pool.pk, (0, 0))[1] or 0,
             sockets=sockets.get(pool.pk) or 0,
