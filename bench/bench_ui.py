@@ -30,6 +30,7 @@ import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from tempfile import mkdtemp
 from typing import Any
@@ -179,7 +180,7 @@ def main() -> None:
         ]
         results = {}
         for label, url in cases:
-            seconds, (sent, plain) = best_of(3, lambda url=url: fetch(client, url))
+            seconds, (sent, plain) = best_of(3, partial(fetch, client, url))
             results[url] = (seconds, len(sent))
             verdict = "met" if seconds <= BUDGET_S else "MISSED"
             print(f"  {label}: {seconds:.3f} s ({verdict}), {mb(len(plain))}, {mb(len(sent))} gzip")
