@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -75,9 +75,13 @@ class IpRow:
         return f"{self.pool_label} · {self.ip}"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class CellSlice:
-    """A slice as the heatmap draws it: where, whose, its state and its use."""
+    """A slice as the heatmap draws it: where, whose, its state and its use.
+
+    Not frozen: a frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``, which doubled the cost of reading 80,000 slices.
+    """
 
     ip: str
     lo: int
@@ -87,7 +91,7 @@ class CellSlice:
     drain_until: datetime | None = None
     kind: str = ""  # plan diff kind, in the diff picture only
     sockets: int | None = None
-    buckets: dict[str, int] = field(default_factory=dict)
+    buckets: dict[str, int] | None = None
 
 
 @dataclass
@@ -505,7 +509,7 @@ def _pool_occupancy(ip_rows_z: list[list[Any]]) -> list[float | None]:
     result: list[float | None] = []
     for column in zip(*ip_rows_z, strict=True):
         usable = len(column) - column.count(UNUSABLE)
-        taken = sum(1 for code in column if code >= MACHINE_BASE)
+        taken = usable - column.count(RESERVED) - column.count(FREE)
         result.append(round(taken / usable, 4) if usable else None)
     return result
 
@@ -513,14 +517,30 @@ def _pool_occupancy(ip_rows_z: list[list[Any]]) -> list[float | None]:
 def _pool_utilization(
     grid: _Grid, rows: list[IpRow], by_ip: dict[str, list[CellSlice]]
 ) -> list[float | None]:
+    """Sockets ÷ ports per column over the pool's reported slices.
+
+    Slices without bucket counts are summed per position first: thousands of
+    them share a handful of (lo, hi), so each position is spread once.
+    """
     sockets = [0.0] * grid.columns
     ports = [0] * grid.columns
+    at_position: dict[tuple[int, int], list[int]] = defaultdict(lambda: [0, 0])
     for row in rows:
         for cell in by_ip.get(row.ip, ()):
             if cell.sockets is None:
                 continue
-            for index, count in grid.sockets_per_column(cell).items():
-                sockets[index] += count
-            for index, count in grid.spans(cell.lo, cell.hi):
-                ports[index] += count
+            if cell.buckets:
+                for index, count in grid.sockets_per_column(cell).items():
+                    sockets[index] += count
+                for index, held in grid.spans(cell.lo, cell.hi):
+                    ports[index] += held
+            else:
+                position = at_position[(cell.lo, cell.hi)]
+                position[0] += cell.sockets
+                position[1] += 1
+    for (lo, hi), (total, slices) in at_position.items():
+        size = hi - lo + 1
+        for index, held in grid.spans(lo, hi):
+            sockets[index] += total * held / size
+            ports[index] += held * slices
     return [round(min(s / p, 1.0), 4) if p else None for s, p in zip(sockets, ports, strict=True)]

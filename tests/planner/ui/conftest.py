@@ -4,9 +4,16 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
+from django.core.cache import cache
 from django.test import Client
 
 from tests.planner.ui.fixtures import UiSite, build_ui_site, make_users
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> None:
+    # Cache keys carry row ids, and rolled-back tests may reuse ids on SQLite.
+    cache.clear()
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ from django.test import Client
 
 from planner import heatmap as hm
 from planner.models import AuditEntry, Machine, PlanRevision, PortSlice
+from planner.services.plans import plan_apply_current
 from planner.services.reports import bundle_ack
-from tests.planner.factories import make_machine
+from tests.planner.factories import make_ip, make_machine
 from tests.planner.ui.fixtures import CDN_IP, RESERVED_PORT, WARP_IPS, UiSite
 
 pytestmark = pytest.mark.django_db
@@ -87,6 +88,21 @@ def test_it_lists_the_pools_with_their_free_slots_and_use(
     assert _cell(warp, "peak") == "16.7 %"
 
 
+def test_the_pools_table_follows_plans_and_inventory_edits(
+    clients: dict[str, Client], ui_site: UiSite
+) -> None:
+    def warp_free() -> str:
+        html = clients["vera"].get("/datacenters/fra1/").content.decode()
+        return _cell(_row(html, f'data-pool="{ui_site.warp.pk}"'), "free")
+
+    assert warp_free() == "10"
+    make_machine("edge3.fra1.example.net", datacenter=ui_site.datacenter).pools.add(ui_site.warp)
+    plan_apply_current(datacenter=ui_site.datacenter, reason="edge3")
+    assert warp_free() == "9"  # the new machine took a slot
+    make_ip("192.0.2.3", pool=ui_site.warp)
+    assert warp_free() == "16"  # a whole new IP: 7 more slots
+
+
 def test_it_hides_edit_controls_from_viewers(clients: dict[str, Client], ui_site: UiSite) -> None:
     for url in ("/datacenters/fra1/", "/machines/edge0.fra1.example.net/", "/inventory/"):
         viewer = clients["vera"].get(url).content.decode()
@@ -139,6 +155,10 @@ def test_the_heatmap_api_collapses_to_one_row_per_pool_and_filters(
         "cdn · FR · 1 IPs",
         "warp · DE · 2 IPs",
     ]
+    use = clients["vera"].get("/api/v1/datacenters/fra1/heatmap?collapse=1&mode=utilization")
+    z = use.json()["figure"]["data"][0]["z"]
+    own = ui_site.slice_of("edge0.fra1.example.net", ui_site.warp)
+    assert z[1][(own.lo - 1024) // 256] == 0.5  # the pool's one reported slice there
     only = clients["vera"].get("/api/v1/datacenters/fra1/heatmap?country=de").json()
     assert [r["ip"] for r in only["rows"]] == list(WARP_IPS)
     bad = clients["vera"].get("/api/v1/datacenters/fra1/heatmap?mode=heat")
