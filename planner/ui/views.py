@@ -494,6 +494,7 @@ def inventory_import(request: HttpRequest) -> HttpResponse:
     errors: list[InventoryError] = []
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
+        records = []
         try:
             records = parse_inventory(
                 data["text"],
@@ -503,7 +504,8 @@ def inventory_import(request: HttpRequest) -> HttpResponse:
             )
             counts = inventory.inventory_import(records=records)
         except InventoryError as error:
-            errors.append(error)
+            # Refused whole; list every bad row, not only the first, so one fix round does.
+            errors = (records and inventory.inventory_import_check(records=records)) or [error]
         else:
             written = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
             messages.success(request, f"Imported {written or 'nothing'}.")

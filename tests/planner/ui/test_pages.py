@@ -340,11 +340,18 @@ def test_import_is_whole_or_nothing_and_names_the_bad_row(
         response.status_code == 302
         and Machine.objects.filter(hostname="new1.fra1.example.net").exists()
     )
-    bad = good.replace("new1", "new2") + "bad_name,fra1,10.9.1.3,\n"
+    bad = (
+        good.replace("new1", "new2")
+        + "bad_name,fra1,10.9.1.3,\n"
+        + "new3.fra1.example.net,nowhere,10.9.1.4,\n"
+    )
     response = clients["bob"].post("/inventory/import/", {"text": bad, "format": "auto"})
     html = response.content.decode()
     assert response.status_code == 400 and "Nothing was imported" in html
+    # Every bad row is listed, each with its line, field and value.
     assert "<td>line 3</td><td>hostname</td>" in html
+    assert "<td>line 4</td><td>datacenter</td><td><code>nowhere</code>" in html
+    assert html.count("<tr><td>line ") == 2
     assert not Machine.objects.filter(hostname="new2.fra1.example.net").exists()
 
 
