@@ -1,7 +1,9 @@
 """The UI in a real browser: Debian's headless Chromium driven by Playwright.
 
 Each test logs in on pytest-django's live server, records every request the
-page makes, and fails if one left the test server (assets come from the app).
+page makes, and fails if one left the test server (assets come from the app),
+if a script failed, or if the pages broke a strict Content-Security-Policy
+(``CSP`` below, added to every page the browser loads).
 Screenshots go to ``var/screenshots`` (``PORTSLICE_SCREENSHOTS`` overrides).
 """
 
@@ -23,6 +25,15 @@ from tests.support import need
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(os.environ.get("PORTSLICE_SCREENSHOTS", settings.BASE_DIR / "var/screenshots"))
+
+# Every page is served under this policy: no inline or eval'd script, nothing
+# from elsewhere. plotly.js injects its own <style> elements, hence the one
+# 'unsafe-inline' for styles.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; font-src 'self'; object-src 'none'; "
+    "base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
 
 # Playwright's sync API runs an event loop in this thread; the tests also use
 # the ORM between browser steps, which Django would otherwise refuse there.
@@ -53,13 +64,23 @@ class Session:
         self.errors: list[str] = []
         self.page.route("**/*", self._route)
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.page.on("console", self._console)
 
     def _route(self, route: Any) -> None:
-        if route.request.url.startswith(self.base):
-            route.continue_()
-        else:
+        if not route.request.url.startswith(self.base):
             self.outside.append(route.request.url)
             route.abort()
+            return
+        response = route.fetch(max_redirects=0)  # the browser follows redirects itself
+        if route.request.resource_type == "document":
+            headers = {**response.headers, "content-security-policy": CSP}
+            route.fulfill(response=response, headers=headers)
+        else:
+            route.fulfill(response=response)
+
+    def _console(self, message: Any) -> None:
+        if message.type == "error" and "Content Security Policy" in message.text:
+            self.errors.append(message.text)
 
     def login(self, name: str) -> None:
         self.page.goto(self.base + "/login/")
@@ -251,3 +272,23 @@ def test_the_other_pages_render_without_outside_requests(tab: Session, site: UiS
             tab.heatmap_drawn()
         tab.shot(name)
     assert Datacenter.objects.count() == 1
+
+
+def test_the_policy_is_enforced_so_the_other_tests_prove_the_pages_keep_it(
+    tab: Session, site: UiSite
+) -> None:
+    tab.login("vera")
+    tab.open("/datacenters/fra1/")
+    tab.heatmap_drawn()
+    ran = tab.page.evaluate(
+        """() => {
+            const script = document.createElement("script");
+            script.textContent = "window.inlineRan = true";
+            document.head.appendChild(script);
+            return window.inlineRan === true;
+        }"""
+    )
+    tab.page.wait_for_timeout(200)
+    assert ran is False
+    assert any("Content Security Policy" in error for error in tab.errors)
+    tab.errors.clear()  # the refusal above was the point
