@@ -46,7 +46,7 @@ DIFF_NAMES = {
     "still_draining": "still draining",
 }
 BASE_LEGEND = [("free", FREE_COLOUR), ("reserved", RESERVED_COLOUR), ("unusable", UNUSABLE_COLOUR)]
-# Viridis, perceptually uniform, for 0-100 %; below 0 two greys for ports nobody may use.
+# Viridis, perceptually uniform, for 0-100 %; below 0 the cells that are no measured use.
 VIRIDIS = [
     "#440154",
     "#482878",
@@ -59,22 +59,27 @@ VIRIDIS = [
     "#b5de2b",
     "#fde725",
 ]
-UTIL_ZMIN = -0.25
+UTIL_ZMIN = -0.3
+NO_REPORT_COLOUR = "#f4c6d7"
 PERCENTS = ["0%", "25%", "50%", "75%", "100%"]
 
 
 def _utilization_scale() -> list[list[Any]]:
+    """Three bands below 0 (unusable, reserved, no report), then viridis over 0-100 %."""
     span = 1 - UTIL_ZMIN
-    zero = -UTIL_ZMIN / span  # where 0 % sits on the 0-1 scale
-    middle = (hm.UTIL_RESERVED + hm.UTIL_UNUSABLE) / 2
-    split = (middle - UTIL_ZMIN) / span
-    scale: list[list[Any]] = [
-        [0, UNUSABLE_COLOUR],
-        [split, UNUSABLE_COLOUR],
-        [split, RESERVED_COLOUR],
-        [zero, RESERVED_COLOUR],
-    ]
+
+    def at(value: float) -> float:
+        return (value - UTIL_ZMIN) / span
+
+    scale: list[list[Any]] = []
+    for lo, hi, colour in (
+        (UTIL_ZMIN, -0.2, UNUSABLE_COLOUR),
+        (-0.2, -0.1, RESERVED_COLOUR),
+        (-0.1, 0.0, NO_REPORT_COLOUR),
+    ):
+        scale += [[at(lo), colour], [at(hi), colour]]
     steps = len(VIRIDIS) - 1
+    zero = at(0.0)
     scale += [[zero + (1 - zero) * i / steps, colour] for i, colour in enumerate(VIRIDIS)]
     return scale
 
@@ -136,8 +141,8 @@ def _colours(trace: dict[str, Any], heatmap: hm.Heatmap) -> list[dict[str, Any]]
             zmax=1,
             colorbar=_colorbar(
                 "sockets in use ÷ ports",
-                [hm.UTIL_UNUSABLE, hm.UTIL_RESERVED, 0, 0.25, 0.5, 0.75, 1],
-                ["unusable", "reserved", *PERCENTS],
+                [hm.UTIL_UNUSABLE, hm.UTIL_RESERVED, hm.UTIL_NO_REPORT, 0, 0.25, 0.5, 0.75, 1],
+                ["unusable", "reserved", "no report", *PERCENTS],
             ),
         )
         return []
@@ -228,7 +233,9 @@ def _layout(heatmap: hm.Heatmap, rows: int) -> dict[str, Any]:
             "automargin": True,
             "type": "category",
             "showgrid": False,
-            "tickfont": {"size": 12 if per_row >= 12 else 10},
+            "tickfont": {"size": 12 if per_row >= 16 else 10},
+            # Every row labelled while the labels fit; beyond that Plotly thins them.
+            **({"tickmode": "linear", "dtick": 1} if per_row >= 11 else {}),
         },
     }
 

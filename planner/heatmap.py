@@ -41,8 +41,9 @@ DIFF_BASE = 3
 # More rows than this and the datacenter starts collapsed: one row per pool.
 COLLAPSE_ABOVE = 120
 BUCKET_MIN, BUCKET_MAX, BUCKET_DEFAULT = 64, 4096, 256
-# Utilization cells that hold no slice but are not free either (drawn grey below 0 %).
-UTIL_UNUSABLE, UTIL_RESERVED = -0.2, -0.06
+# Utilization cells that are not a measured use, drawn in bands below 0 %:
+# ports nobody may use, reserved ports, and slices whose agent has not reported.
+UTIL_UNUSABLE, UTIL_RESERVED, UTIL_NO_REPORT = -0.25, -0.15, -0.05
 STATE_CODES = {SliceState.ACTIVE.value: 0, SliceState.DRAINING.value: 1}
 
 
@@ -463,6 +464,10 @@ class _Grid:
         grey = {UNUSABLE: UTIL_UNUSABLE, RESERVED: UTIL_RESERVED, FREE: None}
         values: list[Any] = [grey[code] for code in self.template(row)]
         for cell in cells:
+            if cell.sockets is None:  # no report: not the same as idle
+                for index, _ in self.spans(cell.lo, cell.hi):
+                    values[index] = UTIL_NO_REPORT
+                continue
             per_column = self.sockets_per_column(cell)
             for index, ports in self.spans(cell.lo, cell.hi):
                 if ports:

@@ -165,7 +165,7 @@
 
   Heatmap.prototype.nobody = function (value) {
     if (this.payload.mode === "utilization") {
-      return value === null ? "free" : (value < -0.1 ? "unusable" : "reserved");
+      return value === null ? "free" : (value < -0.2 ? "unusable" : "reserved");
     }
     return ["unusable", "reserved", "free"][value] || "free";
   };

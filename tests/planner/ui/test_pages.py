@@ -145,6 +145,8 @@ def test_the_heatmap_api_gives_the_reported_use_per_bucket(
     other = ui_site.slice_of("edge1.fra1.example.net", ui_site.warp)
     other_row = [r["ip"] for r in body["rows"]].index(other.ip.address)
     assert [s[6] for s in body["slices"] if s[0] == other_row and s[1] == other.lo] == [None]
+    # An agent that never reported is not an idle one: its cells say "no report".
+    assert z[other_row][(other.lo - 1024) // 256] == hm.UTIL_NO_REPORT
 
 
 def test_the_heatmap_api_collapses_to_one_row_per_pool_and_filters(
