@@ -10,15 +10,23 @@ Screenshots go to ``var/screenshots`` (``PORTSLICE_SCREENSHOTS`` overrides).
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterator
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.conf import settings
+from django.core.management import call_command
+from django.utils import timezone
 
-from planner.models import Datacenter, PlanRevision
-from planner.services.plans import plan_preview
+from planner.audit import acting_as
+from planner.models import Datacenter, EgressIP, Machine, PlanRevision, PortSlice
+from planner.services.inventory import machine_save
+from planner.services.keys import signing_key_generate
+from planner.services.plans import plan_apply_current, plan_preview
+from planner.services.reports import usage_record
 from tests.planner.factories import make_machine
 from tests.planner.ui.fixtures import PASSWORD, UiSite, build_ui_site, make_users
 from tests.support import need
@@ -136,6 +144,20 @@ def site(transactional_db: None, key_dir: Path) -> UiSite:
 
 @pytest.fixture
 def tab(browser: Any, live_server: Any, site: UiSite) -> Iterator[Session]:
+    session = Session(browser, live_server.url)
+    yield session
+    session.close()
+
+
+@pytest.fixture
+def demo_tab(
+    browser: Any, live_server: Any, transactional_db: None, key_dir: Path
+) -> Iterator[Session]:
+    """The quick start's demo inventory instead of the small fixture."""
+    signing_key_generate()
+    with acting_as("system:test"):
+        call_command("seed_demo", stdout=StringIO())
+    make_users()
     session = Session(browser, live_server.url)
     yield session
     session.close()
@@ -292,3 +314,44 @@ def test_the_policy_is_enforced_so_the_other_tests_prove_the_pages_keep_it(
     assert ran is False
     assert any("Content Security Policy" in error for error in tab.errors)
     tab.errors.clear()  # the refusal above was the point
+
+
+def test_the_demo_datacenter_is_readable_at_1280_by_800(demo_tab: Session) -> None:
+    fra1 = Datacenter.objects.get(code="fra1")
+    draining = Machine.objects.get(hostname="fra1-m007.example.net")
+    machine_save(machine=draining, values={"state": "draining"})
+    plan_apply_current(datacenter=fra1, reason="drain m007")
+    rng, now = random.Random(7), timezone.now()
+    for machine in Machine.objects.filter(datacenter=fra1, state="active")[:80]:
+        slices = PortSlice.objects.filter(machine=machine).select_related("ip")
+        report = [
+            {
+                "ip": s.ip.address,
+                "lo": s.lo,
+                "hi": s.hi,
+                "tcp": rng.randrange(s.size),
+                "udp": 0,
+                "buckets": {},
+            }
+            for s in slices
+        ]
+        usage_record(hostname=machine.hostname, at=now, slices=report)
+    demo_tab.login("bob")
+    demo_tab.open("/datacenters/fra1/")
+    heatmap = demo_tab.heatmap_drawn()
+    ips = EgressIP.objects.filter(pool__datacenter=fra1).count()
+    assert heatmap.get_attribute("data-rows") == str(ips)
+    # Every row keeps its label at this size.
+    assert demo_tab.page.locator(".heatmap-plot .ytick text").count() == ips
+    assert demo_tab.page.locator(".heatmap-plot .scatterlayer .point").count() == (
+        PortSlice.objects.filter(state="draining", ip__pool__datacenter=fra1).count()
+    )
+    own = PortSlice.objects.filter(machine__hostname="fra1-m001.example.net").first()
+    assert own is not None
+    text = demo_tab.hover((own.lo + own.hi) / 2, _row_of(demo_tab, own.ip.address))
+    assert "machine fra1-m001.example.net" in text
+    demo_tab.shot("demo-heatmap")
+    demo_tab.page.check("input[name=mode][value=utilization]")
+    demo_tab.page.wait_for_selector("[data-heatmap][data-mode=utilization]")
+    demo_tab.page.mouse.move(5, 5)
+    demo_tab.shot("demo-utilization")
