@@ -37,6 +37,7 @@ DIFF_COLOURS = {
     "revived": "#2c7bb6",
     "still_draining": "#fdb863",
 }
+KEPT_ALTERNATE_COLOUR = "#a9bcd3"  # every other kept slice, so neighbours stay apart
 DIFF_NAMES = {
     "kept": "kept",
     "added": "added",
@@ -147,7 +148,13 @@ def _colours(trace: dict[str, Any], heatmap: hm.Heatmap) -> list[dict[str, Any]]
         )
         return []
     if heatmap.mode == hm.DIFF:
-        colours = [UNUSABLE_COLOUR, RESERVED_COLOUR, FREE_COLOUR, *DIFF_COLOURS.values()]
+        colours = [
+            UNUSABLE_COLOUR,
+            RESERVED_COLOUR,
+            FREE_COLOUR,
+            *DIFF_COLOURS.values(),
+            KEPT_ALTERNATE_COLOUR,
+        ]
         legend = [*BASE_LEGEND, *((DIFF_NAMES[k], c) for k, c in DIFF_COLOURS.items())]
     else:
         colours = [UNUSABLE_COLOUR, RESERVED_COLOUR, FREE_COLOUR, *MACHINE_PALETTE]

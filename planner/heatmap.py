@@ -37,6 +37,8 @@ MACHINE_BASE, MACHINE_COLOURS = 3, 10
 # Plan diff: what the plan does to each slice.
 DIFF_KINDS = ("kept", "added", "draining", "freed", "revived", "still_draining")
 DIFF_BASE = 3
+# Every other kept slice of a row in a second shade, so neighbours stay apart.
+KEPT_ALTERNATE = DIFF_BASE + len(DIFF_KINDS)
 
 # More rows than this and the datacenter starts collapsed: one row per pool.
 COLLAPSE_ABOVE = 120
@@ -418,11 +420,15 @@ class _Grid:
         if mode == UTILIZATION:
             return self.utilization_row(row, cells)
         values: list[Any] = list(self.template(row))
+        kept = 0
         for cell in cells:
             if mode == DIFF:
                 code = DIFF_BASE + DIFF_KINDS.index(cell.kind or "kept")
                 if cell.kind == "freed" and values[self.column(cell.lo)] >= DIFF_BASE:
                     continue  # a new slice took the freed ports: show the new one
+                if code == DIFF_BASE:
+                    code = KEPT_ALTERNATE if kept % 2 else code
+                    kept += 1
             else:
                 code = colour[(row.pool_id, cell.machine)]
             a, b = self.column(cell.lo), self.column(cell.hi)

@@ -69,13 +69,17 @@ class ApplyForm(forms.Form):
 
 class WhatIfForm(forms.Form):
     pool = forms.ModelChoiceField(queryset=EgressPool.objects.none(), empty_label=None)
-    add_machines = forms.IntegerField(min_value=0, max_value=100_000, initial=0, required=False)
-    add_ips = forms.IntegerField(min_value=0, max_value=100_000, initial=0, required=False)
+    add_machines = forms.IntegerField(
+        min_value=0, max_value=100_000, initial=0, required=False, label="Add machines"
+    )
+    add_ips = forms.IntegerField(
+        min_value=0, max_value=100_000, initial=0, required=False, label="Add IPs"
+    )
     slice_size = forms.IntegerField(
-        min_value=1, max_value=constants.USABLE_PORTS, required=False, label="new slice size"
+        min_value=1, max_value=constants.USABLE_PORTS, required=False, label="New slice size"
     )
     slices_per_machine = forms.IntegerField(
-        min_value=1, max_value=1000, required=False, label="new slices per machine"
+        min_value=1, max_value=1000, required=False, label="New slices per machine"
     )
 
     def __init__(self, *args: Any, datacenter: Datacenter, **kwargs: Any) -> None:
