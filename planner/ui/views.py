@@ -431,42 +431,113 @@ def inventory_index(request: HttpRequest) -> HttpResponse:
 @operator_required
 @require_http_methods(["GET", "POST"])
 def inventory_edit(request: HttpRequest, kind: str, key: str = "") -> HttpResponse:
+    """Create or edit an inventory row. An edit that would displace live slices is
+    refused with them named, and can then be previewed and applied together with
+    the plan that drains them (``plan`` = ``preview``, then ``apply``)."""
     model, form_class, field = KINDS[kind]
     instance = get_object_or_404(model, **{field: key}) if key else model()
     initial = {name: request.GET[name] for name in ("datacenter", "pool") if name in request.GET}
     form = form_class(request.POST or None, instance=instance, initial=initial)
     f.fix_identity(form)
-    if request.method == "POST" and form.is_valid() and _save(form, kind):
-        messages.success(request, f"Saved {kind} {form.instance}.")
-        return redirect(_detail_url(kind, form.instance))
     title = f"Edit {kind} {instance}" if key else f"New {kind}"
-    status = 400 if request.method == "POST" else 200
-    return page(request, "ui/inventory_form.html", {"form": form, "title": title}, status)
+    context: dict[str, Any] = {"form": form, "title": title}
+    if request.method == "POST" and form.is_valid():
+        change = _change(form, kind)
+        mode = request.POST.get("plan", "") if instance.pk else ""
+        if mode == "apply":
+            done = _apply_with_plan(request, form, change, context)
+            if done is not None:
+                return done
+        elif mode == "preview":
+            _preview_with_plan(change, context)
+        elif _save(form, change, context):
+            messages.success(request, f"Saved {kind} {form.instance}.")
+            return redirect(_detail_url(kind, form.instance))
+    status = 400 if request.method == "POST" and "preview" not in context else 200
+    return page(request, "ui/inventory_form.html", context, status)
 
 
-def _save(form: Any, kind: str) -> bool:
-    """Write through the services; their errors (the same as the API's) go on the form."""
+def _change(form: Any, kind: str) -> inventory.InventoryChange:
     values = {k: v for k, v in form.cleaned_data.items() if k != "pools"}
     for name, field in form.fields.items():
         if field.disabled:
             values.pop(name, None)
+    pools = form.cleaned_data.get("pools") if kind == "machine" else None
+    return inventory.InventoryChange(form.instance, values, None if pools is None else list(pools))
+
+
+def _save(form: Any, change: inventory.InventoryChange, context: dict[str, Any]) -> bool:
+    """Write through the services; their errors (the same as the API's) go on the form."""
     try:
-        if kind == "machine":
+        if isinstance(change.instance, Machine):
             inventory.machine_save(
-                machine=form.instance, values=values, pools=form.cleaned_data.get("pools")
+                machine=change.instance, values=change.values, pools=change.pools
             )
         else:
-            inventory.model_save(instance=form.instance, values=values)
+            inventory.model_save(instance=change.instance, values=change.values)
     except ValidationError as error:
         _add_errors(form, error)
         return False
-    except Conflict as error:  # the change would contradict live slices, or the lock is held
+    except inventory.InventoryConflict as error:
+        slices = list(error.details.get("slices", []))  # type: ignore[call-overload]
+        form.add_error(
+            None,
+            f"Not saved: this change would leave {len(slices)} live slice(s) "
+            "outside what it allows.",
+        )
+        context["displaced"] = slices
+        return False
+    except Conflict as error:  # another writer holds the datacenter
         form.add_error(None, str(error))
         return False
     except ProtectedError as error:
         form.add_error(None, str(error.args[0]))
         return False
     return True
+
+
+def _preview_with_plan(change: inventory.InventoryChange, context: dict[str, Any]) -> None:
+    try:
+        preview = inventory.inventory_plan_preview(change=change)
+    except ValidationError as error:
+        _add_errors(context["form"], error)
+        return
+    context["preview"] = preview
+    context["apply_form"] = f.ApplyForm(initial={"inputs_digest": preview.inputs_digest})
+    if preview.plan is not None:
+        context["summary"] = preview.plan.diff.summary()
+        context["machines_changed"] = sorted(preview.plan.diff.machines_touched())
+
+
+def _apply_with_plan(
+    request: HttpRequest, form: Any, change: inventory.InventoryChange, context: dict[str, Any]
+) -> HttpResponse | None:
+    apply_form = f.ApplyForm(request.POST)
+    if not apply_form.is_valid():
+        _preview_with_plan(change, context)
+        context["apply_form"] = apply_form
+        return None
+    try:
+        revision = inventory.inventory_plan_apply(
+            change=change,
+            inputs_digest=apply_form.cleaned_data["inputs_digest"],
+            user=request.user,
+            reason=apply_form.cleaned_data["reason"],
+        )
+    except (Conflict, alloc.CapacityError) as error:
+        context["refused"] = str(error)
+        _preview_with_plan(_change(form, _kind_of(change.instance)), context)
+        return None
+    messages.success(
+        request,
+        f"Saved {change.instance} with revision {revision.number} of "
+        f"{revision.datacenter.code}: {_counts(revision.diff_summary)}.",
+    )
+    return redirect(_detail_url(_kind_of(change.instance), change.instance))
+
+
+def _kind_of(instance: Any) -> str:
+    return next(kind for kind, (model, _, _) in KINDS.items() if isinstance(instance, model))
 
 
 def _add_errors(form: Any, error: ValidationError) -> None:

@@ -355,3 +355,7 @@ def test_the_demo_datacenter_is_readable_at_1280_by_800(demo_tab: Session) -> No
     demo_tab.page.wait_for_selector("[data-heatmap][data-mode=utilization]")
     demo_tab.page.mouse.move(5, 5)
     demo_tab.shot("demo-utilization")
+    demo_tab.open("/")
+    cards = demo_tab.page.locator("article.card")
+    assert cards.count() == Datacenter.objects.count() == 3
+    demo_tab.shot("demo-overview")

@@ -402,3 +402,38 @@ def _cell(row: str, column: str) -> str:
     match = re.search(rf'data-col="{column}">([^<]*)<', row)
     assert match, (column, row)
     return match.group(1).strip()
+
+
+def test_an_edit_that_displaces_a_slice_is_refused_then_applied_with_its_plan(
+    clients: dict[str, Client], ui_site: UiSite
+) -> None:
+    own = ui_site.slice_of("edge0.fra1.example.net", ui_site.warp)
+    url = f"/ips/{own.ip.address}/edit/"
+    data = {
+        "pool": ui_site.warp.pk,
+        "usable_lo": 1024,
+        "usable_hi": 65535,
+        "reserved_ports": f"{RESERVED_PORT if own.ip.address == WARP_IPS[0] else ''}, {own.lo + 5}",
+        "state": "active",
+    }
+    refused = clients["bob"].post(url, data)
+    html = refused.content.decode()
+    assert refused.status_code == 400 and "1 live slice(s)" in html
+    assert f"{own.lo}-{own.hi}" in html and "edge0.fra1.example.net" in html
+    preview = clients["bob"].post(url, {**data, "plan": "preview"})
+    html = preview.content.decode()
+    assert preview.status_code == 200 and "1 added, 1 start draining" in html
+    digest = _digest(html)
+    applied = clients["bob"].post(
+        url, {**data, "plan": "apply", "inputs_digest": digest, "confirm": "on"}
+    )
+    assert applied.status_code == 302, applied.content.decode()[:2000]
+    own.refresh_from_db()
+    assert own.state == "draining"
+    assert (
+        PortSlice.objects.filter(
+            machine__hostname="edge0.fra1.example.net", ip__pool=ui_site.warp, state="active"
+        ).count()
+        == 1
+    )
+    assert PlanRevision.objects.get(number=2).created_by.username == "bob"  # type: ignore[union-attr]
