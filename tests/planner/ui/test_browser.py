@@ -69,6 +69,7 @@ class Session:
         self.context = browser.new_context(viewport={"width": 1280, "height": 800})
         self.page = self.context.new_page()
         self.outside: list[str] = []
+        self.inside: list[str] = []
         self.errors: list[str] = []
         self.page.route("**/*", self._route)
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
@@ -79,6 +80,7 @@ class Session:
             self.outside.append(route.request.url)
             route.abort()
             return
+        self.inside.append(route.request.url)
         response = route.fetch(max_redirects=0)  # the browser follows redirects itself
         if route.request.resource_type == "document":
             headers = {**response.headers, "content-security-policy": CSP}
@@ -119,9 +121,11 @@ class Session:
 
     def hover(self, port: float, row: int, plot: str = ".heatmap-plot") -> str:
         x, y = self.cell_point(port, row, plot)
+        tip = self.page.locator(".heatmap-tip").first
+        self.page.mouse.move(1, 1)  # leave any cell first, so the box shows this one's text
+        tip.wait_for(state="hidden")
         self.page.mouse.move(x - 3, y)
         self.page.mouse.move(x, y)
-        tip = self.page.locator(".heatmap-tip").first
         tip.wait_for(state="visible")
         return str(tip.inner_text())
 
@@ -208,6 +212,12 @@ def test_utilization_shows_the_reported_use_and_keeps_the_zoom(tab: Session, sit
     text = tab.hover((own.lo + own.hi) / 2, _row_of(tab, own.ip.address))
     assert "use 50.0% of the slice, 50.0% here" in text
     assert "updated" in tab.page.locator(".heatmap-status").inner_text()
+    # It refreshes in place (no page load) every 5 s.
+    fetches = [url for url in tab.inside if "heatmap?" in url and "utilization" in url]
+    tab.page.wait_for_timeout(5600)
+    again = [url for url in tab.inside if "heatmap?" in url and "utilization" in url]
+    assert len(again) > len(fetches) >= 1
+    assert tab.page.evaluate("() => performance.getEntriesByType('navigation').length") == 1
     tab.page.mouse.move(5, 5)
     tab.shot("datacenter-utilization")
 
@@ -351,6 +361,10 @@ def test_the_demo_datacenter_is_readable_at_1280_by_800(demo_tab: Session) -> No
     text = demo_tab.hover((own.lo + own.hi) / 2, _row_of(demo_tab, own.ip.address))
     assert "machine fra1-m001.example.net" in text
     demo_tab.shot("demo-heatmap")
+    drained = PortSlice.objects.filter(machine=draining).select_related("ip").first()
+    assert drained is not None and drained.drain_until is not None
+    text = demo_tab.hover((drained.lo + drained.hi) / 2, _row_of(demo_tab, drained.ip.address))
+    assert "state draining, drain ends " + drained.drain_until.strftime("%Y-%m-%d %H:%M") in text
     demo_tab.page.check("input[name=mode][value=utilization]")
     demo_tab.page.wait_for_selector("[data-heatmap][data-mode=utilization]")
     demo_tab.page.mouse.move(5, 5)
