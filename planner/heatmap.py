@@ -295,16 +295,21 @@ def build_heatmap(
     by_ip = defaultdict(list)
     for cell in slices:
         by_ip[cell.ip].append(cell)
+    for cells in by_ip.values():
+        cells.sort(key=lambda cell: cell.lo)
     machines = sorted({cell.machine for cell in slices})
     machine_index = {name: index for index, name in enumerate(machines)}
-    colour = _machine_colours(rows, by_ip)
+    # A pool row only counts owned cells, so one code does for every machine there.
+    colour: dict[tuple[int, str], int] = (
+        defaultdict(lambda: MACHINE_BASE) if collapse else _machine_colours(rows, by_ip)
+    )
     z: list[list[Any]] = []
     hover: list[list[Any]] = []
     draining: list[tuple[int, int, int]] = []
     # Collapsed utilization is summed per pool from the slices: no per-IP grid needed.
     per_ip_grid = not (collapse and mode == UTILIZATION)
     for number, row in enumerate(rows):
-        cells = sorted(by_ip.get(row.ip, ()), key=lambda c: c.lo)
+        cells = by_ip.get(row.ip, [])
         if per_ip_grid:
             z.append(grid.row(row, cells, mode, colour))
         if collapse:
@@ -359,19 +364,57 @@ def build_heatmap(
 def _machine_colours(
     rows: Sequence[IpRow], by_ip: dict[str, list[CellSlice]]
 ) -> dict[tuple[int, str], int]:
-    """Colour code per (pool, machine): machines of a pool by name, cycling the palette.
+    """Colour code per (pool, machine), so that slices side by side differ.
 
-    Neighbours in a pool get different colours; across pools colours repeat,
-    which is fine because rows never mix pools and the hover names the host.
+    Machines whose slices touch (next to each other on a row, or overlapping
+    on neighbouring rows of the pool) are coloured greedily, by name, with the
+    first palette colour none of their coloured neighbours has; only when all
+    ten are taken around a machine does its colour repeat a neighbour's. Colours
+    repeat across pools, which is fine: the hover names the host.
     """
+    touching: dict[tuple[int, str], set[str]] = defaultdict(set)
+    above: tuple[int, list[CellSlice]] | None = None
+    for row in rows:
+        cells = by_ip.get(row.ip, [])
+        for left, right in zip(cells, cells[1:], strict=False):
+            _touch(touching, row.pool_id, left.machine, right.machine)
+        if above is not None and above[0] == row.pool_id:
+            _touch_overlapping(touching, row.pool_id, above[1], cells)
+        above = (row.pool_id, cells)
     owners: dict[int, set[str]] = defaultdict(set)
     for row in rows:
         owners[row.pool_id].update(cell.machine for cell in by_ip.get(row.ip, ()))
-    return {
-        (pool, name): MACHINE_BASE + rank % MACHINE_COLOURS
-        for pool, names in owners.items()
-        for rank, name in enumerate(sorted(names))
-    }
+    colours: dict[tuple[int, str], int] = {}
+    for pool, names in owners.items():
+        for rank, name in enumerate(sorted(names)):
+            taken = {colours.get((pool, other)) for other in touching[(pool, name)]}
+            free = [c for c in range(MACHINE_COLOURS) if MACHINE_BASE + c not in taken]
+            colours[(pool, name)] = MACHINE_BASE + (free[0] if free else rank % MACHINE_COLOURS)
+    return colours
+
+
+def _touch(touching: dict[tuple[int, str], set[str]], pool: int, one: str, other: str) -> None:
+    if one != other:
+        touching[(pool, one)].add(other)
+        touching[(pool, other)].add(one)
+
+
+def _touch_overlapping(
+    touching: dict[tuple[int, str], set[str]],
+    pool: int,
+    upper: list[CellSlice],
+    lower: list[CellSlice],
+) -> None:
+    """Machines whose slices overlap in ports on two neighbouring rows (both sorted by lo)."""
+    i = j = 0
+    while i < len(upper) and j < len(lower):
+        a, b = upper[i], lower[j]
+        if a.hi >= b.lo and b.hi >= a.lo:
+            _touch(touching, pool, a.machine, b.machine)
+        if a.hi <= b.hi:
+            i += 1
+        else:
+            j += 1
 
 
 def _slice_use(cell: CellSlice) -> float | None:
