@@ -368,8 +368,8 @@ def _machine_colours(
 
     Machines whose slices touch (next to each other on a row, or overlapping
     on neighbouring rows of the pool) are coloured greedily, by name, with the
-    first palette colour none of their coloured neighbours has; only when all
-    ten are taken around a machine does its colour repeat a neighbour's. Colours
+    least used palette colour none of their coloured neighbours has; only when
+    all ten are taken around a machine does its colour repeat a neighbour's. Colours
     repeat across pools, which is fine: the hover names the host.
     """
     touching: dict[tuple[int, str], set[str]] = defaultdict(set)
@@ -386,10 +386,13 @@ def _machine_colours(
         owners[row.pool_id].update(cell.machine for cell in by_ip.get(row.ip, ()))
     colours: dict[tuple[int, str], int] = {}
     for pool, names in owners.items():
+        used = [0] * MACHINE_COLOURS  # the least used free colour: all ten get used
         for rank, name in enumerate(sorted(names)):
             taken = {colours.get((pool, other)) for other in touching[(pool, name)]}
             free = [c for c in range(MACHINE_COLOURS) if MACHINE_BASE + c not in taken]
-            colours[(pool, name)] = MACHINE_BASE + (free[0] if free else rank % MACHINE_COLOURS)
+            pick = min(free, key=lambda c: (used[c], c)) if free else rank % MACHINE_COLOURS
+            used[pick] += 1
+            colours[(pool, name)] = MACHINE_BASE + pick
     return colours
 
 
