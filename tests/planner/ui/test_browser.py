@@ -43,9 +43,6 @@ CSP = (
     "base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
 )
 
-# Playwright's sync API runs an event loop in this thread; the tests also use
-# the ORM between browser steps, which Django would otherwise refuse there.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -55,7 +52,11 @@ def browser() -> Iterator[Any]:
     need(CHROMIUM.exists(), "needs Debian's chromium (make sysdeps installs it)")
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
+    # Playwright's sync API runs an event loop in this thread, and the tests use
+    # the ORM between browser steps, which Django refuses next to a running loop
+    # unless told; only while the browser is up, so other tests keep the check.
+    with pytest.MonkeyPatch.context() as patch, sync_playwright() as playwright:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         yield browser
         browser.close()
