@@ -286,6 +286,7 @@ def test_a_stale_preview_is_refused_with_the_explanation(tab: Session, site: UiS
     assert "changed since this preview" in refused.inner_text()
     assert PlanRevision.objects.filter(datacenter__code="fra1").count() == 1
     assert tab.page.locator('[data-machine="late.fra1.example.net"]').count() == 1
+    tab.heatmap_drawn()  # the fresh preview's picture
     tab.shot("plan-stale")
 
 
