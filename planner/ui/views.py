@@ -142,9 +142,8 @@ def plan_apply(request: HttpRequest, datacenter: Datacenter) -> HttpResponse:
             user=request.user,
             reason=form.cleaned_data["reason"],
         )
-    except Conflict as error:  # the preview went stale, or another writer holds the lock
-        return plan_page(request, datacenter, f.ApplyForm(), refused=str(error), status=409)
-    except alloc.CapacityError as error:
+    except (Conflict, alloc.CapacityError) as error:
+        # The preview went stale, another writer holds the lock, or a pool is short.
         return plan_page(request, datacenter, f.ApplyForm(), refused=str(error), status=409)
     messages.success(
         request,
@@ -169,7 +168,6 @@ def plan_page(
 ) -> HttpResponse:
     preview = plans.plan_preview(datacenter=datacenter)
     digest = preview.inputs_digest
-    apply_form = apply_form if apply_form.is_bound else f.ApplyForm(initial={})
     apply_form.initial["inputs_digest"] = digest
     if apply_form.is_bound:
         # A refused or invalid apply shows the fresh preview's digest, never the old one.
@@ -193,7 +191,7 @@ def plan_page(
     return page(request, "ui/plan.html", context, status=status)
 
 
-def capacity_rows(datacenter: Datacenter, preview: Any) -> list[dict[str, Any]]:
+def capacity_rows(datacenter: Datacenter, preview: plans.PlanPreview) -> list[dict[str, Any]]:
     """Per pool: slots before (now) and after the plan, and the IPs a short pool needs."""
     before = dashboard.datacenter_headroom(datacenter=datacenter)
     after = preview.plan.capacity if preview.plan is not None else {}

@@ -437,3 +437,18 @@ def test_an_edit_that_displaces_a_slice_is_refused_then_applied_with_its_plan(
         == 1
     )
     assert PlanRevision.objects.get(number=2).created_by.username == "bob"  # type: ignore[union-attr]
+
+
+def test_a_short_pool_shows_the_ips_needed_and_no_apply(
+    clients: dict[str, Client], ui_site: UiSite
+) -> None:
+    for n in range(20):  # 10 free slots, 7 per IP: 10 more slices need 2 IPs
+        machine = make_machine(f"new{n}.fra1.example.net", datacenter=ui_site.datacenter)
+        machine.pools.add(ui_site.warp)
+    html = clients["bob"].get("/datacenters/fra1/plan/").content.decode()
+    assert "some pools are short of IPs" in html and "2 more IPs needed" in html
+    assert 'id="apply-form"' not in html
+    needed = _cell(_row(html, 'data-pool="fra1/warp/DE"'), "needed")
+    assert needed == "2"
+    overview = _text(clients["vera"].get("/"))
+    assert "fra1/warp/DE: 2 more IPs needed" in overview
