@@ -76,7 +76,7 @@ class WhatIfForm(forms.Form):
         min_value=0, max_value=100_000, initial=0, required=False, label="Add IPs"
     )
     slice_size = forms.IntegerField(
-        min_value=1, max_value=constants.USABLE_PORTS, required=False, label="New slice size"
+        min_value=1, max_value=constants.USABLE_PORT_COUNT, required=False, label="New slice size"
     )
     slices_per_machine = forms.IntegerField(
         min_value=1, max_value=1000, required=False, label="New slices per machine"
