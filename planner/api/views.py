@@ -9,8 +9,6 @@ from django.db import transaction
 from django.db.models import Model
 from django.http import Http404
 from django.shortcuts import get_object_or_404
-from django.utils.decorators import method_decorator
-from django.views.decorators.gzip import gzip_page
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
@@ -227,7 +225,6 @@ class SteeringView(JsonErrors, APIView):
         return Response(steering.steering_document(rows, datacenter=code, revision=revision))
 
 
-@method_decorator(gzip_page, name="dispatch")
 class HeatmapView(JsonErrors, APIView):
     """The port-space heatmap of a datacenter: rows are egress IPs grouped by pool (or
     one row per pool with ``collapse=1``), columns port buckets over 1024-65535.

@@ -208,9 +208,9 @@ def test_utilization_shows_the_reported_use_and_keeps_the_zoom(tab: Session, sit
     assert "use 50.0% of the slice, 50.0% here" in text
     assert "updated" in tab.page.locator(".heatmap-status").inner_text()
     # It refreshes in place (no page load) every 5 s.
-    fetches = [url for url in tab.inside if "heatmap?" in url and "utilization" in url]
+    fetches = [url for url in tab.inside if "heatmap.json?" in url and "utilization" in url]
     tab.page.wait_for_timeout(5600)
-    again = [url for url in tab.inside if "heatmap?" in url and "utilization" in url]
+    again = [url for url in tab.inside if "heatmap.json?" in url and "utilization" in url]
     assert len(again) > len(fetches) >= 1
     assert tab.page.evaluate("() => performance.getEntriesByType('navigation').length") == 1
     tab.page.mouse.move(5, 5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from typing import Any
@@ -452,3 +453,15 @@ def test_a_short_pool_shows_the_ips_needed_and_no_apply(
     assert needed == "2"
     overview = _text(clients["vera"].get("/"))
     assert "fra1/warp/DE: 2 more IPs needed" in overview
+
+
+def test_the_page_loads_the_api_body_gzipped(clients: dict[str, Client], ui_site: UiSite) -> None:
+    query = "?mode=utilization&country=DE"
+    api = clients["vera"].get("/api/v1/datacenters/fra1/heatmap" + query)
+    page = clients["vera"].get(
+        "/datacenters/fra1/heatmap.json" + query, HTTP_ACCEPT_ENCODING="gzip"
+    )
+    assert page.status_code == 200 and page["Content-Encoding"] == "gzip"
+    assert json.loads(gzip.decompress(page.content)) == api.json()
+    assert clients["anonymous"].get("/datacenters/fra1/heatmap.json").status_code == 302
+    assert clients["charlie"].get("/datacenters/fra1/heatmap.json").status_code == 403
