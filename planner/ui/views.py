@@ -105,7 +105,8 @@ def heatmap_data(request: HttpRequest, code: str) -> HttpResponse:
     picture = heatmap.datacenter_heatmap(
         datacenter=datacenter, mode=query.chosen_mode(), filters=query.heatmap_filter()
     )
-    return JsonResponse(charts.heatmap_payload(picture))
+    compact = {"separators": (",", ":")}  # a million cells: every byte counts
+    return JsonResponse(charts.heatmap_payload(picture), json_dumps_params=compact)
 
 
 def heatmap_controls(
