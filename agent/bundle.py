@@ -9,6 +9,13 @@ key (``OKPKey.thumbprint()``). Its claims::
     iat, exp   int seconds    serial int (> last applied)   revision int
     datacenter str
     slices [{"ip", "lo", "hi", "state": "active"|"draining", "pool", "purpose", "country"}]
+    shared ["198.51.100.0/29", "2001:db8::7/128", ...]   (optional)
+
+``shared`` lists every egress address of the datacenter that hosts share, as
+collapsed prefixes: the guard (:mod:`agent.enforce`) drops egress from any of
+them outside this host's slices, including addresses the host holds no slice
+on. A bundle without it (from a planner older than the claim) guards the
+addresses of its own slices only.
 
 :func:`verify` checks all of it and returns a :class:`Bundle`, or raises
 :class:`BundleRejected` with one of the reason constants below. The order of
@@ -43,6 +50,8 @@ MAX_TOKEN_BYTES: Final = 1 << 20
 #: How far in the future ``iat`` may be before the bundle counts as not yet valid.
 CLOCK_SKEW: Final = 60
 SLICE_STATES: Final = frozenset({"active", "draining"})
+#: At most this many prefixes in ``shared`` (the planner collapses addresses into prefixes).
+MAX_SHARED_PREFIXES: Final = 4096
 _HEADER_KEYS: Final = frozenset({"alg", "kid", "typ"})
 
 # Rejection reasons (BundleRejected.reason); the agent reports them verbatim.
@@ -130,6 +139,8 @@ class Bundle:
     slices: tuple[BundleSlice, ...]
     kid: str
     token: str
+    #: The datacenter's shared egress prefixes (normalized, e.g. ``198.51.100.0/29``).
+    shared: tuple[str, ...] = ()
 
 
 class _EdDSARegistry(jws.JWSRegistry):
@@ -278,6 +289,24 @@ def _slices(claims: Mapping[str, Any]) -> tuple[BundleSlice, ...]:
     return slices
 
 
+def _prefix(raw: object, index: int) -> str:
+    if not isinstance(raw, str):
+        raise _reject(BAD_SCHEMA, f"shared[{index}]={raw!r} is not a string")
+    try:
+        return str(ipaddress.ip_network(raw, strict=True))
+    except ValueError:
+        raise _reject(BAD_SCHEMA, f"shared[{index}]={raw!r} is not an IP prefix") from None
+
+
+def _shared(claims: Mapping[str, Any]) -> tuple[str, ...]:
+    if "shared" not in claims:
+        return ()
+    raw = _field(claims, "shared", list)
+    if len(raw) > MAX_SHARED_PREFIXES:
+        raise _reject(BAD_SCHEMA, f"shared has {len(raw)} prefixes, limit {MAX_SHARED_PREFIXES}")
+    return tuple(_prefix(item, index) for index, item in enumerate(raw))
+
+
 def _bundle(claims: Mapping[str, Any], *, kid: str, token: str) -> Bundle:
     return Bundle(
         hostname=_field(claims, "sub", str),
@@ -289,6 +318,7 @@ def _bundle(claims: Mapping[str, Any], *, kid: str, token: str) -> Bundle:
         slices=_slices(claims),
         kid=kid,
         token=token,
+        shared=_shared(claims),
     )
 
 

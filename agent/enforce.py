@@ -9,9 +9,16 @@ or ``failed`` (tried and could not):
   :func:`agent.egress.ensure_netns_port_range` when ``manage_port_range`` is on.
   If it cannot be made to cover them the bundle is *not* applied.
 * **nftables** — a table of our own, ``inet portslice``, that drops egress TCP
-  and UDP from a shared IP (any IP of the bundle) whose source port lies
-  outside this host's live slices (active and draining), counting drops per
-  protocol and packets per slice in named counters. The table is replaced in
+  and UDP from a shared IP whose source port lies outside this host's live
+  slices (active and draining), counting drops per protocol and packets per
+  slice in named counters. The shared IPs are *every* egress address of the
+  datacenter (the bundle's ``shared`` prefixes) plus the addresses of the
+  slices: a host is held off its neighbours' ports on addresses where it has
+  no slice too, and with no slice at all (after a drain ends) it may send from
+  none of them. A TCP SYN from outside the slices is answered with a reset
+  (``reject with tcp reset``), so ``connect()`` fails at once with
+  ``ECONNREFUSED``; other TCP segments and UDP are dropped, which makes
+  ``send``/``sendto`` fail with ``EPERM``. The table is replaced in
   one ``nft -f`` transaction (``table`` + ``delete table`` + the definition):
   the kernel applies all of it or none, so a failed apply leaves the previous
   ruleset in place.
@@ -31,6 +38,7 @@ slice, a separate setup the agent does not manage.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -124,23 +132,38 @@ def _elements(items: Iterable[str]) -> str:
     return f" elements = {{ {listed} }};" if listed else ""
 
 
-def _family_block(version: int, slices: list[BundleSlice]) -> tuple[list[str], list[str]]:
+def guarded_prefixes(bundle: Bundle, version: int) -> list[str]:
+    """The shared prefixes of IP ``version`` to guard: the bundle's ``shared`` claim and the
+    addresses of its slices (a bundle from before the claim still guards those), collapsed."""
+    networks = [ipaddress.ip_network(p) for p in bundle.shared]
+    networks += [ipaddress.ip_network(s.ip) for s in bundle.slices]
+    return [
+        str(n) for n in ipaddress.collapse_addresses(n for n in networks if n.version == version)
+    ]
+
+
+def _family_block(
+    version: int, shared: list[str], slices: list[BundleSlice]
+) -> tuple[list[str], list[str]]:
     """Sets/maps and rules of one IP version (``ip``/``ipv4_addr`` or ``ip6``/``ipv6_addr``)."""
     v, addr_type, match = (4, "ipv4_addr", "ip") if version == 4 else (6, "ipv6_addr", "ip6")
-    shared = sorted({s.ip for s in slices})
     allowed = ", ".join(_element(s) for s in slices)
     counters = ", ".join(f'{_element(s)} : "{counter_name(s)}"' for s in slices)
     definitions = [
-        f"set shared_v{v} {{ type {addr_type};{_elements(shared)} }}",
+        f"set shared_v{v} {{ type {addr_type}; flags interval;{_elements(shared)} }}",
         f"set allowed_v{v} {{ type {addr_type} . inet_service; flags interval;"
         f"{_elements([allowed] if allowed else [])} }}",
         f"map slice_counters_v{v} {{ type {addr_type} . inet_service : counter; flags interval;"
         f"{_elements([counters] if counters else [])} }}",
     ]
     guard = f"{match} saddr @shared_v{v} meta l4proto {{ tcp, udp }}"
+    outside = f"{match} saddr . th sport != @allowed_v{v}"
     rules = [
-        f"{guard} {match} saddr . th sport != @allowed_v{v} "
-        "counter name meta l4proto map @dropped drop",
+        # A SYN from outside the slices gets a reset, so connect() fails at once with
+        # ECONNREFUSED instead of retransmitting until ETIMEDOUT.
+        f"{match} saddr @shared_v{v} tcp flags & (syn | ack) == syn {outside} "
+        'counter name "dropped_tcp" reject with tcp reset',
+        f"{guard} {outside} counter name meta l4proto map @dropped drop",
         f"{guard} counter name {match} saddr . th sport map @slice_counters_v{v}",
     ]
     return definitions, rules
@@ -164,7 +187,9 @@ def render_ruleset(bundle: Bundle) -> str:
     rules: list[str] = []
     for version in (4, 6):
         definitions, family_rules = _family_block(
-            version, [s for s in slices if s.version == version]
+            version,
+            guarded_prefixes(bundle, version),
+            [s for s in slices if s.version == version],
         )
         lines += [f"\t{line}" for line in definitions]
         rules += family_rules
@@ -278,7 +303,10 @@ def _nftables_part(bundle: Bundle, *, manage: bool) -> Part:
     except EnforcementError as error:
         return Part(FAILED, f"previous ruleset kept: {error}")
     count = len(live_slices(bundle))
-    return Part(ON, f"table {FAMILY} {TABLE} guards {count} slices")
+    prefixes = guarded_prefixes(bundle, 4) + guarded_prefixes(bundle, 6)
+    return Part(
+        ON, f"table {FAMILY} {TABLE} guards {len(prefixes)} shared prefixes, {count} slices"
+    )
 
 
 def enforce(bundle: Bundle, *, manage_port_range: bool, manage_nftables: bool) -> Enforcement:
