@@ -1,6 +1,6 @@
 """Make the kernel hold this host to its slices: the netns port range and an nftables guard.
 
-Two parts, each reported as ``on``, ``off`` (not managed here, with the reason)
+Three parts, each reported as ``on``, ``off`` (not managed here, with the reason)
 or ``failed`` (tried and could not):
 
 * **port range** — ``IP_LOCAL_PORT_RANGE`` only narrows the network namespace's
@@ -23,6 +23,12 @@ or ``failed`` (tried and could not):
   the kernel applies all of it or none, so a failed apply leaves the previous
   ruleset in place.
 
+* **addresses** — every egress address the host holds a slice on must be
+  local (:mod:`agent.addresses`); with ``add_addresses`` the agent adds the
+  missing ones on ``lo``. A missing address fails this part (and so the
+  ack), but does not undo the other two: the guard and the port range are
+  right whatever the addresses.
+
 Why the ``output`` hook and not ``postrouting``: the guard is for this host's
 own sockets, and ``output`` sees every locally generated packet with its final
 source address (the route lookup that picks an unbound socket's source runs
@@ -40,16 +46,20 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import re
 import shutil
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
+from agent.addresses import AddressError, add_on_loopback, missing_addresses, slice_addresses
 from agent.bundle import Bundle, BundleSlice
 from agent.egress import ensure_netns_port_range, netns_port_range
+
+log = logging.getLogger(__name__)
 
 TABLE: Final = "portslice"
 FAMILY: Final = "inet"
@@ -86,27 +96,39 @@ class Enforcement:
     serial: int
     port_range: Part
     nftables: Part
+    addresses: Part = Part(OFF, "not checked")
+    #: Egress addresses of the slices that this host does not hold.
+    missing: tuple[str, ...] = ()
+
+    def parts(self) -> dict[str, Part]:
+        return {
+            "port_range": self.port_range,
+            "nftables": self.nftables,
+            "addresses": self.addresses,
+        }
 
     @property
     def ok(self) -> bool:
         """True unless a part failed: ``off`` (not managed, not possible here) is not a failure."""
-        return FAILED not in (self.port_range.state, self.nftables.state)
+        return all(part.state != FAILED for part in self.parts().values())
+
+    @property
+    def kernel_refused(self) -> bool:
+        """The port range or the ruleset failed: the kernel still holds the previous state."""
+        return FAILED in (self.port_range.state, self.nftables.state)
 
     @property
     def errors(self) -> str:
         failed = [
-            f"{name}: {part.detail}"
-            for name, part in (("port_range", self.port_range), ("nftables", self.nftables))
-            if part.state == FAILED
+            f"{name}: {part.detail}" for name, part in self.parts().items() if part.state == FAILED
         ]
         return "; ".join(failed)
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "serial": self.serial,
-            "port_range": self.port_range.as_dict(),
-            "nftables": self.nftables.as_dict(),
-        }
+        document: dict[str, object] = {"serial": self.serial}
+        document.update({name: part.as_dict() for name, part in self.parts().items()})
+        document["missing_addresses"] = list(self.missing)
+        return document
 
 
 # --- the ruleset -----------------------------------------------------------------------------
@@ -137,9 +159,8 @@ def guarded_prefixes(bundle: Bundle, version: int) -> list[str]:
     addresses of its slices (a bundle from before the claim still guards those), collapsed."""
     networks = [ipaddress.ip_network(p) for p in bundle.shared]
     networks += [ipaddress.ip_network(s.ip) for s in bundle.slices]
-    return [
-        str(n) for n in ipaddress.collapse_addresses(n for n in networks if n.version == version)
-    ]
+    same_version: Any = [n for n in networks if n.version == version]  # one version: collapsible
+    return [str(n) for n in ipaddress.collapse_addresses(same_version)]
 
 
 def _family_block(
@@ -309,11 +330,39 @@ def _nftables_part(bundle: Bundle, *, manage: bool) -> Part:
     )
 
 
-def enforce(bundle: Bundle, *, manage_port_range: bool, manage_nftables: bool) -> Enforcement:
-    """Bring the port range and the nftables guard in line with ``bundle``; never raises for
-    what the host refuses, it reports it."""
+def addresses_part(bundle: Bundle, *, add: bool) -> tuple[Part, tuple[str, ...]]:
+    """Whether the slices' egress addresses are local (added on ``lo`` first when ``add``)."""
+    wanted = slice_addresses(bundle)
+    if not wanted:
+        return Part(ON, "no slice addresses to hold"), ()
+    try:
+        missing = missing_addresses(bundle)
+        if missing and add:
+            add_on_loopback(missing)
+            log.warning("added egress addresses on lo: %s", ", ".join(missing))
+            missing = missing_addresses(bundle)
+    except AddressError as error:
+        return Part(FAILED, str(error)), ()
+    if missing:
+        hint = "" if add else " (add them, or set add_addresses = true)"
+        detail = f"not on this host: {', '.join(missing)}{hint}; connects from them fail"
+        return Part(FAILED, detail), tuple(missing)
+    return Part(ON, f"all {len(wanted)} egress addresses are local"), ()
+
+
+def enforce(
+    bundle: Bundle,
+    *,
+    manage_port_range: bool,
+    manage_nftables: bool,
+    add_addresses: bool = False,
+) -> Enforcement:
+    """Bring the port range, the nftables guard and the egress addresses in line with
+    ``bundle``; never raises for what the host refuses, it reports it."""
     port_range = _port_range_part(bundle, manage=manage_port_range)
     if port_range.state == FAILED:
         # Guarding slices the kernel cannot honour would block this host's egress outright.
         return Enforcement(bundle.serial, port_range, Part(OFF, "not applied: port range failed"))
-    return Enforcement(bundle.serial, port_range, _nftables_part(bundle, manage=manage_nftables))
+    nftables = _nftables_part(bundle, manage=manage_nftables)
+    addresses, missing = addresses_part(bundle, add=add_addresses)
+    return Enforcement(bundle.serial, port_range, nftables, addresses, missing)

@@ -13,7 +13,9 @@ Rules:
   then enforced. If enforcement fails, the previous good bundle is written back
   to the store (the kernel still holds the previous ruleset, since nft replaces
   the table in one transaction), and the ack is ``failed`` with the error; the
-  planner may resend the same serial, which is then tried again.
+  planner may resend the same serial, which is then tried again. A bundle
+  whose egress addresses are missing on the host stays applied (its guard is
+  right) but is acked ``failed`` naming them, so a resend checks again.
 * The serial already applied and enforced again is a no-op: ack ``applied``
   with note ``duplicate``.
 * Fail static (:meth:`Agent.start`): the stored bundle is verified again
@@ -215,22 +217,32 @@ class Agent:
 
     def _enforce_and_ack(self, bundle: Bundle, now: float, *, previous: Bundle | None) -> Ack:
         enforcement = self._enforce(bundle)
-        if not enforcement.ok:
+        if enforcement.kernel_refused:
             log.error("bundle serial %s not applied: %s", bundle.serial, enforcement.errors)
             if previous is not None and previous.serial != bundle.serial:
                 self._restore(previous)
-            return self._ack(
-                bundle,
-                FAILED,
-                reason=ENFORCEMENT_FAILED,
-                detail=enforcement.errors,
-                now=now,
-                enforcement=enforcement,
-            )
+            return self._failed(bundle, enforcement, now)
         self.bundle, self.enforcement = bundle, enforcement
         self._floor = max(self._floor, bundle.serial)
+        if not enforcement.ok:
+            # Applied (the guard and the port range hold), but not usable in full: say so,
+            # and a resend of the same serial checks again.
+            log.error(
+                "bundle serial %s applied incompletely: %s", bundle.serial, enforcement.errors
+            )
+            return self._failed(bundle, enforcement, now)
         log.info("bundle serial %s applied: %s", bundle.serial, enforcement.as_dict())
         return self._ack(bundle, APPLIED, now=now)
+
+    def _failed(self, bundle: Bundle, enforcement: Enforcement, now: float) -> Ack:
+        return self._ack(
+            bundle,
+            FAILED,
+            reason=ENFORCEMENT_FAILED,
+            detail=enforcement.errors,
+            now=now,
+            enforcement=enforcement,
+        )
 
     def _restore(self, previous: Bundle) -> None:
         try:
@@ -244,6 +256,7 @@ class Agent:
             bundle,
             manage_port_range=self.config.manage_port_range,
             manage_nftables=self.config.manage_nftables,
+            add_addresses=self.config.add_addresses,
         )
         self._write_status(bundle, enforcement)
         if self.observer is not None:

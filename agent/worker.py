@@ -35,8 +35,9 @@ Task contract
     revision       int | None   the bundle's plan revision (``None`` when rejected)
     applied_at     str          ISO 8601 UTC time of the apply (``""`` unless applied)
     enforcement    dict         ``{"serial": int, "port_range": {"state", "detail"},
-                                "nftables": {"state", "detail"}}`` with state ``"on"``,
-                                ``"off"`` or ``"failed"``; ``{}`` before any bundle
+                                "nftables": {"state", "detail"}, "addresses": {"state",
+                                "detail"}, "missing_addresses": [str]}`` with state
+                                ``"on"``, ``"off"`` or ``"failed"``; ``{}`` before any bundle
     ============== ============ ==============================================================
 
 ``planner.record_usage(**kwargs)`` (agent → planner, queue ``planner``), every

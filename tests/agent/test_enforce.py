@@ -267,3 +267,29 @@ def test_a_host_without_slices_may_send_from_no_shared_ip(lab) -> None:
     assert netlab.peer_log(log) == []
     counters = _counters(host)
     assert counters["dropped_udp"][0] == 3 and counters["dropped_tcp"][0] == 2
+
+
+MISSING_V4 = "198.51.100.9"
+
+
+def test_it_reports_a_slice_address_missing_on_the_host(lab) -> None:
+    host, _peer, _log = lab
+    bundle = _bundle(_slice(SHARED_V4, 40000, 40063), _slice(MISSING_V4, 40000, 40063))
+    result = _enforce(host, bundle)
+    assert not result["ok"]
+    assert result["addresses"]["state"] == "failed"
+    assert result["missing_addresses"] == [MISSING_V4]
+    assert f"not on this host: {MISSING_V4}" in result["addresses"]["detail"]
+    assert result["nftables"]["state"] == "on"  # the guard holds all the same
+    assert "inet" not in host.run("ip", "-o", "addr", "show", "dev", "lo", "to", MISSING_V4).stdout
+
+
+def test_it_adds_missing_addresses_on_lo_when_asked(lab) -> None:
+    host, _peer, _log = lab
+    bundle = _bundle(_slice(MISSING_V4, 40000, 40063), _slice("2001:db8::9", 40000, 40063))
+    result = _enforce(host, bundle, add_addresses=True)
+    assert result["ok"] and result["addresses"]["state"] == "on", result
+    assert result["missing_addresses"] == []
+    shown = host.run("ip", "-o", "addr", "show", "dev", "lo").stdout
+    assert f"{MISSING_V4}/32" in shown and "2001:db8::9/128" in shown
+    assert _enforce(host, bundle, add_addresses=True)["ok"]  # already there: fine
