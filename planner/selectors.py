@@ -21,6 +21,7 @@ from planner.models import (
     Datacenter,
     EgressIP,
     EgressPool,
+    Gateway,
     Machine,
     PlanRevision,
     PortSlice,
@@ -212,9 +213,24 @@ def steering_table(*, datacenter: Datacenter) -> list[SteeringRow]:
     rows = (
         live_slices(datacenter=datacenter)
         .order_by("ip__address", "lo")
-        .values_list("ip__address", "lo", "hi", "machine__hostname", "machine__address", "state")
+        .values_list(
+            "ip__address",
+            "lo",
+            "hi",
+            "machine__hostname",
+            "machine__address",
+            "state",
+            "machine__steering_mark",
+        )
     )
-    return [SteeringRow(*row) for row in rows]
+    # Mark 0: none yet, until planner.services.steering.steering_rows allocates it.
+    return [SteeringRow(*row[:6], mark=row[6] or 0) for row in rows]
+
+
+def gateways(*, datacenter: Datacenter | None = None) -> QuerySet[Gateway]:
+    """The gateways that have reported, and the steering revision each runs."""
+    found = Gateway.objects.select_related("datacenter")
+    return found.filter(datacenter=datacenter) if datacenter is not None else found
 
 
 def pool_headroom() -> list[alloc.PoolHeadroom]:
