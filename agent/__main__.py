@@ -7,6 +7,7 @@
     python -m agent [--config FILE] verify TOKEN_FILE [--json]
     python -m agent [--config FILE] connect HOST:PORT [--proto tcp|udp] [--pool P]
                                            [--purpose P] [--country CC]
+    python -m agent gateway --datacenter CODE     (configured by $PORTSLICE_GATEWAY_*)
 
 Exit status: 0 on success, 1 when the answer is "no" (a rejected token, no
 usable state, a refused connection), 2 for a configuration error.
@@ -49,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     connect.add_argument("--proto", choices=("tcp", "udp"), default="tcp")
     for name in ("pool", "purpose", "country"):
         connect.add_argument(f"--{name}")
+    gateway = commands.add_parser("gateway", help="steer return traffic per the planner's table")
+    gateway.add_argument(
+        "--datacenter", help="the datacenter code (else $PORTSLICE_GATEWAY_DATACENTER)"
+    )
+    gateway.add_argument("--loglevel", default="INFO")
     return parser
 
 
@@ -210,6 +216,8 @@ def connect(config: AgentConfig, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "gateway":
+        return _gateway(args)
     try:
         config = load_config(args.config)
         if args.command == "run":
@@ -225,6 +233,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return verify_file(config, args.file, as_json=args.json)
         return connect(config, args)
     except (ConfigError, KeyFileError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from agent import gateway
+
+    try:
+        config = gateway.load_gateway_config(datacenter=args.datacenter)
+        logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(name)s %(message)s")
+        return gateway.run(config, loglevel=args.loglevel.upper())
+    except (ValueError, KeyFileError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -162,24 +162,24 @@ def _reject(reason: str, detail: str) -> BundleRejected:
     return BundleRejected(reason, detail)
 
 
-def _token_bytes(token: object) -> bytes:
+def _token_bytes(token: object, limit: int = MAX_TOKEN_BYTES) -> bytes:
     if isinstance(token, str):
-        if len(token) > MAX_TOKEN_BYTES:
-            raise _reject(OVERSIZE, f"token is {len(token)} characters, limit {MAX_TOKEN_BYTES}")
+        if len(token) > limit:
+            raise _reject(OVERSIZE, f"token is {len(token)} characters, limit {limit}")
         try:
             return token.encode("ascii")
         except UnicodeEncodeError:
             raise _reject(MALFORMED, "token has non-ASCII characters") from None
     if isinstance(token, bytes):
-        if len(token) > MAX_TOKEN_BYTES:
-            raise _reject(OVERSIZE, f"token is {len(token)} bytes, limit {MAX_TOKEN_BYTES}")
+        if len(token) > limit:
+            raise _reject(OVERSIZE, f"token is {len(token)} bytes, limit {limit}")
         return token
     raise _reject(MALFORMED, f"token is a {type(token).__name__}, not str or bytes")
 
 
-def _extract(raw: bytes) -> jws.CompactSignature:
+def _extract(raw: bytes, registry: jws.JWSRegistry = _REGISTRY) -> jws.CompactSignature:
     try:
-        obj = jws.extract_compact(raw, registry=_REGISTRY)
+        obj = jws.extract_compact(raw, registry=registry)
     except MissingAlgorithmError:
         raise _reject(BAD_ALG, "alg is missing from the header") from None
     except (JoseError, ValueError, TypeError, RecursionError) as error:
@@ -204,9 +204,11 @@ def _check_header(header: Mapping[str, Any], keys: Mapping[str, OKPKey]) -> OKPK
     return keys[kid]
 
 
-def _check_signature(obj: jws.CompactSignature, key: OKPKey) -> None:
+def _check_signature(
+    obj: jws.CompactSignature, key: OKPKey, registry: jws.JWSRegistry = _REGISTRY
+) -> None:
     try:
-        valid = jws.validate_compact(obj, key, registry=_REGISTRY)
+        valid = jws.validate_compact(obj, key, registry=registry)
     except JoseError as error:
         raise _reject(BAD_SIGNATURE, f"signature check failed ({error})") from None
     if not valid:
@@ -383,6 +385,19 @@ def verify(
     bundle = _bundle(claims, kid=obj.headers()["kid"], token=raw.decode("ascii"))
     _check_freshness(bundle, last_serial=last_serial, now=now, check_times=check_times)
     return bundle
+
+
+def signed_claims(
+    token: str | bytes, *, keys: Mapping[str, OKPKey], max_bytes: int
+) -> dict[str, Any]:
+    """The claims of any planner-signed JWS up to ``max_bytes`` (e.g. a gateway's steering
+    table), after the same size, header and signature checks as :func:`verify`; the caller
+    checks the claims. Raises :class:`BundleRejected`."""
+    registry = _EdDSARegistry(algorithms=[ALGORITHM])
+    registry.max_payload_length = max_bytes
+    obj = _extract(_token_bytes(token, max_bytes), registry)
+    _check_signature(obj, _check_header(obj.headers(), keys), registry)
+    return _claims(obj.payload)
 
 
 def decode_unverified(token: str) -> Bundle:

@@ -311,24 +311,24 @@ class Agent:
             log.warning("cannot write %s: %s", STATUS_FILE, error)
 
 
-def write_status(state_dir: Path, document: Mapping[str, Any]) -> None:
-    """Replace ``state_dir/enforcement.json`` atomically."""
+def write_status(state_dir: Path, document: Mapping[str, Any], name: str = STATUS_FILE) -> None:
+    """Replace ``state_dir/<name>`` (``enforcement.json``) atomically."""
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=state_dir, prefix=f".{STATUS_FILE}.", suffix=".tmp")
+    fd, temp = tempfile.mkstemp(dir=state_dir, prefix=f".{name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:
             json.dump(document, handle, indent=2, sort_keys=True)
-        os.replace(temp, state_dir / STATUS_FILE)
+        os.replace(temp, state_dir / name)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         raise
 
 
-def read_status(state_dir: Path) -> dict[str, Any] | None:
+def read_status(state_dir: Path, name: str = STATUS_FILE) -> dict[str, Any] | None:
     """The last enforcement the agent recorded, ``None`` if none (or unreadable)."""
     try:
-        document = json.loads((state_dir / STATUS_FILE).read_text())
+        document = json.loads((state_dir / name).read_text())
     except (OSError, ValueError):
         return None
     return document if isinstance(document, dict) else None

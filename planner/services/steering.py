@@ -9,16 +9,22 @@ host, which answers with a reset).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from allocator.steering import MARK_BASE
-from planner.models import Datacenter, Gateway, Machine
-from planner.selectors import steering_table
-from planner.steering import SteeringRow
+from planner import signing
+from planner.choices import KeyStatus
+from planner.models import Datacenter, Gateway, Machine, SigningKey
+from planner.selectors import current_revision, steering_table
+from planner.steering import SteeringRow, steering_document, steering_etag
+
+GATEWAY_AUDIENCE = "portslice-gateway"
 
 GATEWAY_STATUSES = ("applied", "failed")
 
@@ -90,3 +96,40 @@ def gateway_ack(
         Gateway.objects.filter(pk=gateway.pk).update(**changes)
     gateway.refresh_from_db()
     return gateway
+
+
+def steering_token(*, datacenter: Datacenter, now: datetime | None = None) -> str | None:
+    """The datacenter's steering table signed for its gateway; ``None`` without a signing key.
+
+    Claims: ``iss``, ``aud`` "portslice-gateway", ``sub`` the datacenter code,
+    ``iat``, ``exp``, ``revision``, ``etag`` (as the API's ETag) and ``steering``
+    (the API's JSON document). The broker is untrusted: the gateway verifies it
+    with the keys the agents trust.
+    """
+    key = SigningKey.objects.filter(status=KeyStatus.ACTIVE).first()
+    if key is None:
+        return None
+    rows = steering_rows(datacenter=datacenter)
+    revision = current_revision(datacenter=datacenter)
+    document = steering_document(rows, datacenter=datacenter.code, revision=revision)
+    issued = int((now or timezone.now()).timestamp())
+    claims = {
+        "iss": signing.ISSUER,
+        "aud": GATEWAY_AUDIENCE,
+        "sub": datacenter.code,
+        "iat": issued,
+        "exp": issued + settings.BUNDLE_TTL_SECONDS,
+        "revision": revision,
+        "etag": steering_etag(document),
+        "steering": document,
+    }
+    return signing.sign_claims(claims, kid=key.kid)
+
+
+def steering_publish(*, datacenter: Datacenter, send: Callable[[str, str], None]) -> bool:
+    """Hand the signed table to ``send(datacenter_code, token)``; False without a key."""
+    token = steering_token(datacenter=datacenter)
+    if token is None:
+        return False
+    send(datacenter.code, token)
+    return True
