@@ -42,7 +42,7 @@ OWNERS = {
 def plane(tmp_path: Path) -> Iterator[tuple[DataPlane, GatewayDriver]]:
     need_root()
     need(netlab.have_command("nft"), "needs the nft command")
-    with data_plane(hosts=3) as built:
+    with data_plane(hosts=3, log_dir=tmp_path) as built:
         yield built, GatewayDriver(built, tmp_path / "gateway-state")
 
 

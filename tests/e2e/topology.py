@@ -46,15 +46,18 @@ SHARED_IPS = ("198.51.100.7", "198.51.100.8")
 # TCP: one reply line per line received; UDP: one reply per datagram.
 ECHO_SERVER = """
 import socket, socketserver, sys, threading
+log = open(sys.argv[2], "a", buffering=1)
 class Tcp(socketserver.StreamRequestHandler):
     def handle(self):
         ip, port = self.client_address[:2]
+        log.write(f"tcp {ip} {port}\\n")
         for line in self.rfile:
             self.wfile.write(f"{ip} {port} {len(line)}\\n".encode())
 class Udp(socketserver.BaseRequestHandler):
     def handle(self):
         data, sock = self.request
         ip, port = self.client_address[:2]
+        log.write(f"udp {ip} {port}\\n")
         sock.sendto(f"{ip} {port} {len(data)}".encode(), self.client_address)
 class TcpServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
@@ -62,8 +65,9 @@ class TcpServer(socketserver.ThreadingTCPServer):
     request_queue_size = 1024
 class UdpServer(socketserver.ThreadingUDPServer):
     daemon_threads = True
-port = int(sys.argv[1])
-servers = [TcpServer(("0.0.0.0", port), Tcp), UdpServer(("0.0.0.0", port), Udp)]
+# Bound to the origin's address: a UDP answer must come from where the request went.
+address = (sys.argv[3], int(sys.argv[1]))
+servers = [TcpServer(address, Tcp), UdpServer(address, Udp)]
 for server in servers:
     threading.Thread(target=server.serve_forever, daemon=True).start()
 print("ready", flush=True)
@@ -98,6 +102,35 @@ try:
 except OSError as error:
     result["errors"].append(f"{type(error).__name__}: {error}")
 print(json.dumps(result), flush=True)
+"""
+
+# Listens on 127.0.0.1:<port> in its namespace and relays each connection to a Unix
+# socket (the filesystem is shared): how the gateway's namespace reaches the API.
+TCP_TO_UNIX = """
+import socket, sys, threading
+def pump(a, b):
+    try:
+        while data := a.recv(65536):
+            b.sendall(data)
+    except OSError:
+        pass
+    finally:
+        try:
+            b.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+server = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+print("ready", flush=True)
+while True:
+    client, _ = server.accept()
+    upstream = socket.socket(socket.AF_UNIX)
+    try:
+        upstream.connect(sys.argv[2])
+    except OSError:
+        client.close()
+        continue
+    for a, b in ((client, upstream), (upstream, client)):
+        threading.Thread(target=pump, args=(a, b), daemon=True).start()
 """
 
 # Applies each JSON steering document read from stdin with the real gateway code;
@@ -139,6 +172,7 @@ class DataPlane:
     hosts: list[Host] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
     _echo: subprocess.Popen[str] | None = None
+    echo_log: Path = Path("/nonexistent")
 
     def _namespace(self, role: str) -> Netns:
         name = unique_name(role)
@@ -186,9 +220,23 @@ class DataPlane:
         self.hosts.append(host)
         return host
 
-    def start_echo(self) -> None:
-        self._echo = self.origin.spawn(PYTHON, "-c", ECHO_SERVER, str(ECHO_PORT))
+    def start_echo(self, log: Path) -> None:
+        self.echo_log = log
+        self._echo = self.origin.spawn(
+            PYTHON, "-c", ECHO_SERVER, str(ECHO_PORT), str(log), ORIGIN_IP
+        )
         wait_for(lambda: self._listening(), what="the echo server")
+
+    def echo_seen(self) -> set[tuple[str, str, int]]:
+        """Every (proto, source ip, source port) the origin has seen."""
+        if not self.echo_log.exists():
+            return set()
+        return {
+            (proto, ip_, int(port))
+            for proto, ip_, port in (
+                line.split() for line in self.echo_log.read_text().splitlines()
+            )
+        }
 
     def _listening(self) -> bool:
         out = self.origin.run("ss", "-Hltn", f"sport = :{ECHO_PORT}", check=False).stdout
@@ -250,11 +298,11 @@ def steering(
 
 
 @contextlib.contextmanager
-def data_plane(hosts: int = 4, log_dir: Path | None = None) -> Iterator[DataPlane]:
+def data_plane(hosts: int, log_dir: Path) -> Iterator[DataPlane]:
     plane = DataPlane(hosts_wanted=hosts)
     try:
         plane.build()
-        plane.start_echo()
+        plane.start_echo(log_dir / "echo.log")
         yield plane
     finally:
         plane.teardown()
