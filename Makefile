@@ -20,6 +20,9 @@ sysdeps:
 	@if [ "$$(id -u)" = 0 ] && ! command -v nft >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables iproute2; \
 	fi
+	@if [ "$$(id -u)" = 0 ] && ! command -v docker-compose >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose; \
+	fi
 
 run: $(STAMP)
 	$(PY) manage.py migrate --no-input -v0
