@@ -22,6 +22,7 @@ from planner import signing
 from planner.choices import KeyStatus
 from planner.models import Datacenter, Gateway, Machine, SigningKey
 from planner.selectors import current_revision, steering_table
+from planner.services.locks import datacenter_lock
 from planner.steering import SteeringRow, steering_document, steering_etag
 
 GATEWAY_AUDIENCE = "portslice-gateway"
@@ -34,12 +35,9 @@ def steering_marks_assign(*, datacenter: Datacenter) -> int:
     if not Machine.objects.filter(datacenter=datacenter, steering_mark__isnull=True).exists():
         return 0
     with transaction.atomic():
-        # The datacenter row orders concurrent allocators (and plan applies).
-        issued = (
-            Datacenter.objects.select_for_update()
-            .values_list("marks_issued", flat=True)
-            .get(pk=datacenter.pk)
-        )
+        # The datacenter lock orders concurrent allocators (and plan applies).
+        datacenter_lock(datacenter.pk, code=datacenter.code)
+        issued = Datacenter.objects.values_list("marks_issued", flat=True).get(pk=datacenter.pk)
         unmarked = list(
             Machine.objects.filter(datacenter=datacenter, steering_mark__isnull=True)
             .order_by("hostname")

@@ -43,9 +43,8 @@ from django.utils import timezone
 from planner import signing
 from planner.choices import TokenKind
 from planner.models import Gateway, Machine, PortSlice, SigningKey
-from planner.selectors import current_revision
 from planner.services.keys import signing_key_generate
-from planner.services.plans import plan_apply
+from planner.services.plans import plan_apply_current
 from planner.services.tokens import api_token_create
 from tests.agent import netlab
 from tests.agent.netlab import UnixRelay, stop
@@ -186,8 +185,9 @@ class Stack:
         sender.close()
 
     def plan(self, reason: str) -> int:
-        base = max([r["number"] for r in self.api("GET", "/api/v1/revisions")["results"]] or [0])
-        body = {"base_revision": base, "reason": reason}
+        """Preview, then apply what the preview showed, as an operator would."""
+        preview = self.api("POST", "/api/v1/datacenters/fra1/plan/preview", {})
+        body = {"inputs_digest": preview["inputs_digest"], "reason": reason}
         return int(self.api("POST", "/api/v1/datacenters/fra1/plan/apply", body)["number"])
 
     # --- agents and the gateway ------------------------------------------------------------
@@ -497,9 +497,7 @@ def check_planner_and_broker_down(stack: Stack, hosts: list[int]) -> None:
     # A change made while the broker is unreachable: the publish is lost, reconcile repairs it.
     Machine.objects.filter(hostname=hostname(5)).update(state="draining")
     dc = Machine.objects.get(hostname=hostname(5)).datacenter
-    revision = plan_apply(
-        datacenter=dc, base_revision=current_revision(datacenter=dc), reason="drain h5"
-    )
+    revision = plan_apply_current(datacenter=dc, reason="drain h5")
     stack.start_relay()
     stack.start_planner()
     stack.send_task("planner.reconcile")

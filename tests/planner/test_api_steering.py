@@ -11,7 +11,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from planner.models import Machine, PortSlice
-from planner.services.plans import plan_apply
+from planner.services.plans import plan_apply_current
 from planner.steering import MARK_BASE, RULE_PRIORITY
 from tests.agent.netns import ip, unique_name
 from tests.planner.conftest import Site
@@ -83,19 +83,19 @@ def test_a_machine_keeps_its_mark_for_life(clients: dict[str, APIClient], site: 
     pool = site.datacenter.pools.get()
     joiner = make_machine("aaa.fra1.example.net", datacenter=site.datacenter, address="10.9.0.9")
     joiner.pools.add(pool)  # sorts first by hostname: with marks by name order, all would move
-    plan_apply(datacenter=site.datacenter, base_revision=1)
+    plan_apply_current(datacenter=site.datacenter, reason="test")
     after_join = _marks(clients)
     assert {h: m for h, m in after_join.items() if h in before} == before
     assert after_join["aaa.fra1.example.net"] == max(before.values()) + 1
 
     leaver = site.machines[0]
     Machine.objects.filter(pk=leaver.pk).update(state="retired")
-    plan_apply(datacenter=site.datacenter, base_revision=2)
+    plan_apply_current(datacenter=site.datacenter, reason="test")
     PortSlice.objects.filter(machine=leaver).delete()  # its drain ended
     Machine.objects.filter(pk=leaver.pk).delete()
     late = make_machine("zzz.fra1.example.net", datacenter=site.datacenter, address="10.9.0.10")
     late.pools.add(pool)
-    plan_apply(datacenter=site.datacenter, base_revision=3)
+    plan_apply_current(datacenter=site.datacenter, reason="test")
     final = _marks(clients)
     assert {h: m for h, m in final.items() if h in after_join} == {
         h: m for h, m in after_join.items() if h in final and h != "zzz.fra1.example.net"
@@ -114,7 +114,7 @@ def test_a_conditional_get_answers_304_until_the_table_changes(
     nft = clients["lb"].get("/api/v1/datacenters/fra1/steering?format=nft", HTTP_IF_NONE_MATCH=etag)
     assert nft.status_code == 304
     Machine.objects.filter(pk=site.machines[1].pk).update(state="retired")
-    plan_apply(datacenter=site.datacenter, base_revision=1)
+    plan_apply_current(datacenter=site.datacenter, reason="test")
     changed = clients["lb"].get("/api/v1/datacenters/fra1/steering", HTTP_IF_NONE_MATCH=etag)
     assert changed.status_code == 200 and changed["ETag"] != etag
 
@@ -173,7 +173,7 @@ def test_the_script_is_rerunnable_and_removes_unused_marks(
 
     gone = site.machines[2]
     Machine.objects.filter(pk=gone.pk).update(state="retired")
-    plan_apply(datacenter=site.datacenter, base_revision=1)
+    plan_apply_current(datacenter=site.datacenter, reason="test")
     PortSlice.objects.filter(machine=gone).delete()  # its drain ended
     _run_script(gateway_ns, _nft(clients))
     rules, routes, _ = _policy(gateway_ns)
