@@ -95,6 +95,7 @@ class Stack:
     planner: list[subprocess.Popen[str]] = field(default_factory=list)
     agents: dict[int, subprocess.Popen[str]] = field(default_factory=dict)
     relay: UnixRelay | None = None
+    planned_at: float = 0.0
 
     # --- the planner side ------------------------------------------------------------------
 
@@ -186,6 +187,7 @@ class Stack:
 
     def plan(self, reason: str) -> int:
         """Preview, then apply what the preview showed, as an operator would."""
+        self.planned_at = time.monotonic()
         preview = self.api("POST", "/api/v1/datacenters/fra1/plan/preview", {})
         body = {"inputs_digest": preview["inputs_digest"], "reason": reason}
         return int(self.api("POST", "/api/v1/datacenters/fra1/plan/apply", body)["number"])
@@ -250,32 +252,58 @@ class Stack:
 # --- waiting for the planner's view ----------------------------------------------------------
 
 
-def wait_enforced(stack: Stack, hosts: list[int], timeout: float = 60) -> float:
-    """Until each host's agent applied its newest bundle with every part on; seconds taken."""
-    started = time.monotonic()
-
-    def done() -> bool:
-        machines = Machine.objects.filter(hostname__in=[hostname(n) for n in hosts])
-        return len(machines) == len(hosts) and all(
-            m.applied_serial == m.bundle_serial
-            and all(
-                m.enforcement.get(p, {}).get("state") == "on"
-                for p in ("port_range", "nftables", "addresses")
-            )  # fmt: skip
-            for m in machines
-        )
-
-    netlab.wait_for(done, timeout=timeout, interval=0.1, what=f"agents to enforce\n{stack.logs()}")
-    return time.monotonic() - started
+def record_timing(what: str, seconds: float) -> None:
+    """Apply → enforcing figures for bench/bench_dataplane.py ($PORTSLICE_E2E_TIMINGS)."""
+    path = os.environ.get("PORTSLICE_E2E_TIMINGS")
+    if path:
+        with open(path, "a") as out:
+            out.write(json.dumps({"what": what, "seconds": seconds}) + "\n")
 
 
-def wait_gateway(stack: Stack, revision: int, timeout: float = 60) -> float:
-    started = time.monotonic()
-    netlab.wait_for(
-        lambda: Gateway.objects.filter(revision__gte=revision, status="applied").exists(),
-        timeout=timeout, interval=0.1, what=f"the gateway at revision {revision}\n{stack.logs()}",
-    )  # fmt: skip
-    return time.monotonic() - started
+def _enforcing(hosts: list[int]) -> bool:
+    """Each host's agent applied its newest bundle with every part on."""
+    machines = Machine.objects.filter(hostname__in=[hostname(n) for n in hosts])
+    return len(machines) == len(hosts) and all(
+        m.applied_serial == m.bundle_serial
+        and all(
+            m.enforcement.get(p, {}).get("state") == "on"
+            for p in ("port_range", "nftables", "addresses")
+        )  # fmt: skip
+        for m in machines
+    )
+
+
+def _gateway_at(revision: int) -> bool:
+    return Gateway.objects.filter(revision__gte=revision, status="applied").exists()
+
+
+def wait_enforced(stack: Stack, hosts: list[int], timeout: float = 60) -> None:
+    netlab.wait_for(lambda: _enforcing(hosts), timeout=timeout, interval=0.05,
+                    what=f"agents to enforce\n{stack.logs()}")  # fmt: skip
+
+
+def wait_gateway(stack: Stack, revision: int, timeout: float = 60) -> None:
+    netlab.wait_for(lambda: _gateway_at(revision), timeout=timeout, interval=0.05,
+                    what=f"the gateway at revision {revision}\n{stack.logs()}")  # fmt: skip
+
+
+def wait_plan(stack: Stack, hosts: list[int], revision: int, timeout: float = 60) -> float:
+    """Until the hosts enforce and the gateway runs ``revision``; the seconds since the apply
+    that each took are recorded for the benchmark. Returns when both are done."""
+    done: dict[str, float] = {}
+
+    def check() -> bool:
+        for what, ready in (("agents", lambda: _enforcing(hosts)),
+                            ("gateway", lambda: _gateway_at(revision))):  # fmt: skip
+            if what not in done and ready():
+                done[what] = time.monotonic() - stack.planned_at
+        return len(done) == 2
+
+    netlab.wait_for(check, timeout=timeout, interval=0.02,
+                    what=f"revision {revision} everywhere\n{stack.logs()}")  # fmt: skip
+    for what, seconds in done.items():
+        record_timing(what, seconds)
+    return max(done.values())
 
 
 def slices_of(n: int) -> set[tuple[str, int, int, str]]:
@@ -384,14 +412,14 @@ def stack(postgres: None, tmp_path: Path, settings: Any) -> Iterator[Stack]:
 def test_the_data_plane_end_to_end(stack: Stack) -> None:
     hosts = list(range(1, HOSTS + 1))
     first = stack.plan("first plan")
-    enforced = wait_enforced(stack, hosts)
-    wait_gateway(stack, first)
-    print(f"first plan: all {HOSTS} agents enforcing {enforced:.2f}s after apply")
+    took = wait_plan(stack, hosts, first)
+    print(f"first plan: {HOSTS} agents and the gateway enforcing {took:.2f}s after apply")
 
     check_flows(stack, hosts)
     check_rogue_sends(stack)
     check_frag_needed(stack)
     check_drain_and_join(stack)
+    plan_cycles(stack, int(os.environ.get("PORTSLICE_E2E_EXTRA_PLANS", "0")))
     check_planner_and_broker_down(stack, hosts)
     check_agent_restart_without_broker(stack)
 
@@ -454,8 +482,7 @@ def check_drain_and_join(stack: Stack) -> None:
 
     stack.api("PATCH", f"/api/v1/machines/{hostname(1)}", {"state": "draining"})
     revision = stack.plan("drain h1")
-    wait_enforced(stack, [1])
-    wait_gateway(stack, revision)
+    wait_plan(stack, [1], revision)
     assert {state for *_, state in slices_of(1)} == {"draining"}
     refused = stack.host_work(1, "no_slice")
     assert refused["refused"] == "NoSliceAvailable", refused
@@ -479,14 +506,25 @@ def check_drain_and_join(stack: Stack) -> None:
     joiner.pools.add(pool)
     stack.start_agent(5)
     revision = stack.plan("h5 joins")
-    wait_enforced(stack, [5])
-    wait_gateway(stack, revision)
+    wait_plan(stack, [5], revision)
     check_flows(stack, [5], scale=0.25)
 
     for n, process in bystanders.items():
         result = chatty_result(process)
         assert result["errors"] == [] and result["ok"] == result["sent"] > 100, (n, result)
         assert slices_of(n) == ports_before[n], n  # no other host's ports changed
+
+
+def plan_cycles(stack: Stack, cycles: int) -> None:
+    """For the benchmark: host 5 drained and made active again, ``cycles`` times, each
+    apply timed until its agent and the gateway enforce it."""
+    for n in range(cycles):
+        state = "draining" if n % 2 == 0 else "active"
+        stack.api("PATCH", f"/api/v1/machines/{hostname(5)}", {"state": state})
+        wait_plan(stack, [5], stack.plan(f"bench: h5 {state}"))
+    if cycles % 2:
+        stack.api("PATCH", f"/api/v1/machines/{hostname(5)}", {"state": "active"})
+        wait_plan(stack, [5], stack.plan("bench: h5 active"))
 
 
 def check_planner_and_broker_down(stack: Stack, hosts: list[int]) -> None:

@@ -76,11 +76,13 @@ threading.Event().wait()
 
 
 # Keeps one TCP connection from (ip, port) to the echo server, a line every `interval`
-# seconds for `duration` seconds; prints {"sent", "ok", "errors", "echoed"} as JSON.
+# seconds for `duration` seconds (or until SIGTERM); prints {"sent", "ok", "errors"} as JSON.
 CHATTY_CLIENT = """
-import json, socket, sys, time
+import json, signal, socket, sys, time
 src_ip, src_port, dst, port, interval, duration = sys.argv[1:7]
-result = {"sent": 0, "ok": 0, "errors": [], "echoed": []}
+stopped = []  # SIGTERM ends the run early, with the report still printed
+signal.signal(signal.SIGTERM, lambda *_: stopped.append(True))
+result = {"sent": 0, "ok": 0, "errors": []}
 sock = socket.socket()
 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 sock.bind((src_ip, int(src_port)))
@@ -90,7 +92,7 @@ try:
     reader = sock.makefile("r")
     print("connected", flush=True)
     end = time.monotonic() + float(duration)
-    while time.monotonic() < end:
+    while time.monotonic() < end and not stopped:
         sock.sendall(b"ping\\n")
         result["sent"] += 1
         reply = reader.readline().split()
@@ -201,6 +203,8 @@ class DataPlane:
         ip("-n", self.origin.name, "route", "add", "default", "via", "192.0.2.241")
         ip("-n", self.router.name, "route", "add", f"{ORIGIN_IP}/32", "via", "192.0.2.242")
         ip("-n", self.router.name, "route", "add", "198.51.100.0/24", "via", "192.0.2.249")
+        # The hosts' own links, for plain (non-portslice) traffic: benchmarks compare with it.
+        ip("-n", self.router.name, "route", "add", "192.0.2.0/24", "via", "192.0.2.249")
         ip("-n", self.gateway.name, "route", "add", f"{ORIGIN_IP}/32", "via", "192.0.2.250")
         for ns in (self.router, self.gateway):
             ns.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
