@@ -121,7 +121,7 @@ class AgentMetrics:
     def enforced(self, bundle: Bundle, enforcement: Enforcement) -> None:
         for name, part in enforcement.parts().items():
             self.enforcement.labels(part=name).state(part.state)
-        if enforcement.ok:
+        if not enforcement.kernel_refused:  # applied, even with an address missing
             self.applied_serial.set(bundle.serial)
 
     # agent.usage.UsageObserver
