@@ -299,7 +299,12 @@ class Gateway:
         except (OSError, ValueError) as error:
             log.warning("steering poll failed: %s", error)
             return "poll failed"
-        return "unchanged" if table is None else self.offer(table, source="poll")
+        if table is not None:
+            return self.offer(table, source="poll")
+        if self.applied is not None:
+            # A heartbeat: the planner's last_seen says this gateway is alive and in sync.
+            self._ack(self.applied, "applied", "")
+        return "unchanged"
 
 
 class Poller(threading.Thread):

@@ -74,7 +74,9 @@ def gateway_ack(
     """Record which steering table gateway ``name`` runs; ``None`` for an unknown datacenter.
 
     An ack for an older revision than the one recorded (acks may arrive out of
-    order) only refreshes ``last_seen``.
+    order) only refreshes ``last_seen``; so does a heartbeat (the same ETag
+    again, with no detail), which the gateway sends after each poll that found
+    nothing new.
     """
     if status not in GATEWAY_STATUSES:
         raise ValueError(f"status: {status!r} is not applied or failed")
@@ -88,8 +90,10 @@ def gateway_ack(
         )
         changes: dict[str, Any] = {"last_seen": at, "datacenter": dc}
         if revision >= gateway.revision or gateway.datacenter_id != dc.pk:
-            changes.update(revision=revision, etag=etag, status=status, detail=detail[:2000])
-            if status == "applied":
+            changes.update(revision=revision, etag=etag, status=status)
+            if detail:  # an empty detail is a heartbeat: keep what the apply said
+                changes["detail"] = detail[:2000]
+            if status == "applied" and etag != gateway.etag:
                 changes.update(applied_at=at, slices=slices)
         Gateway.objects.filter(pk=gateway.pk).update(**changes)
     gateway.refresh_from_db()

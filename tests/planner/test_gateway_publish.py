@@ -56,6 +56,11 @@ def test_acks_record_which_gateway_runs_which_revision(
     stored = Gateway.objects.get(name="gw1")
     assert (stored.revision, stored.etag, stored.slices) == (3, '"e3"', 6)  # late ack ignored
     assert stored.last_seen is not None and stored.applied_at is not None
+    applied_at = stored.applied_at
+    gateway_ack(name="gw1", datacenter="fra1", revision=3, etag='"e3"', status="applied")
+    heartbeat = Gateway.objects.get(name="gw1")
+    assert heartbeat.applied_at == applied_at
+    assert heartbeat.last_seen and stored.last_seen and heartbeat.last_seen > stored.last_seen
     listed = clients["vera"].get("/api/v1/gateways").json()
     assert [(g["name"], g["datacenter"], g["revision"]) for g in listed] == [("gw1", "fra1", 3)]
     assert (
