@@ -3,7 +3,7 @@
 A machine's mark is allocated the first time a steering table needs it, from a
 per-datacenter counter that only goes up, so a mark is never renumbered when
 machines join or leave and never handed to another machine, even after its
-owner is deleted (DESIGN §2: a renumbered mark sends live flows to the wrong
+owner is deleted (docs/design.md: a renumbered mark sends live flows to the wrong
 host, which answers with a reset).
 """
 
