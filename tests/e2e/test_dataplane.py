@@ -319,9 +319,10 @@ def chatty(stack: Stack, n: int, seconds: float) -> subprocess.Popen[str]:
     item = PortSlice.objects.filter(machine__hostname=hostname(n), state="active").first()
     assert item is not None
     host = stack.plane.hosts[n - 1]
+    ports = f"{item.lo + 3}-{item.hi}"  # the first free one: the flows left some closing
     process = subprocess.Popen(
-        host.ns.command(sys.executable, "-c", CHATTY_CLIENT, item.ip.address,
-                        str(item.lo + 3), ORIGIN_IP, str(ECHO_PORT), "0.05", str(seconds)),
+        host.ns.command(sys.executable, "-c", CHATTY_CLIENT, item.ip.address, ports, ORIGIN_IP,
+                        str(ECHO_PORT), "0.05", str(seconds)),
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     host.ns.processes.append(process)

@@ -75,8 +75,9 @@ threading.Event().wait()
 """
 
 
-# Keeps one TCP connection from (ip, port) to the echo server, a line every `interval`
-# seconds for `duration` seconds (or until SIGTERM); prints {"sent", "ok", "errors"} as JSON.
+# Keeps one TCP connection from (ip, port or the first free port of "lo-hi") to the echo
+# server, a line every `interval` seconds for `duration` seconds (or until SIGTERM); prints
+# {"sent", "ok", "errors"} as JSON.
 CHATTY_CLIENT = """
 import json, signal, socket, sys, time
 src_ip, src_port, dst, port, interval, duration = sys.argv[1:7]
@@ -85,7 +86,15 @@ signal.signal(signal.SIGTERM, lambda *_: stopped.append(True))
 result = {"sent": 0, "ok": 0, "errors": []}
 sock = socket.socket()
 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-sock.bind((src_ip, int(src_port)))
+first, _, last = src_port.partition("-")  # a port, or "lo-hi": the first one free
+for candidate in range(int(first), int(last or first) + 1):
+    try:
+        sock.bind((src_ip, candidate))
+        break
+    except OSError:
+        if candidate == int(last or first):
+            raise
+src_port = str(sock.getsockname()[1])
 sock.settimeout(2.0)
 try:
     sock.connect((dst, int(port)))
