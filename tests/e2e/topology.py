@@ -240,16 +240,13 @@ class DataPlane:
         )
         wait_for(lambda: self._listening(), what="the echo server")
 
-    def echo_seen(self) -> set[tuple[str, str, int]]:
-        """Every (proto, source ip, source port) the origin has seen."""
+    def echo_seen(self, since: int = 0) -> list[tuple[str, str, int]]:
+        """Each (proto, source ip, source port) the origin has seen, in order, from the
+        ``since``-th on (``len()`` of an earlier answer: what came after it)."""
         if not self.echo_log.exists():
-            return set()
-        return {
-            (proto, ip_, int(port))
-            for proto, ip_, port in (
-                line.split() for line in self.echo_log.read_text().splitlines()
-            )
-        }
+            return []
+        lines = self.echo_log.read_text().splitlines()[since:]
+        return [(proto, ip_, int(port)) for proto, ip_, port in (line.split() for line in lines)]
 
     def _listening(self) -> bool:
         out = self.origin.run("ss", "-Hltn", f"sport = :{ECHO_PORT}", check=False).stdout
