@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint typecheck pytest sysdeps bench clean
+.PHONY: run test lint typecheck pytest sysdeps bench clean e2e
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ sysdeps:
 	fi
 	@if [ "$$(id -u)" = 0 ] && [ ! -x /usr/bin/chromium ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core; \
+	fi
+	@if [ "$$(id -u)" = 0 ] && ! command -v docker-compose >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose; \
 	fi
 
 run: $(STAMP)
@@ -53,6 +56,12 @@ pytest: $(STAMP) sysdeps
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# The data plane end to end (root, PostgreSQL, Redis): tests/e2e/test_dataplane.py.
+e2e: $(STAMP) sysdeps
+	@if [ -z "$$DATABASE_URL" ] && (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then \
+	  export DATABASE_URL=postgres://postgres@127.0.0.1:5432/test; fi; \
+	$(VENV)/bin/pytest tests/e2e/test_dataplane.py -m e2e -v $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do $(PY) -m bench.$$(basename $$b .py) || exit 1; done

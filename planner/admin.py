@@ -30,6 +30,7 @@ from planner.models import (
     Datacenter,
     EgressIP,
     EgressPool,
+    Gateway,
     Machine,
     PlanRevision,
     PortSlice,
@@ -326,3 +327,12 @@ class UsageSampleAdmin(ReadOnlyAdmin):
     list_select_related = ["machine"]
     search_fields = ["machine__hostname", "ip"]
     date_hierarchy = "at"
+
+
+@admin.register(Gateway)
+class GatewayAdmin(ReadOnlyAdmin):
+    """Gateways report which steering table they run; nobody edits that."""
+
+    list_display = ["name", "datacenter", "revision", "status", "slices", "applied_at", "last_seen"]
+    list_filter = ["datacenter", "status"]
+    list_select_related = ["datacenter"]

@@ -26,3 +26,8 @@ app.autodiscover_tasks(["planner"])
 
 def agent_queue(hostname: str) -> str:
     return f"agent.{hostname}"
+
+
+def gateway_queue(datacenter: str) -> str:
+    """The queue of a datacenter's gateway (agent/gateway.py consumes it)."""
+    return f"gateway.{datacenter}"

@@ -124,7 +124,8 @@ TEMPLATES = [
 
 DATABASES = {
     "default": dj_database_url.parse(
-        os.environ.get("DATABASE_URL", f"sqlite:///{VAR_DIR / 'portslice.sqlite3'}"),
+        # DATABASE_URL_FILE too: the URL carries the password (docker-compose.yml secrets).
+        envsecret("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'portslice.sqlite3'}",
         conn_max_age=envint("DB_CONN_MAX_AGE", 0),
     )
 }

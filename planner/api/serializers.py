@@ -8,7 +8,15 @@ from django.core.validators import ProhibitNullCharactersValidator
 from django.db.models import Model
 from rest_framework import serializers
 
-from planner.models import Datacenter, EgressIP, EgressPool, Machine, PlanRevision, PortSlice
+from planner.models import (
+    Datacenter,
+    EgressIP,
+    EgressPool,
+    Gateway,
+    Machine,
+    PlanRevision,
+    PortSlice,
+)
 
 
 class NameRelatedField(serializers.SlugRelatedField[Any]):
@@ -143,3 +151,14 @@ class GeofeedQuerySerializer(serializers.Serializer[dict[str, object]]):
         allow_blank=True,
         help_text="Only this datacenter's IPs",
     )
+
+
+class GatewaySerializer(serializers.ModelSerializer[Gateway]):
+    datacenter = serializers.SlugRelatedField(slug_field="code", read_only=True)  # type: ignore[var-annotated]
+
+    class Meta:
+        model = Gateway
+        fields = [
+            "name", "datacenter", "revision", "etag", "status", "detail", "slices",
+            "applied_at", "last_seen",
+        ]  # fmt: skip

@@ -45,6 +45,7 @@ from planner.models import (
     SigningKey,
 )
 from planner.services import inventory, plans
+from planner.services import steering as steering_services
 from planner.signing import jwks
 from planner.ui.forms import HeatmapQuery
 
@@ -195,10 +196,12 @@ class DatacenterViewSet(InventoryViewSet):
 
 
 class SteeringView(JsonErrors, APIView):
-    """For each live slice: ``{ip, lo, hi, machine, next_hop, state}`` and the revision.
+    """For each live slice: ``{ip, lo, hi, machine, next_hop, state}``, the machines' stable
+    marks and the revision.
 
-    ``?format=nft`` gives a script for a Linux gateway doing the load
-    balancer's job: the nftables map, then the ``ip rule``/``ip route`` lines.
+    ``?format=nft`` gives one re-runnable ``sh`` script for a Linux gateway doing
+    the load balancer's job (see :mod:`allocator.steering`). Both carry an
+    ``ETag``; a GET with ``If-None-Match`` of the current one answers 304.
     """
 
     renderer_classes = [JSONRenderer, NftRenderer]
@@ -210,17 +213,30 @@ class SteeringView(JsonErrors, APIView):
         responses={
             (200, "application/json"): OpenApiTypes.OBJECT,
             (200, "text/plain"): OpenApiTypes.STR,
+            304: OpenApiResponse(description="unchanged since the ETag in If-None-Match"),
         },
     )
     def get(self, request: Request, code: str) -> Response:
         datacenter = get_object_or_404(Datacenter, code=code)
-        rows = selectors.steering_table(datacenter=datacenter)
+        rows = steering_services.steering_rows(datacenter=datacenter)
         revision = selectors.current_revision(datacenter=datacenter)
+        document = steering.steering_document(rows, datacenter=code, revision=revision)
+        etag = steering.steering_etag(document)
+        if etag in request.headers.get("If-None-Match", ""):
+            return Response(status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
         if request.accepted_renderer.format == "nft":
-            return Response(
-                steering.render_gateway_script(rows, datacenter=code, revision=revision)
-            )
-        return Response(steering.steering_document(rows, datacenter=code, revision=revision))
+            body: Any = steering.render_script(rows, datacenter=code, revision=revision)
+        else:
+            body = document
+        return Response(body, headers={"ETag": etag})
+
+
+class GatewayView(APIView):
+    """Each gateway that has reported: its datacenter, the steering revision it runs."""
+
+    @extend_schema(responses={200: s.GatewaySerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        return Response(s.GatewaySerializer(selectors.gateways(), many=True).data)
 
 
 class HeatmapView(JsonErrors, APIView):

@@ -95,6 +95,11 @@ class Datacenter(GeoFields):
 
     code = models.SlugField(max_length=32, unique=True, help_text="Short code, e.g. fra1")
     name = models.CharField(max_length=100)
+    marks_issued = models.PositiveIntegerField(
+        default=0,
+        editable=False,
+        help_text="Steering marks handed out so far: the next machine gets the next one",
+    )
 
     class Meta:
         ordering = ["code"]
@@ -263,13 +268,26 @@ class Machine(NulFreeText):
     bundle_serial = models.PositiveBigIntegerField(
         default=0, editable=False, help_text="Serial of the newest bundle signed for it"
     )
+    steering_mark = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="The firewall mark a gateway steers its ports with: fixed for life, never reused",
+    )
 
     class Meta:
         ordering = ["hostname"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["datacenter", "steering_mark"], name="machine_unique_steering_mark"
+            )
+        ]
 
-    # Written only by atomic UPDATEs (bundle builds, agent acks); a save of a
-    # stale instance (an admin form, an API PATCH) must not put them back.
-    COUNTERS = frozenset({"bundle_serial", "applied_serial", "last_seen", "enforcement"})
+    # Written only by atomic UPDATEs (bundle builds, agent acks, mark allocation); a save
+    # of a stale instance (an admin form, an API PATCH) must not put them back.
+    COUNTERS = frozenset(
+        {"bundle_serial", "applied_serial", "last_seen", "enforcement", "steering_mark"}
+    )
 
     def __str__(self) -> str:
         return self.hostname
