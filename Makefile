@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint typecheck pytest sysdeps bench clean
+.PHONY: run test lint typecheck pytest sysdeps bench clean e2e
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,9 +16,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # What the kernel tests need from Debian (only installed when missing, as root).
+# The UI's browser tests drive Debian's chromium (Playwright, never its own browser download).
 sysdeps:
 	@if [ "$$(id -u)" = 0 ] && ! command -v nft >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables iproute2; \
+	fi
+	@if [ "$$(id -u)" = 0 ] && [ ! -x /usr/bin/chromium ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core; \
+	fi
+	@if [ "$$(id -u)" = 0 ] && ! command -v docker-compose >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose; \
 	fi
 
 run: $(STAMP)
@@ -28,8 +35,9 @@ run: $(STAMP)
 	$(PY) manage.py ensure_admin
 	$(PY) manage.py collectstatic --no-input -v0
 	@echo
-	@echo "portslice is starting on http://$(HOST):$(PORT)/  (Ctrl-C stops everything)"
-	@echo "web, a planner worker, beat and the demo agents with traffic (Procfile, honcho)"
+	@echo "portslice is starting on http://$(HOST):$(PORT)/ (the overview; admin at /admin/)"
+	@echo "web, a planner worker, beat and the demo agents with traffic (Procfile, honcho);"
+	@echo "Ctrl-C stops everything"
 	@echo "log in as 'admin' with the password in var/admin-password (cat var/admin-password)"
 	@echo
 	HOST=$(HOST) WEB_PORT=$(PORT) $(VENV)/bin/honcho start -f Procfile
@@ -50,6 +58,12 @@ pytest: $(STAMP) sysdeps
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# The data plane end to end (root, PostgreSQL, Redis): tests/e2e/test_dataplane.py.
+e2e: $(STAMP) sysdeps
+	@if [ -z "$$DATABASE_URL" ] && (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then \
+	  export DATABASE_URL=postgres://postgres@127.0.0.1:5432/test; fi; \
+	$(VENV)/bin/pytest tests/e2e/test_dataplane.py -m e2e -v $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do $(PY) -m bench.$$(basename $$b .py) || exit 1; done

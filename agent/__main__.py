@@ -7,6 +7,7 @@
     python -m agent [--config FILE] verify TOKEN_FILE [--json]
     python -m agent [--config FILE] connect HOST:PORT [--proto tcp|udp] [--pool P]
                                            [--purpose P] [--country CC]
+    python -m agent gateway --datacenter CODE     (configured by $PORTSLICE_GATEWAY_*)
 
 Exit status: 0 on success, 1 when the answer is "no" (a rejected token, no
 usable state, a refused connection), 2 for a configuration error.
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import enforce
+from agent.addresses import AddressError, local_addresses
 from agent.bundle import Bundle, BundleRejected, KeyFileError, decode_unverified, load_keys, verify
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.egress import Egress, NoSliceAvailable, netns_port_range
@@ -48,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     connect.add_argument("--proto", choices=("tcp", "udp"), default="tcp")
     for name in ("pool", "purpose", "country"):
         connect.add_argument(f"--{name}")
+    gateway = commands.add_parser("gateway", help="steer return traffic per the planner's table")
+    gateway.add_argument(
+        "--datacenter", help="the datacenter code (else $PORTSLICE_GATEWAY_DATACENTER)"
+    )
+    gateway.add_argument("--loglevel", default="INFO")
     return parser
 
 
@@ -95,11 +102,26 @@ def _unverified(store: StateStore) -> dict[str, Any] | None:
         return None
 
 
-def _live() -> dict[str, Any]:
+def _missing_now(stored: dict[str, Any]) -> list[str] | str:
+    """Egress addresses of the stored bundle's slices not on this host now (or why unknown)."""
+    if stored["bundle"] is None:
+        return []
+    try:
+        local = local_addresses()
+    except AddressError as error:
+        return str(error)
+    wanted = {s["ip"] for s in stored["bundle"]["slices"]}
+    return sorted(wanted - local)
+
+
+def _live(stored: dict[str, Any]) -> dict[str, Any]:
     """What the kernel of this network namespace holds right now."""
     low, high = netns_port_range()
     unavailable = enforce.nft_unavailable()
-    live: dict[str, Any] = {"netns_port_range": [low, high]}
+    live: dict[str, Any] = {
+        "netns_port_range": [low, high],
+        "missing_addresses": _missing_now(stored),
+    }
     if unavailable:
         live["nftables"] = {"readable": False, "detail": unavailable}
     else:
@@ -112,12 +134,13 @@ def _live() -> dict[str, Any]:
 
 
 def status(config: AgentConfig, *, as_json: bool) -> int:
+    stored = _stored(config)
     report: dict[str, Any] = {
         "hostname": config.hostname,
         "state_dir": str(config.state_dir),
-        "stored": _stored(config),
+        "stored": stored,
         "enforcement": read_status(config.state_dir),
-        "live": _live(),
+        "live": _live(stored),
     }
     if as_json:
         print(json.dumps(report, indent=2))
@@ -141,12 +164,17 @@ def _print_status(report: dict[str, Any]) -> None:
         print("enforced    nothing recorded")
     else:
         print(f"enforced    serial {enforcement['serial']} at {enforcement['at']}")
-        for part in ("port_range", "nftables"):
-            print(f"  {part:<10}{enforcement[part]['state']}: {enforcement[part]['detail']}")
+        for part in ("port_range", "nftables", "addresses"):
+            if part in enforcement:
+                print(f"  {part:<10}{enforcement[part]['state']}: {enforcement[part]['detail']}")
     live = report["live"]
     print(
         f"live        netns port range {live['netns_port_range'][0]}-{live['netns_port_range'][1]}"
     )
+    missing = live["missing_addresses"]
+    if missing:
+        shown = missing if isinstance(missing, str) else ", ".join(missing)
+        print(f"  addresses MISSING on this host: {shown}")
     nft = live["nftables"]
     if nft["readable"]:
         print(f"  nftables  table {'present' if nft['table_present'] else 'ABSENT'}")
@@ -188,6 +216,8 @@ def connect(config: AgentConfig, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "gateway":
+        return _gateway(args)
     try:
         config = load_config(args.config)
         if args.command == "run":
@@ -203,6 +233,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return verify_file(config, args.file, as_json=args.json)
         return connect(config, args)
     except (ConfigError, KeyFileError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from agent import gateway
+
+    try:
+        config = gateway.load_gateway_config(datacenter=args.datacenter)
+        logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(name)s %(message)s")
+        return gateway.run(config, loglevel=args.loglevel.upper())
+    except (ValueError, KeyFileError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

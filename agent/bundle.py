@@ -9,6 +9,13 @@ key (``OKPKey.thumbprint()``). Its claims::
     iat, exp   int seconds    serial int (> last applied)   revision int
     datacenter str
     slices [{"ip", "lo", "hi", "state": "active"|"draining", "pool", "purpose", "country"}]
+    shared ["198.51.100.0/29", "2001:db8::7/128", ...]   (optional)
+
+``shared`` lists every egress address of the datacenter that hosts share, as
+collapsed prefixes: the guard (:mod:`agent.enforce`) drops egress from any of
+them outside this host's slices, including addresses the host holds no slice
+on. A bundle without it (from a planner older than the claim) guards the
+addresses of its own slices only.
 
 :func:`verify` checks all of it and returns a :class:`Bundle`, or raises
 :class:`BundleRejected` with one of the reason constants below. The order of
@@ -43,6 +50,8 @@ MAX_TOKEN_BYTES: Final = 1 << 20
 #: How far in the future ``iat`` may be before the bundle counts as not yet valid.
 CLOCK_SKEW: Final = 60
 SLICE_STATES: Final = frozenset({"active", "draining"})
+#: At most this many prefixes in ``shared`` (the planner collapses addresses into prefixes).
+MAX_SHARED_PREFIXES: Final = 4096
 _HEADER_KEYS: Final = frozenset({"alg", "kid", "typ"})
 
 # Rejection reasons (BundleRejected.reason); the agent reports them verbatim.
@@ -130,6 +139,8 @@ class Bundle:
     slices: tuple[BundleSlice, ...]
     kid: str
     token: str
+    #: The datacenter's shared egress prefixes (normalized, e.g. ``198.51.100.0/29``).
+    shared: tuple[str, ...] = ()
 
 
 class _EdDSARegistry(jws.JWSRegistry):
@@ -151,24 +162,24 @@ def _reject(reason: str, detail: str) -> BundleRejected:
     return BundleRejected(reason, detail)
 
 
-def _token_bytes(token: object) -> bytes:
+def _token_bytes(token: object, limit: int = MAX_TOKEN_BYTES) -> bytes:
     if isinstance(token, str):
-        if len(token) > MAX_TOKEN_BYTES:
-            raise _reject(OVERSIZE, f"token is {len(token)} characters, limit {MAX_TOKEN_BYTES}")
+        if len(token) > limit:
+            raise _reject(OVERSIZE, f"token is {len(token)} characters, limit {limit}")
         try:
             return token.encode("ascii")
         except UnicodeEncodeError:
             raise _reject(MALFORMED, "token has non-ASCII characters") from None
     if isinstance(token, bytes):
-        if len(token) > MAX_TOKEN_BYTES:
-            raise _reject(OVERSIZE, f"token is {len(token)} bytes, limit {MAX_TOKEN_BYTES}")
+        if len(token) > limit:
+            raise _reject(OVERSIZE, f"token is {len(token)} bytes, limit {limit}")
         return token
     raise _reject(MALFORMED, f"token is a {type(token).__name__}, not str or bytes")
 
 
-def _extract(raw: bytes) -> jws.CompactSignature:
+def _extract(raw: bytes, registry: jws.JWSRegistry = _REGISTRY) -> jws.CompactSignature:
     try:
-        obj = jws.extract_compact(raw, registry=_REGISTRY)
+        obj = jws.extract_compact(raw, registry=registry)
     except MissingAlgorithmError:
         raise _reject(BAD_ALG, "alg is missing from the header") from None
     except (JoseError, ValueError, TypeError, RecursionError) as error:
@@ -193,9 +204,11 @@ def _check_header(header: Mapping[str, Any], keys: Mapping[str, OKPKey]) -> OKPK
     return keys[kid]
 
 
-def _check_signature(obj: jws.CompactSignature, key: OKPKey) -> None:
+def _check_signature(
+    obj: jws.CompactSignature, key: OKPKey, registry: jws.JWSRegistry = _REGISTRY
+) -> None:
     try:
-        valid = jws.validate_compact(obj, key, registry=_REGISTRY)
+        valid = jws.validate_compact(obj, key, registry=registry)
     except JoseError as error:
         raise _reject(BAD_SIGNATURE, f"signature check failed ({error})") from None
     if not valid:
@@ -278,6 +291,24 @@ def _slices(claims: Mapping[str, Any]) -> tuple[BundleSlice, ...]:
     return slices
 
 
+def _prefix(raw: object, index: int) -> str:
+    if not isinstance(raw, str):
+        raise _reject(BAD_SCHEMA, f"shared[{index}]={raw!r} is not a string")
+    try:
+        return str(ipaddress.ip_network(raw, strict=True))
+    except ValueError:
+        raise _reject(BAD_SCHEMA, f"shared[{index}]={raw!r} is not an IP prefix") from None
+
+
+def _shared(claims: Mapping[str, Any]) -> tuple[str, ...]:
+    if "shared" not in claims:
+        return ()
+    raw = _field(claims, "shared", list)
+    if len(raw) > MAX_SHARED_PREFIXES:
+        raise _reject(BAD_SCHEMA, f"shared has {len(raw)} prefixes, limit {MAX_SHARED_PREFIXES}")
+    return tuple(_prefix(item, index) for index, item in enumerate(raw))
+
+
 def _bundle(claims: Mapping[str, Any], *, kid: str, token: str) -> Bundle:
     return Bundle(
         hostname=_field(claims, "sub", str),
@@ -289,6 +320,7 @@ def _bundle(claims: Mapping[str, Any], *, kid: str, token: str) -> Bundle:
         slices=_slices(claims),
         kid=kid,
         token=token,
+        shared=_shared(claims),
     )
 
 
@@ -353,6 +385,19 @@ def verify(
     bundle = _bundle(claims, kid=obj.headers()["kid"], token=raw.decode("ascii"))
     _check_freshness(bundle, last_serial=last_serial, now=now, check_times=check_times)
     return bundle
+
+
+def signed_claims(
+    token: str | bytes, *, keys: Mapping[str, OKPKey], max_bytes: int
+) -> dict[str, Any]:
+    """The claims of any planner-signed JWS up to ``max_bytes`` (e.g. a gateway's steering
+    table), after the same size, header and signature checks as :func:`verify`; the caller
+    checks the claims. Raises :class:`BundleRejected`."""
+    registry = _EdDSARegistry(algorithms=[ALGORITHM])
+    registry.max_payload_length = max_bytes
+    obj = _extract(_token_bytes(token, max_bytes), registry)
+    _check_signature(obj, _check_header(obj.headers(), keys), registry)
+    return _claims(obj.payload)
 
 
 def decode_unverified(token: str) -> Bundle:

@@ -9,6 +9,7 @@ The file (``--config PATH``, else ``$PORTSLICE_AGENT_CONFIG``, else
     state_dir = "/var/lib/portslice"
     manage_nftables = true
     manage_port_range = true
+    add_addresses = false                # add missing egress addresses on lo
     usage_interval = 5                   # seconds
     metrics_address = "127.0.0.1:9465"   # "off" disables the metrics endpoint
     socket_path = "/run/portslice/agent.sock"
@@ -53,6 +54,8 @@ class AgentConfig:
     state_dir: Path = Path("/var/lib/portslice")
     manage_nftables: bool = True
     manage_port_range: bool = True
+    #: Add the slices' egress addresses on ``lo`` when they are missing (off: only report).
+    add_addresses: bool = False
     usage_interval: float = 5.0
     #: ``(host, port)`` of the Prometheus endpoint, or ``None`` when it is off.
     metrics_address: tuple[str, int] | None = ("127.0.0.1", 9465)
@@ -128,6 +131,7 @@ _PARSERS: Final[Mapping[str, Callable[[str], Any]]] = {
     "state_dir": _path,
     "manage_nftables": _bool,
     "manage_port_range": _bool,
+    "add_addresses": _bool,
     "usage_interval": _interval,
     "metrics_address": _metrics_address,
     "socket_path": _path,

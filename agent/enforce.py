@@ -1,6 +1,6 @@
 """Make the kernel hold this host to its slices: the netns port range and an nftables guard.
 
-Two parts, each reported as ``on``, ``off`` (not managed here, with the reason)
+Three parts, each reported as ``on``, ``off`` (not managed here, with the reason)
 or ``failed`` (tried and could not):
 
 * **port range** — ``IP_LOCAL_PORT_RANGE`` only narrows the network namespace's
@@ -9,12 +9,25 @@ or ``failed`` (tried and could not):
   :func:`agent.egress.ensure_netns_port_range` when ``manage_port_range`` is on.
   If it cannot be made to cover them the bundle is *not* applied.
 * **nftables** — a table of our own, ``inet portslice``, that drops egress TCP
-  and UDP from a shared IP (any IP of the bundle) whose source port lies
-  outside this host's live slices (active and draining), counting drops per
-  protocol and packets per slice in named counters. The table is replaced in
+  and UDP from a shared IP whose source port lies outside this host's live
+  slices (active and draining), counting drops per protocol and packets per
+  slice in named counters. The shared IPs are *every* egress address of the
+  datacenter (the bundle's ``shared`` prefixes) plus the addresses of the
+  slices: a host is held off its neighbours' ports on addresses where it has
+  no slice too, and with no slice at all (after a drain ends) it may send from
+  none of them. A TCP SYN from outside the slices is answered with a reset
+  (``reject with tcp reset``), so ``connect()`` fails at once with
+  ``ECONNREFUSED``; other TCP segments and UDP are dropped, which makes
+  ``send``/``sendto`` fail with ``EPERM``. The table is replaced in
   one ``nft -f`` transaction (``table`` + ``delete table`` + the definition):
   the kernel applies all of it or none, so a failed apply leaves the previous
   ruleset in place.
+
+* **addresses** — every egress address the host holds a slice on must be
+  local (:mod:`agent.addresses`); with ``add_addresses`` the agent adds the
+  missing ones on ``lo``. A missing address fails this part (and so the
+  ack), but does not undo the other two: the guard and the port range are
+  right whatever the addresses.
 
 Why the ``output`` hook and not ``postrouting``: the guard is for this host's
 own sockets, and ``output`` sees every locally generated packet with its final
@@ -31,17 +44,22 @@ slice, a separate setup the agent does not manage.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
 import os
 import re
 import shutil
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
+from agent.addresses import AddressError, add_on_loopback, missing_addresses, slice_addresses
 from agent.bundle import Bundle, BundleSlice
 from agent.egress import ensure_netns_port_range, netns_port_range
+
+log = logging.getLogger(__name__)
 
 TABLE: Final = "portslice"
 FAMILY: Final = "inet"
@@ -78,27 +96,39 @@ class Enforcement:
     serial: int
     port_range: Part
     nftables: Part
+    addresses: Part = Part(OFF, "not checked")
+    #: Egress addresses of the slices that this host does not hold.
+    missing: tuple[str, ...] = ()
+
+    def parts(self) -> dict[str, Part]:
+        return {
+            "port_range": self.port_range,
+            "nftables": self.nftables,
+            "addresses": self.addresses,
+        }
 
     @property
     def ok(self) -> bool:
         """True unless a part failed: ``off`` (not managed, not possible here) is not a failure."""
-        return FAILED not in (self.port_range.state, self.nftables.state)
+        return all(part.state != FAILED for part in self.parts().values())
+
+    @property
+    def kernel_refused(self) -> bool:
+        """The port range or the ruleset failed: the kernel still holds the previous state."""
+        return FAILED in (self.port_range.state, self.nftables.state)
 
     @property
     def errors(self) -> str:
         failed = [
-            f"{name}: {part.detail}"
-            for name, part in (("port_range", self.port_range), ("nftables", self.nftables))
-            if part.state == FAILED
+            f"{name}: {part.detail}" for name, part in self.parts().items() if part.state == FAILED
         ]
         return "; ".join(failed)
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "serial": self.serial,
-            "port_range": self.port_range.as_dict(),
-            "nftables": self.nftables.as_dict(),
-        }
+        document: dict[str, object] = {"serial": self.serial}
+        document.update({name: part.as_dict() for name, part in self.parts().items()})
+        document["missing_addresses"] = list(self.missing)
+        return document
 
 
 # --- the ruleset -----------------------------------------------------------------------------
@@ -124,23 +154,37 @@ def _elements(items: Iterable[str]) -> str:
     return f" elements = {{ {listed} }};" if listed else ""
 
 
-def _family_block(version: int, slices: list[BundleSlice]) -> tuple[list[str], list[str]]:
+def guarded_prefixes(bundle: Bundle, version: int) -> list[str]:
+    """The shared prefixes of IP ``version`` to guard: the bundle's ``shared`` claim and the
+    addresses of its slices (a bundle from before the claim still guards those), collapsed."""
+    networks = [ipaddress.ip_network(p) for p in bundle.shared]
+    networks += [ipaddress.ip_network(s.ip) for s in bundle.slices]
+    same_version: Any = [n for n in networks if n.version == version]  # one version: collapsible
+    return [str(n) for n in ipaddress.collapse_addresses(same_version)]
+
+
+def _family_block(
+    version: int, shared: list[str], slices: list[BundleSlice]
+) -> tuple[list[str], list[str]]:
     """Sets/maps and rules of one IP version (``ip``/``ipv4_addr`` or ``ip6``/``ipv6_addr``)."""
     v, addr_type, match = (4, "ipv4_addr", "ip") if version == 4 else (6, "ipv6_addr", "ip6")
-    shared = sorted({s.ip for s in slices})
     allowed = ", ".join(_element(s) for s in slices)
     counters = ", ".join(f'{_element(s)} : "{counter_name(s)}"' for s in slices)
     definitions = [
-        f"set shared_v{v} {{ type {addr_type};{_elements(shared)} }}",
+        f"set shared_v{v} {{ type {addr_type}; flags interval;{_elements(shared)} }}",
         f"set allowed_v{v} {{ type {addr_type} . inet_service; flags interval;"
         f"{_elements([allowed] if allowed else [])} }}",
         f"map slice_counters_v{v} {{ type {addr_type} . inet_service : counter; flags interval;"
         f"{_elements([counters] if counters else [])} }}",
     ]
     guard = f"{match} saddr @shared_v{v} meta l4proto {{ tcp, udp }}"
+    outside = f"{match} saddr . th sport != @allowed_v{v}"
     rules = [
-        f"{guard} {match} saddr . th sport != @allowed_v{v} "
-        "counter name meta l4proto map @dropped drop",
+        # A SYN from outside the slices gets a reset, so connect() fails at once with
+        # ECONNREFUSED instead of retransmitting until ETIMEDOUT.
+        f"{match} saddr @shared_v{v} tcp flags & (syn | ack) == syn {outside} "
+        'counter name "dropped_tcp" reject with tcp reset',
+        f"{guard} {outside} counter name meta l4proto map @dropped drop",
         f"{guard} counter name {match} saddr . th sport map @slice_counters_v{v}",
     ]
     return definitions, rules
@@ -164,7 +208,9 @@ def render_ruleset(bundle: Bundle) -> str:
     rules: list[str] = []
     for version in (4, 6):
         definitions, family_rules = _family_block(
-            version, [s for s in slices if s.version == version]
+            version,
+            guarded_prefixes(bundle, version),
+            [s for s in slices if s.version == version],
         )
         lines += [f"\t{line}" for line in definitions]
         rules += family_rules
@@ -278,14 +324,45 @@ def _nftables_part(bundle: Bundle, *, manage: bool) -> Part:
     except EnforcementError as error:
         return Part(FAILED, f"previous ruleset kept: {error}")
     count = len(live_slices(bundle))
-    return Part(ON, f"table {FAMILY} {TABLE} guards {count} slices")
+    prefixes = guarded_prefixes(bundle, 4) + guarded_prefixes(bundle, 6)
+    return Part(
+        ON, f"table {FAMILY} {TABLE} guards {len(prefixes)} shared prefixes, {count} slices"
+    )
 
 
-def enforce(bundle: Bundle, *, manage_port_range: bool, manage_nftables: bool) -> Enforcement:
-    """Bring the port range and the nftables guard in line with ``bundle``; never raises for
-    what the host refuses, it reports it."""
+def addresses_part(bundle: Bundle, *, add: bool) -> tuple[Part, tuple[str, ...]]:
+    """Whether the slices' egress addresses are local (added on ``lo`` first when ``add``)."""
+    wanted = slice_addresses(bundle)
+    if not wanted:
+        return Part(ON, "no slice addresses to hold"), ()
+    try:
+        missing = missing_addresses(bundle)
+        if missing and add:
+            add_on_loopback(missing)
+            log.warning("added egress addresses on lo: %s", ", ".join(missing))
+            missing = missing_addresses(bundle)
+    except AddressError as error:
+        return Part(FAILED, str(error)), ()
+    if missing:
+        hint = "" if add else " (add them, or set add_addresses = true)"
+        detail = f"not on this host: {', '.join(missing)}{hint}; connects from them fail"
+        return Part(FAILED, detail), tuple(missing)
+    return Part(ON, f"all {len(wanted)} egress addresses are local"), ()
+
+
+def enforce(
+    bundle: Bundle,
+    *,
+    manage_port_range: bool,
+    manage_nftables: bool,
+    add_addresses: bool = False,
+) -> Enforcement:
+    """Bring the port range, the nftables guard and the egress addresses in line with
+    ``bundle``; never raises for what the host refuses, it reports it."""
     port_range = _port_range_part(bundle, manage=manage_port_range)
     if port_range.state == FAILED:
         # Guarding slices the kernel cannot honour would block this host's egress outright.
         return Enforcement(bundle.serial, port_range, Part(OFF, "not applied: port range failed"))
-    return Enforcement(bundle.serial, port_range, _nftables_part(bundle, manage=manage_nftables))
+    nftables = _nftables_part(bundle, manage=manage_nftables)
+    addresses, missing = addresses_part(bundle, add=add_addresses)
+    return Enforcement(bundle.serial, port_range, nftables, addresses, missing)

@@ -6,14 +6,18 @@ metric                                              type     labels
 ``portslice_agent_applied_serial``                  gauge
 ``portslice_agent_bundle_rejections_total``         counter  ``reason``
 ``portslice_agent_slice_sockets``                   gauge    ``ip``, ``lo``, ``hi``, ``proto``
-``portslice_agent_enforcement``                     enum     ``part`` (port_range, nftables)
+``portslice_agent_enforcement``                     enum     ``part`` (port_range, nftables,
+                                                             addresses)
 ``portslice_agent_nft_dropped_packets_total``       counter  ``proto``
 ``portslice_agent_slice_packets_total``             counter  ``ip``, ``lo``, ``hi``
+``portslice_agent_egress_address_missing``          gauge    ``ip``
 ==================================================  =======  ===================================
 
-The two nft metrics are read from the table's named counters at scrape time.
-They restart from zero when a new bundle replaces the table, which Prometheus
-treats as a counter reset (``rate()`` copes).
+``egress_address_missing`` is 1 for each slice address not on the host, checked
+at scrape time (0 when it is there). The two nft metrics are read from the
+table's named counters at scrape time. They restart from zero when a new
+bundle replaces the table, which Prometheus treats as a counter reset
+(``rate()`` copes).
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, start_http_server
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from agent import enforce
+from agent.addresses import AddressError, local_addresses, slice_addresses
 from agent.bundle import Bundle
 from agent.enforce import Enforcement
 from agent.usage import SliceUsage
@@ -38,7 +43,7 @@ class _NftCollector(Collector):
     def __init__(self, current: Callable[[], Bundle | None]) -> None:
         self.current = current
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         counters = enforce.read_counters()
         dropped = CounterMetricFamily(
             f"{PREFIX}_nft_dropped_packets",
@@ -60,6 +65,24 @@ class _NftCollector(Collector):
                 per_slice.add_metric([item.ip, str(item.lo), str(item.hi)], packets[0])
         yield dropped
         yield per_slice
+        yield self._addresses(bundle)
+
+    @staticmethod
+    def _addresses(bundle: Bundle | None) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(
+            f"{PREFIX}_egress_address_missing",
+            "1 when the egress address of a slice is not configured on this host",
+            labels=["ip"],
+        )
+        if bundle is None:
+            return family
+        try:
+            local = local_addresses()
+        except AddressError:
+            return family
+        for address in slice_addresses(bundle):
+            family.add_metric([address], 0 if address in local else 1)
+        return family
 
 
 class AgentMetrics:
@@ -96,9 +119,9 @@ class AgentMetrics:
         self.rejections.labels(reason=reason).inc()
 
     def enforced(self, bundle: Bundle, enforcement: Enforcement) -> None:
-        self.enforcement.labels(part="port_range").state(enforcement.port_range.state)
-        self.enforcement.labels(part="nftables").state(enforcement.nftables.state)
-        if enforcement.ok:
+        for name, part in enforcement.parts().items():
+            self.enforcement.labels(part=name).state(part.state)
+        if not enforcement.kernel_refused:  # applied, even with an address missing
             self.applied_serial.set(bundle.serial)
 
     # agent.usage.UsageObserver

@@ -13,7 +13,9 @@ Rules:
   then enforced. If enforcement fails, the previous good bundle is written back
   to the store (the kernel still holds the previous ruleset, since nft replaces
   the table in one transaction), and the ack is ``failed`` with the error; the
-  planner may resend the same serial, which is then tried again.
+  planner may resend the same serial, which is then tried again. A bundle
+  whose egress addresses are missing on the host stays applied (its guard is
+  right) but is acked ``failed`` naming them, so a resend checks again.
 * The serial already applied and enforced again is a no-op: ack ``applied``
   with note ``duplicate``.
 * Fail static (:meth:`Agent.start`): the stored bundle is verified again
@@ -216,22 +218,32 @@ class Agent:
 
     def _enforce_and_ack(self, bundle: Bundle, now: float, *, previous: Bundle | None) -> Ack:
         enforcement = self._enforce(bundle)
-        if not enforcement.ok:
+        if enforcement.kernel_refused:
             log.error("bundle serial %s not applied: %s", bundle.serial, enforcement.errors)
             if previous is not None and previous.serial != bundle.serial:
                 self._restore(previous)
-            return self._ack(
-                bundle,
-                FAILED,
-                reason=ENFORCEMENT_FAILED,
-                detail=enforcement.errors,
-                now=now,
-                enforcement=enforcement,
-            )
+            return self._failed(bundle, enforcement, now)
         self.bundle, self.enforcement = bundle, enforcement
         self._floor = max(self._floor, bundle.serial)
+        if not enforcement.ok:
+            # Applied (the guard and the port range hold), but not usable in full: say so,
+            # and a resend of the same serial checks again.
+            log.error(
+                "bundle serial %s applied incompletely: %s", bundle.serial, enforcement.errors
+            )
+            return self._failed(bundle, enforcement, now)
         log.info("bundle serial %s applied: %s", bundle.serial, enforcement.as_dict())
         return self._ack(bundle, APPLIED, now=now)
+
+    def _failed(self, bundle: Bundle, enforcement: Enforcement, now: float) -> Ack:
+        return self._ack(
+            bundle,
+            FAILED,
+            reason=ENFORCEMENT_FAILED,
+            detail=enforcement.errors,
+            now=now,
+            enforcement=enforcement,
+        )
 
     def _restore(self, previous: Bundle) -> None:
         try:
@@ -245,6 +257,7 @@ class Agent:
             bundle,
             manage_port_range=self.config.manage_port_range,
             manage_nftables=self.config.manage_nftables,
+            add_addresses=self.config.add_addresses,
         )
         self._write_status(bundle, enforcement)
         if self.observer is not None:
@@ -299,24 +312,24 @@ class Agent:
             log.warning("cannot write %s: %s", STATUS_FILE, error)
 
 
-def write_status(state_dir: Path, document: Mapping[str, Any]) -> None:
-    """Replace ``state_dir/enforcement.json`` atomically."""
+def write_status(state_dir: Path, document: Mapping[str, Any], name: str = STATUS_FILE) -> None:
+    """Replace ``state_dir/<name>`` (``enforcement.json``) atomically."""
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=state_dir, prefix=f".{STATUS_FILE}.", suffix=".tmp")
+    fd, temp = tempfile.mkstemp(dir=state_dir, prefix=f".{name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:
             json.dump(document, handle, indent=2, sort_keys=True)
-        os.replace(temp, state_dir / STATUS_FILE)
+        os.replace(temp, state_dir / name)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         raise
 
 
-def read_status(state_dir: Path) -> dict[str, Any] | None:
+def read_status(state_dir: Path, name: str = STATUS_FILE) -> dict[str, Any] | None:
     """The last enforcement the agent recorded, ``None`` if none (or unreadable)."""
     try:
-        document = json.loads((state_dir / STATUS_FILE).read_text())
+        document = json.loads((state_dir / name).read_text())
     except (OSError, ValueError):
         return None
     return document if isinstance(document, dict) else None

@@ -41,8 +41,9 @@ off the broker with ``contract.validate_ack`` / ``validate_usage``, dropping
     revision       int | None   the bundle's plan revision (``None`` when rejected)
     applied_at     str          ISO 8601 UTC time of the apply (``""`` unless applied)
     enforcement    dict         ``{"serial": int, "port_range": {"state", "detail"},
-                                "nftables": {"state", "detail"}}`` with state ``"on"``,
-                                ``"off"`` or ``"failed"``; ``{}`` before any bundle
+                                "nftables": {"state", "detail"}, "addresses": {"state",
+                                "detail"}, "missing_addresses": [str]}`` with state
+                                ``"on"``, ``"off"`` or ``"failed"``; ``{}`` before any bundle
     ============== ============ ==============================================================
 
 ``planner.record_usage(**kwargs)`` (agent → planner, queue ``planner``), every
@@ -69,6 +70,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import contract
@@ -102,17 +104,29 @@ ACK_RETRY: Final = {"max_retries": 3, "interval_start": 0.5, "interval_step": 1.
 
 def make_app(config: AgentConfig) -> Celery:
     """A Celery app for this host: JSON only, no results, ``agent.<hostname>`` as its queue."""
+    return celery_app(
+        "portslice-agent",
+        broker_url=config.broker_url,
+        queue=config.queue,
+        broker_folder=config.broker_folder,
+    )
+
+
+def celery_app(
+    name: str, *, broker_url: str, queue: str, broker_folder: Path | None = None
+) -> Celery:
+    """A Celery app consuming only ``queue`` in order: JSON only, no results, solo pool."""
     # Imported here, not at the top: kombu's JSON module imports Django's
     # Promise when Django happens to be installed (as on a planner machine), and
     # importing any agent module must never load Django (tests/test_package_boundaries.py).
     from celery import Celery
     from kombu import Queue
 
-    app = Celery("portslice-agent", broker=config.broker_url, set_as_current=False)
-    if config.broker_url.startswith("filesystem"):
+    app = Celery(name, broker=broker_url, set_as_current=False)
+    if broker_url.startswith("filesystem"):
         app.conf.broker_transport = filesystem_transport()
-        if config.broker_folder is not None:
-            app.conf.broker_transport_options = filesystem_options(config.broker_folder)
+        if broker_folder is not None:
+            app.conf.broker_transport_options = filesystem_options(broker_folder)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -120,8 +134,8 @@ def make_app(config: AgentConfig) -> Celery:
         accept_content=["json"],
         result_backend=None,
         task_ignore_result=True,
-        task_default_queue=config.queue,
-        task_queues=[Queue(config.queue)],
+        task_default_queue=queue,
+        task_queues=[Queue(queue)],
         task_acks_late=True,  # a crash mid-apply redelivers; applying is idempotent
         worker_prefetch_multiplier=1,
         worker_concurrency=1,

@@ -1,7 +1,9 @@
 """Port-slice allocation engine: pure Python, standard library only.
 
-Plans which machine owns which port range of which egress IP. It never imports
-Django, the planner or the agent; both of those may import it.
+Plans which machine owns which port range of which egress IP, and renders the
+resulting steering table for a Linux gateway (:mod:`allocator.steering`, shared
+by the planner's export and the agent's gateway). It never imports Django, the
+planner or the agent; both of those may import it.
 """
 
 from allocator.capacity import (

@@ -93,7 +93,7 @@ def steering_nft(dc: Any) -> bytes:
     from planner import selectors, steering
 
     rows = selectors.steering_table(datacenter=dc)
-    return steering.render_gateway_script(rows, datacenter=dc.code, revision=1).encode()
+    return steering.render_script(rows, datacenter=dc.code, revision=1).encode()
 
 
 def steering_naive(dc: Any) -> bytes:

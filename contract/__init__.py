@@ -28,10 +28,13 @@ from contract.messages import (
 from contract.tasks import (
     ACK_TASK,
     APPLY_TASK,
+    GATEWAY_ACK_TASK,
+    GATEWAY_APPLY_TASK,
     PLANNER_QUEUE,
     PUBLISH_TASK,
     USAGE_TASK,
     agent_queue,
+    gateway_queue,
 )
 
 __all__ = [
@@ -42,6 +45,8 @@ __all__ = [
     "APPLY_TASK",
     "DUPLICATE",
     "FAILED",
+    "GATEWAY_ACK_TASK",
+    "GATEWAY_APPLY_TASK",
     "MAX_SLICES",
     "PLANNER_QUEUE",
     "PUBLISH_TASK",
@@ -54,6 +59,7 @@ __all__ = [
     "UsageReport",
     "ack_message",
     "agent_queue",
+    "gateway_queue",
     "usage_message",
     "validate_ack",
     "validate_usage",

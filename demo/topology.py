@@ -96,21 +96,11 @@ class Topology:
                 in_netns(ns, "sysctl", "-qw", f"net.ipv4.conf.{dev}.rp_filter=0"), check=True
             )
 
-    def steer(self, nft_script: str, ip_rules: str) -> None:
-        """Load a steering table into the gateway: nft in one transaction, then the rules.
-
-        ``ip rule add`` would stack duplicates on every refresh, so each rule is
-        deleted first (machine marks are stable, so this changes nothing in flight).
-        """
-        subprocess.run(in_netns(self.gateway, "nft", "-f", "-"), input=nft_script, text=True,
+    def steer(self, script: str) -> None:
+        """Load a steering table into the gateway: the planner's re-runnable script
+        (routes and rules added when missing, the nft table in one transaction)."""
+        subprocess.run(in_netns(self.gateway, "sh", "-s"), input=script, text=True,
                        check=True, capture_output=True)  # fmt: skip
-        for line in ip_rules.splitlines():
-            if line.startswith("ip rule add"):
-                delete = line.replace("ip rule add", "ip rule del", 1).split()
-                subprocess.run(in_netns(self.gateway, *delete), capture_output=True)
-            if line and not line.startswith("#"):
-                subprocess.run(in_netns(self.gateway, *line.split()), check=True,
-                               capture_output=True)  # fmt: skip
 
     def remove(self) -> None:
         remove_recorded(self.record)

@@ -30,6 +30,7 @@ from planner.models import (
     Datacenter,
     EgressIP,
     EgressPool,
+    Gateway,
     Machine,
     PlanRevision,
     PortSlice,
@@ -350,28 +351,25 @@ class RebalancePolicyAdmin(admin.ModelAdmin):
 
 
 @admin.register(RebalanceRun)
-class RebalanceRunAdmin(admin.ModelAdmin):
+class RebalanceRunAdmin(ReadOnlyAdmin):
     """Read-only: what each rebalance run saw and did."""
 
     list_display = ["at", "datacenter", "outcome", "detail", "revision", "draft"]
     list_filter = ["outcome", "datacenter"]
     list_select_related = ["datacenter", "revision", "draft"]
 
-    def has_add_permission(self, request: Any) -> bool:
-        return False
-
-    def has_change_permission(self, request: Any, obj: Any = None) -> bool:
-        return False
-
 
 @admin.register(ReportRejection)
-class ReportRejectionAdmin(admin.ModelAdmin):
+class ReportRejectionAdmin(ReadOnlyAdmin):
     """Agent messages refused for breaking the contract, counted by field."""
 
     list_display = ["kind", "field", "count", "last_at", "last_error"]
 
-    def has_add_permission(self, request: Any) -> bool:
-        return False
 
-    def has_change_permission(self, request: Any, obj: Any = None) -> bool:
-        return False
+@admin.register(Gateway)
+class GatewayAdmin(ReadOnlyAdmin):
+    """Gateways report which steering table they run; nobody edits that."""
+
+    list_display = ["name", "datacenter", "revision", "status", "slices", "applied_at", "last_seen"]
+    list_filter = ["datacenter", "status"]
+    list_select_related = ["datacenter"]

@@ -26,3 +26,4 @@ app.conf.update(
 app.autodiscover_tasks(["planner"])
 
 agent_queue = contract.agent_queue
+gateway_queue = contract.gateway_queue

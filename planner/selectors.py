@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,6 +21,7 @@ from planner.models import (
     Datacenter,
     EgressIP,
     EgressPool,
+    Gateway,
     Machine,
     PlanRevision,
     PortSlice,
@@ -174,15 +177,36 @@ def bundle_slices(*, machine_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
     return result
 
 
+def shared_prefixes(*, datacenter_ids: Iterable[int]) -> dict[int, list[str]]:
+    """Each datacenter's egress addresses (every state: a drained IP is still someone's
+    address) collapsed into prefixes, IPv4 first: what every host's guard covers."""
+    addresses: dict[int, list[Any]] = {}  # Any: collapse_addresses takes one version at a time
+    rows = EgressIP.objects.filter(pool__datacenter_id__in=list(datacenter_ids)).values_list(
+        "pool__datacenter_id", "address"
+    )
+    for dc, address in rows:
+        addresses.setdefault(dc, []).append(ipaddress.ip_network(address))
+    return {
+        dc: [
+            str(prefix)
+            for version in (4, 6)
+            for prefix in ipaddress.collapse_addresses(n for n in nets if n.version == version)
+        ]
+        for dc, nets in addresses.items()
+    }
+
+
 def bundle_claims(
     *,
     machine: Machine,
     serial: int,
     revision: PlanRevision | None,
     slices: list[dict[str, Any]],
+    shared: list[str],
     now: datetime,
 ) -> dict[str, Any]:
-    """The claims of the bundle contract (docs/design.md) for one machine."""
+    """The claims of the bundle contract (docs/design.md) for one machine; ``shared`` from
+    :func:`shared_prefixes`."""
     issued = int(now.timestamp())
     return {
         "iss": signing.ISSUER,
@@ -194,6 +218,7 @@ def bundle_claims(
         "revision": revision.number if revision else 0,
         "datacenter": machine.datacenter.code,
         "slices": slices,
+        "shared": shared,
     }
 
 
@@ -202,9 +227,24 @@ def steering_table(*, datacenter: Datacenter) -> list[SteeringRow]:
     rows = (
         live_slices(datacenter=datacenter)
         .order_by("ip__address", "lo")
-        .values_list("ip__address", "lo", "hi", "machine__hostname", "machine__address", "state")
+        .values_list(
+            "ip__address",
+            "lo",
+            "hi",
+            "machine__hostname",
+            "machine__address",
+            "state",
+            "machine__steering_mark",
+        )
     )
-    return [SteeringRow(*row) for row in rows]
+    # Mark 0: none yet, until planner.services.steering.steering_rows allocates it.
+    return [SteeringRow(*row[:6], mark=row[6] or 0) for row in rows]
+
+
+def gateways(*, datacenter: Datacenter | None = None) -> QuerySet[Gateway]:
+    """The gateways that have reported, and the steering revision each runs."""
+    found = Gateway.objects.select_related("datacenter")
+    return found.filter(datacenter=datacenter) if datacenter is not None else found
 
 
 def pool_headroom() -> list[alloc.PoolHeadroom]:

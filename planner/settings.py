@@ -126,7 +126,8 @@ TEMPLATES = [
 
 DATABASES = {
     "default": dj_database_url.parse(
-        os.environ.get("DATABASE_URL", f"sqlite:///{VAR_DIR / 'portslice.sqlite3'}"),
+        # DATABASE_URL_FILE too: the URL carries the password (docker-compose.yml secrets).
+        envsecret("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'portslice.sqlite3'}",
         conn_max_age=envint("DB_CONN_MAX_AGE", 0),
     )
 }
@@ -158,6 +159,18 @@ STORAGES = {
     # works offline and without a separate web server in the quick start.
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
+
+# plotly.js comes from the plotly package itself (planner/staticfinders.py): no CDN.
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "planner.staticfinders.PlotlyFinder",
+]
+
+# The operator UI (planner/ui): everything but the login page needs a session.
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "overview"
+LOGOUT_REDIRECT_URL = "login"
 
 # HTTPS in production (README "Production"): all off for the quick start on
 # http://127.0.0.1, all on behind TLS so that `manage.py check --deploy` is clean.

@@ -18,9 +18,10 @@ from planner import selectors
 from planner.audit import acting_as
 from planner.celery import app
 from planner.choices import BundleStatus
-from planner.models import ConfigBundle
+from planner.models import ConfigBundle, PlanRevision
 from planner.services import bundles as bundle_services
 from planner.services import plans, rebalance, reports
+from planner.services import steering as steering_services
 
 logger = logging.getLogger(__name__)
 
@@ -29,13 +30,50 @@ def _send_bundle(hostname: str, token: str) -> None:
     app.send_task(contract.APPLY_TASK, args=[token], queue=contract.agent_queue(hostname))
 
 
+def _send_steering(datacenter: str, token: str) -> None:
+    # Only the newest table matters: drop any a gateway has not taken yet, so a
+    # queue nobody consumes (no gateway in that datacenter) holds one table, not
+    # every table ever published. Best effort; the gateway's poll covers a race.
+    queue = contract.gateway_queue(datacenter)
+    try:
+        with app.connection_for_write() as connection:
+            connection.default_channel.queue_purge(queue)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - a queue not declared yet (RabbitMQ) is fine
+        logger.debug("could not purge %s", queue, exc_info=True)
+    app.send_task(contract.GATEWAY_APPLY_TASK, args=[token], queue=queue)
+
+
 @shared_task(name=contract.PUBLISH_TASK, autoretry_for=(OSError,), retry_backoff=True)
 def publish_revision(revision_id: int) -> int:
     bundles = ConfigBundle.objects.filter(
         revision_id=revision_id, status=BundleStatus.PENDING
     ).select_related("machine")
     with acting_as("system:celery"):
-        return bundle_services.bundles_send(bundles=bundles, send=_send_bundle)
+        sent = bundle_services.bundles_send(bundles=bundles, send=_send_bundle)
+    revision = PlanRevision.objects.select_related("datacenter").filter(pk=revision_id).first()
+    if revision is not None:
+        steering_services.steering_publish(datacenter=revision.datacenter, send=_send_steering)
+    return sent
+
+
+@shared_task(name=contract.GATEWAY_ACK_TASK)
+def record_gateway_ack(
+    *,
+    name: str,
+    datacenter: str,
+    revision: int,
+    etag: str,
+    status: str,
+    detail: str = "",
+    slices: int = 0,
+    **extra: Any,
+) -> bool:
+    """What a gateway applied; the kwargs are agent/gateway.py's ``Gateway._ack``."""
+    gateway = steering_services.gateway_ack(
+        name=name, datacenter=datacenter, revision=revision, etag=etag, status=status,
+        detail=detail, slices=slices,
+    )  # fmt: skip
+    return gateway is not None
 
 
 @shared_task(name=contract.ACK_TASK)

@@ -1,6 +1,5 @@
 from django.contrib import admin
 from django.urls import include, path
-from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from planner.metrics import metrics_view
@@ -16,5 +15,5 @@ urlpatterns = [
     # no inline script, so the Content-Security-Policy needs no exception.
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
     path("metrics", metrics_view, name="metrics"),
-    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("", include("planner.ui.urls")),
 ]

@@ -1,7 +1,8 @@
 """Who may do what: roles for people, one narrow right per service token.
 
-- viewer: every read. operator: inventory writes and plan previews.
-  admin: plan apply and keys. Superusers are admins. A role is a group.
+- viewer: every read. operator: inventory writes, plan previews and applies
+  (the web UI's operators apply plans too). admin: keys and tokens.
+  Superusers are admins. A role is a group.
 - agent token: its own machine's bundle and the public keys, nothing else.
 - load-balancer token: steering tables (of its datacenter, when bound).
 """

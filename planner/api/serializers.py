@@ -12,6 +12,7 @@ from planner.models import (
     Datacenter,
     EgressIP,
     EgressPool,
+    Gateway,
     Machine,
     PlanRevision,
     PortSlice,
@@ -195,3 +196,14 @@ class RebalanceRunSerializer(serializers.ModelSerializer[RebalanceRun]):
         model = RebalanceRun
         fields = ["at", "outcome", "detail", "saw", "changed", "revision", "draft"]
         read_only_fields = fields
+
+
+class GatewaySerializer(serializers.ModelSerializer[Gateway]):
+    datacenter = serializers.SlugRelatedField(slug_field="code", read_only=True)  # type: ignore[var-annotated]
+
+    class Meta:
+        model = Gateway
+        fields = [
+            "name", "datacenter", "revision", "etag", "status", "detail", "slices",
+            "applied_at", "last_seen",
+        ]  # fmt: skip

@@ -15,7 +15,9 @@ router.register("revisions", views.PlanRevisionViewSet)
 
 urlpatterns = [
     path("datacenters/<slug:code>/steering", views.SteeringView.as_view(), name="steering"),
+    path("datacenters/<slug:code>/heatmap", views.HeatmapView.as_view(), name="heatmap"),
     path("keys", views.KeysView.as_view(), name="keys"),
+    path("gateways", views.GatewayView.as_view(), name="gateways"),
     path("geofeed.csv", views.GeofeedView.as_view(), name="geofeed"),
     *router.urls,
 ]

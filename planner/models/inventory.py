@@ -95,6 +95,11 @@ class Datacenter(GeoFields):
 
     code = models.SlugField(max_length=32, unique=True, help_text="Short code, e.g. fra1")
     name = models.CharField(max_length=100)
+    marks_issued = models.PositiveIntegerField(
+        default=0,
+        editable=False,
+        help_text="Steering marks handed out so far: the next machine gets the next one",
+    )
 
     class Meta:
         ordering = ["code"]
@@ -269,14 +274,33 @@ class Machine(NulFreeText):
         editable=False,
         help_text="When its agent was marked stale (silent for AGENT_STALE_MINUTES)",
     )
+    steering_mark = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="The firewall mark a gateway steers its ports with: fixed for life, never reused",
+    )
 
     class Meta:
         ordering = ["hostname"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["datacenter", "steering_mark"], name="machine_unique_steering_mark"
+            )
+        ]
 
-    # Written only by atomic UPDATEs (bundle builds, agent acks); a save of a
-    # stale instance (an admin form, an API PATCH) must not put them back.
+    # Written only by atomic UPDATEs (bundle builds, agent acks, stale marking, mark
+    # allocation); a save of a stale instance (an admin form, an API PATCH) must not
+    # put them back.
     COUNTERS = frozenset(
-        {"bundle_serial", "applied_serial", "last_seen", "enforcement", "stale_since"}
+        {
+            "bundle_serial",
+            "applied_serial",
+            "last_seen",
+            "enforcement",
+            "stale_since",
+            "steering_mark",
+        }
     )
 
     def __str__(self) -> str:

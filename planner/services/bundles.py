@@ -27,6 +27,7 @@ from planner.models import (
 from planner.selectors import (
     bundle_claims,
     bundle_slices,
+    shared_prefixes,
 )
 
 # A bundle that may still be (re)sent: not applied, rejected or superseded.
@@ -68,6 +69,7 @@ def bundles_build(
             machine_id__in=ids, status__in=[BundleStatus.PENDING, BundleStatus.SENT]
         ).update(status=BundleStatus.SUPERSEDED)
         slices = bundle_slices(machine_ids=ids)
+        shared = shared_prefixes(datacenter_ids={m.datacenter_id for m in machines})
         expires = now + timedelta(seconds=settings.BUNDLE_TTL_SECONDS)
         bundles = [
             ConfigBundle(
@@ -82,6 +84,7 @@ def bundles_build(
                         serial=serials[m.pk],
                         revision=revision,
                         slices=slices.get(m.pk, []),
+                        shared=shared.get(m.datacenter_id, []),
                         now=now,
                     ),
                     kid=key.kid,

@@ -421,3 +421,30 @@ def inventory_import(*, records: Iterable[InventoryRecord]) -> dict[str, int]:
             changes=importer.counts,
         )
     return importer.counts
+
+
+# An import check lists at most this many bad records.
+IMPORT_ERRORS_LISTED = 50
+
+
+def inventory_import_check(*, records: Iterable[InventoryRecord]) -> list[InventoryError]:
+    """Every bad record of an import, not just the first: nothing is written.
+
+    Each record is tried in a savepoint of one transaction that is rolled back
+    at the end, with the same rules as :func:`inventory_import`. A record that
+    depends on a bad one (an IP of a pool that failed) is reported too.
+    """
+    errors: list[InventoryError] = []
+    with transaction.atomic():
+        importer = _Importer()
+        for record in records:
+            try:
+                with transaction.atomic():
+                    importer.write(record)
+            except InventoryError as error:
+                errors.append(error)
+                importer = _Importer()  # its caches may hold rows the savepoint undid
+            if len(errors) >= IMPORT_ERRORS_LISTED:
+                break
+        transaction.set_rollback(True)
+    return errors

@@ -138,11 +138,25 @@ def test_it_rejects_a_serial_not_above_the_last_applied(serial: int) -> None:
         ({"slices": [slice_claim(state="retired")]}, "slices[0].state"),
         ({"slices": [slice_claim(pool=None)]}, "slices[0].pool"),
         ({"slices": ["198.51.100.7"]}, "slices[0]"),
+        ({"shared": "198.51.100.0/29"}, "shared="),
+        ({"shared": ["198.51.100.0/29", 7]}, "shared[1]=7"),
+        ({"shared": ["198.51.100.1/29"]}, "shared[0]='198.51.100.1/29' is not an IP prefix"),
+        ({"shared": ["198.51.100.0/33"]}, "shared[0]"),
+        ({"shared": ["10.0.0.0/32"] * 4097}, "shared has 4097 prefixes, limit 4096"),
     ],
 )
 def test_it_rejects_schema_faults_naming_the_field(change: dict, field: str) -> None:
     error = rejected(sign(claims(**change), KEY), bundle.BAD_SCHEMA)
     assert field in error.detail
+
+
+def test_it_reads_the_shared_prefixes_normalized() -> None:
+    good = check(sign(claims(shared=["198.51.100.0/29", "2001:DB8::7/128"]), KEY))
+    assert good.shared == ("198.51.100.0/29", "2001:db8::7/128")
+
+
+def test_a_bundle_without_shared_prefixes_guards_its_slices_only() -> None:
+    assert check(sign(claims(), KEY)).shared == ()
 
 
 def test_it_rejects_a_missing_claim() -> None:

@@ -19,8 +19,13 @@ def _slice(ip: str, lo: int, hi: int, state: str = "active") -> BundleSlice:
     return BundleSlice(ip, lo, hi, state, "fra1/warp/DE", "warp", "DE")
 
 
-def _bundle(*slices: BundleSlice, serial: int = 7) -> Bundle:
-    return Bundle("edge-test", "fra1", serial, 3, 0, 0, tuple(slices), "kid", "token")
+SHARED = ("198.51.100.0/28", "2001:db8::/125")
+#: A shared address of the datacenter on which the host under test holds no slice.
+NEIGHBOUR_V4 = "198.51.100.8"
+
+
+def _bundle(*slices: BundleSlice, serial: int = 7, shared: tuple[str, ...] = ()) -> Bundle:
+    return Bundle("edge-test", "fra1", serial, 3, 0, 0, tuple(slices), "kid", "token", shared)
 
 
 MIXED = _bundle(
@@ -31,9 +36,10 @@ MIXED = _bundle(
 
 # Sends one TCP connect or UDP datagram per probe from a hand-bound source port.
 PROBE = f"""
-import json, socket, sys
+import json, socket, sys, time
 results = []
 for src, sport, dst, proto in json.loads(sys.argv[1]):
+    started = time.monotonic()
     family = socket.AF_INET6 if ":" in src else socket.AF_INET
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     s = socket.socket(family, kind)
@@ -48,6 +54,8 @@ for src, sport, dst, proto in json.loads(sys.argv[1]):
         results.append("sent")
     except OSError as error:
         results.append(f"errno {{error.errno}}" if error.errno else "timeout")
+    if time.monotonic() - started > 1.0:
+        results[-1] += " slow"
     s.close()
 print(json.dumps(results))
 """
@@ -65,7 +73,7 @@ COUNTERS = (
 
 
 def _enforce(ns: Netns, bundle: Bundle, **flags: bool) -> dict:
-    document = json.loads(netlab.bundle_json(serial=bundle.serial))
+    document = json.loads(netlab.bundle_json(serial=bundle.serial, shared=list(bundle.shared)))
     document["slices"] = [
         {f: getattr(s, f) for f in ("ip", "lo", "hi", "state", "pool", "purpose", "country")}
         for s in bundle.slices
@@ -106,7 +114,7 @@ def test_it_renders_one_replacing_transaction() -> None:
 
 def test_it_renders_empty_sets_for_a_bundle_without_slices() -> None:
     script = render_ruleset(_bundle())
-    assert "set shared_v4 { type ipv4_addr; }" in script
+    assert "set shared_v4 { type ipv4_addr; flags interval; }" in script
     assert "elements = { 198" not in script
 
 
@@ -140,7 +148,7 @@ def test_it_drops_egress_outside_the_slices_and_counts_it(lab) -> None:
     outcome = json.loads(host.python(PROBE, json.dumps(probes)).stdout)
     assert outcome[0] == outcome[1] == outcome[3] == outcome[5] == "sent"
     assert outcome[2] == outcome[6] == "errno 1"  # EPERM: dropped at output
-    assert outcome[4] != "sent" and outcome[7] != "sent"
+    assert outcome[4] == outcome[7] == "errno 111"  # ECONNREFUSED at once: the SYN got a reset
 
     netlab.wait_for(lambda: len(netlab.peer_log(log)) >= 4, what="the in-slice packets")
     seen = {(proto, port) for proto, _ip, port in netlab.peer_log(log)}
@@ -148,7 +156,7 @@ def test_it_drops_egress_outside_the_slices_and_counts_it(lab) -> None:
 
     counters = _counters(host)
     assert counters["dropped_udp"][0] == 2
-    assert counters["dropped_tcp"][0] >= 2  # SYN retransmits count too
+    assert counters["dropped_tcp"][0] == 2  # one SYN each, never retransmitted
     assert counters[counter_name(MIXED.slices[0])][0] >= 2
     assert counters[counter_name(MIXED.slices[1])][0] == 1
 
@@ -219,3 +227,69 @@ def test_it_does_not_apply_a_bundle_the_port_range_cannot_honour(lab) -> None:
     assert "32768-60999 does not cover slices 20000-20063" in result["port_range"]["detail"]
     assert result["nftables"]["state"] == "off"
     assert _counters(host) == {}  # no guard for slices the kernel would not honour
+
+
+def _add_neighbour_address(host: Netns, peer: Netns) -> None:
+    host.run("ip", "addr", "add", f"{NEIGHBOUR_V4}/32", "dev", "lo")
+    peer.run("ip", "route", "add", f"{NEIGHBOUR_V4}/32", "via", "192.0.2.2")
+
+
+def test_it_guards_shared_ips_the_host_holds_no_slice_on(lab) -> None:
+    host, peer, log = lab
+    _add_neighbour_address(host, peer)
+    result = _enforce(host, _bundle(_slice(SHARED_V4, 40000, 40063), shared=SHARED))
+    assert result["ok"] and "2 shared prefixes" in result["nftables"]["detail"], result
+
+    # 40010 is this host's port on .7, and a neighbour's on .8.
+    probes = [
+        [NEIGHBOUR_V4, 40010, PEER_V4, "udp"],
+        [NEIGHBOUR_V4, 40011, PEER_V4, "tcp"],
+        [SHARED_V4, 40012, PEER_V4, "udp"],
+    ]
+    outcome = json.loads(host.python(PROBE, json.dumps(probes)).stdout)
+    assert outcome == ["errno 1", "errno 111", "sent"]
+    netlab.wait_for(lambda: netlab.peer_log(log), what="the in-slice datagram")
+    assert netlab.peer_log(log) == [("udp", SHARED_V4, 40012)]  # the owner of .8 saw nothing
+    counters = _counters(host)
+    assert counters["dropped_udp"][0] == 1 and counters["dropped_tcp"][0] == 1
+
+
+def test_a_host_without_slices_may_send_from_no_shared_ip(lab) -> None:
+    host, peer, log = lab
+    _add_neighbour_address(host, peer)
+    result = _enforce(host, _bundle(shared=SHARED))  # after its drain ended
+    assert result["ok"] and result["nftables"]["state"] == "on", result
+    probes = [[ip, port, PEER_V4, proto] for ip in (SHARED_V4, NEIGHBOUR_V4)
+              for port, proto in ((40000, "udp"), (40001, "tcp"))]  # fmt: skip
+    probes.append([SHARED_V6, 40002, PEER_V6, "udp"])
+    outcome = json.loads(host.python(PROBE, json.dumps(probes)).stdout)
+    assert outcome == ["errno 1", "errno 111", "errno 1", "errno 111", "errno 1"]
+    assert netlab.peer_log(log) == []
+    counters = _counters(host)
+    assert counters["dropped_udp"][0] == 3 and counters["dropped_tcp"][0] == 2
+
+
+MISSING_V4 = "198.51.100.9"
+
+
+def test_it_reports_a_slice_address_missing_on_the_host(lab) -> None:
+    host, _peer, _log = lab
+    bundle = _bundle(_slice(SHARED_V4, 40000, 40063), _slice(MISSING_V4, 40000, 40063))
+    result = _enforce(host, bundle)
+    assert not result["ok"]
+    assert result["addresses"]["state"] == "failed"
+    assert result["missing_addresses"] == [MISSING_V4]
+    assert f"not on this host: {MISSING_V4}" in result["addresses"]["detail"]
+    assert result["nftables"]["state"] == "on"  # the guard holds all the same
+    assert "inet" not in host.run("ip", "-o", "addr", "show", "dev", "lo", "to", MISSING_V4).stdout
+
+
+def test_it_adds_missing_addresses_on_lo_when_asked(lab) -> None:
+    host, _peer, _log = lab
+    bundle = _bundle(_slice(MISSING_V4, 40000, 40063), _slice("2001:db8::9", 40000, 40063))
+    result = _enforce(host, bundle, add_addresses=True)
+    assert result["ok"] and result["addresses"]["state"] == "on", result
+    assert result["missing_addresses"] == []
+    shown = host.run("ip", "-o", "addr", "show", "dev", "lo").stdout
+    assert f"{MISSING_V4}/32" in shown and "2001:db8::9/128" in shown
+    assert _enforce(host, bundle, add_addresses=True)["ok"]  # already there: fine

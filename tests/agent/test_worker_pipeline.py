@@ -41,10 +41,10 @@ def host(tmp_path: Path) -> Iterator[Netns]:
         yield ns
 
 
-def _token(key: Any, serial: int, lo: int = 40000, hi: int = 40063) -> str:
+def _token(key: Any, serial: int, lo: int = 40000, hi: int = 40063, ip: str = SHARED_V4) -> str:
     now = int(time.time())
     claims = keys.claims(
-        iat=now, exp=now + 3600, serial=serial, slices=[keys.slice_claim(SHARED_V4, lo, hi)]
+        iat=now, exp=now + 3600, serial=serial, slices=[keys.slice_claim(ip, lo, hi)]
     )
     return keys.sign(claims, key)
 
@@ -92,3 +92,23 @@ def test_the_store_is_rolled_back_when_enforcement_fails(host: Netns, tmp_path: 
     assert stored is not None and stored.serial == 5
     table = host.run("nft", "list", "table", "inet", "portslice").stdout
     assert "slice_198_51_100_7_40000_40063" in table and "20000" not in table
+
+
+def test_a_missing_egress_address_is_acked_failed_until_it_is_there(
+    host: Netns, tmp_path: Path
+) -> None:
+    key = keys.generate_key()
+    netlab.write_jwks(tmp_path / "keys.json", keys.public(key))
+    token = _token(key, 5, ip="198.51.100.9")
+    first = _apply(host, tmp_path, token)["acks"][0]
+    assert (first["status"], first["reason"]) == ("failed", "enforcement_failed")
+    assert "addresses: not on this host: 198.51.100.9" in first["detail"]
+    assert first["applied_serial"] == 5  # applied: the guard holds, the address is what lacks
+    assert first["enforcement"]["addresses"]["state"] == "failed"
+    assert first["enforcement"]["missing_addresses"] == ["198.51.100.9"]
+    assert first["enforcement"]["nftables"]["state"] == "on"
+
+    host.run("ip", "addr", "add", "198.51.100.9/32", "dev", "lo")
+    again = _apply(host, tmp_path, token)["acks"][0]  # the planner resends a failed bundle
+    assert (again["status"], again["note"]) == ("applied", "duplicate")
+    assert again["enforcement"]["addresses"]["state"] == "on"

@@ -21,6 +21,7 @@ from planner.models import ConfigBundle, Machine, PortSlice
 from planner.services.bundles import bundles_build
 from planner.services.keys import signing_key_retire, signing_key_rotate
 from tests.planner.conftest import Site
+from tests.planner.factories import make_datacenter, make_ip, make_pool
 
 pytestmark = pytest.mark.django_db
 OWN = "edge0.fra1.example.net"
@@ -90,6 +91,24 @@ def test_the_agent_accepts_what_the_planner_signs(
             now=time.time(),
         )
     assert caught.value.reason == "wrong_host"
+
+
+def test_every_bundle_names_all_shared_addresses_of_its_datacenter(
+    clients: dict[str, APIClient], site: Site, tmp_path: Path
+) -> None:
+    """Also the addresses the machine holds no slice on, collapsed into prefixes."""
+    pool = site.datacenter.pools.get()
+    for address in ("192.0.2.2", "192.0.2.3", "192.0.2.8"):
+        make_ip(address, pool=pool)
+    make_ip("198.51.100.9", pool=make_pool(datacenter=make_datacenter(code="ams1")))
+    bundles_build(machines=site.machines)
+    jwks_file = tmp_path / "jwks.json"
+    jwks_file.write_text(json.dumps(_jwks(clients["agent"])))
+    bundle = verify(
+        _bundle(clients["agent"]), keys=load_keys(jwks_file), hostname=OWN, last_serial=0,
+        now=time.time(),
+    )  # fmt: skip
+    assert bundle.shared == ("192.0.2.1/32", "192.0.2.2/31", "192.0.2.8/32", "2001:db8::1/128")
 
 
 def test_rotation_keeps_the_old_key_published_until_retired(

@@ -16,7 +16,6 @@ OTHER = "edge1.fra1.example.net"
 ALL = {"alice", "bob", "vera", "charlie", "agent", "lb", "anonymous"}
 READERS = {"alice", "bob", "vera"}
 WRITERS = {"alice", "bob"}
-ADMINS = {"alice"}
 
 # (method, path, body, actors allowed)
 MATRIX: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
@@ -32,7 +31,7 @@ MATRIX: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
     ("get", "/api/v1/slices", None, READERS),
     ("get", "/api/v1/revisions", None, READERS),
     ("post", "/api/v1/datacenters/fra1/plan/preview", None, WRITERS),
-    ("post", "/api/v1/datacenters/fra1/plan/apply", {"inputs_digest": "0" * 64}, ADMINS),
+    ("post", "/api/v1/datacenters/fra1/plan/apply", {"inputs_digest": "0" * 64}, WRITERS),
     ("get", f"/api/v1/machines/{OWN}/bundle", None, READERS | {"agent"}),
     ("get", f"/api/v1/machines/{OTHER}/bundle", None, READERS),
     ("get", "/api/v1/keys", None, READERS | {"agent"}),

@@ -91,10 +91,10 @@ def test_a_planned_edit_is_previewed_then_applied_and_its_slice_drains(
     assert preview["ok"] and preview["diff"]["draining"] == 1
     assert EgressIP.objects.get(address="192.0.2.1").reserved_ports == []  # nothing written
     assert not PortSlice.objects.filter(state="draining").exists()
-    # Operators preview; applying a plan is the admin's.
+    # Viewers may look but not write; an operator applies.
     url = f"{IP}?plan=apply&inputs_digest={preview['inputs_digest']}"
-    assert clients["bob"].patch(url, change, format="json").status_code == 403
-    response = clients["alice"].patch(url, change, format="json")
+    assert clients["vera"].patch(url, change, format="json").status_code == 403
+    response = clients["bob"].patch(url, change, format="json")
     assert response.status_code == 200, response.json()
     assert response.json()["revision"]["number"] == 2
     assert EgressIP.objects.get(address="192.0.2.1").reserved_ports == [first.lo + 5]

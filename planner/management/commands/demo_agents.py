@@ -38,6 +38,7 @@ from planner.models import Datacenter, EgressIP, EgressPool, Machine, SigningKey
 from planner.services.inventory import machine_save, model_save
 from planner.services.plans import plan_apply_current
 from planner.services.rebalance import rebalance_policy_save
+from planner.services.steering import steering_rows
 
 REPO = Path(__file__).resolve().parents[3]
 CODE = "demo1"
@@ -187,15 +188,12 @@ class Command(BaseCommand):
             time.sleep(STEER_EVERY)
 
     def _steer(self, datacenter: Datacenter) -> None:
-        rows = selectors.steering_table(datacenter=datacenter)
+        rows = steering_rows(datacenter=datacenter)
         if rows == getattr(self, "_steered", None):
             return
         assert self.topology is not None
         revision = selectors.current_revision(datacenter=datacenter)
-        self.topology.steer(
-            steering.render_nft(rows, datacenter=CODE, revision=revision),
-            steering.render_ip_rules(rows),
-        )
+        self.topology.steer(steering.render_script(rows, datacenter=CODE, revision=revision))
         self._steered = rows
 
     def _stop_children(self) -> None:

@@ -35,7 +35,7 @@ def remove_schedules(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('planner', '0004_usage_and_enforcement'),
+        ('planner', '0005_dataplane'),
         ('django_celery_beat', '0019_alter_periodictasks_options'),
     ]
 

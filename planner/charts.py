@@ -1,0 +1,282 @@
+"""Plotly figures (plain ``{"data", "layout"}`` dicts) from selector output.
+
+Dicts rather than ``plotly.graph_objects``: a 4,000-row heatmap has a million
+cells, and the objects' validation would cost more than building the grid.
+The tests validate every figure made here against Plotly's schema instead.
+The browser draws them with the plotly.js that the plotly package ships,
+served by the app itself (``planner/staticfinders.py``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from planner import heatmap as hm
+
+# Categorical colours. Machines: ten hues that stay apart for common colour
+# blindness (no grey among them: grey means reserved or unusable).
+MACHINE_PALETTE = [
+    "#4e79a7",
+    "#f28e2b",
+    "#59a14f",
+    "#e15759",
+    "#76b7b2",
+    "#edc948",
+    "#b07aa1",
+    "#ff9da7",
+    "#9c755f",
+    "#1f5f8b",
+]
+UNUSABLE_COLOUR, RESERVED_COLOUR, FREE_COLOUR = "#d9d9d9", "#8c8c8c", "#f7f7f2"
+DIFF_COLOURS = {
+    "kept": "#c9d6e6",
+    "added": "#1a9850",
+    "draining": "#e66101",
+    "freed": "#7b3294",
+    "revived": "#2c7bb6",
+    "still_draining": "#fdb863",
+}
+KEPT_ALTERNATE_COLOUR = "#a9bcd3"  # every other kept slice, so neighbours stay apart
+DIFF_NAMES = {
+    "kept": "kept",
+    "added": "added",
+    "draining": "starts draining",
+    "freed": "freed",
+    "revived": "back to its owner",
+    "still_draining": "still draining",
+}
+BASE_LEGEND = [("free", FREE_COLOUR), ("reserved", RESERVED_COLOUR), ("unusable", UNUSABLE_COLOUR)]
+# Viridis, perceptually uniform, for 0-100 %; below 0 the cells that are no measured use.
+VIRIDIS = [
+    "#440154",
+    "#482878",
+    "#3e4989",
+    "#31688e",
+    "#26828e",
+    "#1f9e89",
+    "#35b779",
+    "#6ece58",
+    "#b5de2b",
+    "#fde725",
+]
+UTIL_ZMIN = -0.3
+NO_REPORT_COLOUR = "#f4c6d7"
+PERCENTS = ["0%", "25%", "50%", "75%", "100%"]
+
+
+def _utilization_scale() -> list[list[Any]]:
+    """Three bands below 0 (unusable, reserved, no report), then viridis over 0-100 %."""
+    span = 1 - UTIL_ZMIN
+
+    def at(value: float) -> float:
+        return (value - UTIL_ZMIN) / span
+
+    scale: list[list[Any]] = []
+    for lo, hi, colour in (
+        (UTIL_ZMIN, -0.2, UNUSABLE_COLOUR),
+        (-0.2, -0.1, RESERVED_COLOUR),
+        (-0.1, 0.0, NO_REPORT_COLOUR),
+    ):
+        scale += [[at(lo), colour], [at(hi), colour]]
+    steps = len(VIRIDIS) - 1
+    zero = at(0.0)
+    scale += [[zero + (1 - zero) * i / steps, colour] for i, colour in enumerate(VIRIDIS)]
+    return scale
+
+
+UTILIZATION_SCALE = _utilization_scale()
+FONT = {"family": "system-ui, -apple-system, 'Segoe UI', sans-serif", "size": 13}
+
+
+def discrete_colorscale(colours: list[str]) -> list[list[Any]]:
+    """A colour scale that maps integer code i (0..n-1) to ``colours[i]`` exactly."""
+    steps = len(colours)
+    scale: list[list[Any]] = []
+    for index, colour in enumerate(colours):
+        scale.append([index / steps, colour])
+        scale.append([(index + 1) / steps, colour])
+    return scale
+
+
+def row_height(rows: int) -> int:
+    """Pixels per row: roomy for a few IPs, thin for hundreds (the page scrolls)."""
+    return max(3, min(28, 640 // max(rows, 1)))
+
+
+def heatmap_figure(heatmap: hm.Heatmap) -> dict[str, Any]:
+    """The heatmap as a Plotly figure: one heatmap trace, legend swatches, drain marks."""
+    labels = [row["label"] for row in heatmap.rows]
+    trace: dict[str, Any] = {
+        "type": "heatmap",
+        "x": heatmap.edges,
+        "y": labels,
+        "z": heatmap.z,
+        "hoverinfo": "none",
+        "xgap": 0,
+        "ygap": 1 if len(labels) <= 60 else 0,
+        "name": heatmap.mode,
+    }
+    data = [trace, *_colours(trace, heatmap)]
+    if heatmap.draining:
+        data.append(_drain_marks(heatmap, labels))
+    return {"data": data, "layout": _layout(heatmap, len(labels))}
+
+
+def _colours(trace: dict[str, Any], heatmap: hm.Heatmap) -> list[dict[str, Any]]:
+    """Set the trace's colours; return legend swatches for categorical modes."""
+    if heatmap.collapsed:
+        utilization = heatmap.mode == hm.UTILIZATION
+        title = "sockets in use ÷ ports" if utilization else "share of IPs handed out"
+        trace.update(
+            colorscale="Viridis" if utilization else "Cividis",
+            zmin=0,
+            zmax=1,
+            colorbar=_colorbar(title, [0, 0.25, 0.5, 0.75, 1], PERCENTS),
+        )
+        return []
+    if heatmap.mode == hm.UTILIZATION:
+        trace.update(
+            colorscale=UTILIZATION_SCALE,
+            zmin=UTIL_ZMIN,
+            zmax=1,
+            colorbar=_colorbar(
+                "sockets in use ÷ ports",
+                [hm.UTIL_UNUSABLE, hm.UTIL_RESERVED, hm.UTIL_NO_REPORT, 0, 0.25, 0.5, 0.75, 1],
+                ["unusable", "reserved", "no report", *PERCENTS],
+            ),
+        )
+        return []
+    if heatmap.mode == hm.DIFF:
+        colours = [
+            UNUSABLE_COLOUR,
+            RESERVED_COLOUR,
+            FREE_COLOUR,
+            *DIFF_COLOURS.values(),
+            KEPT_ALTERNATE_COLOUR,
+        ]
+        legend = [*BASE_LEGEND, *((DIFF_NAMES[k], c) for k, c in DIFF_COLOURS.items())]
+    else:
+        colours = [UNUSABLE_COLOUR, RESERVED_COLOUR, FREE_COLOUR, *MACHINE_PALETTE]
+        legend = [*BASE_LEGEND, ("owned: a colour per machine", MACHINE_PALETTE[0])]
+    trace.update(
+        colorscale=discrete_colorscale(colours),
+        zmin=-0.5,
+        zmax=len(colours) - 0.5,
+        showscale=False,
+    )
+    return _swatches(legend)
+
+
+def _colorbar(title: str, ticks: list[float], labels: list[str]) -> dict[str, Any]:
+    return {
+        "title": {"text": title, "side": "right"},
+        "tickvals": ticks,
+        "ticktext": labels,
+        "thickness": 14,
+        "len": 1,
+        "lenmode": "fraction",
+    }
+
+
+def _swatches(entries: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Legend entries: invisible points whose square marker shows the colour."""
+    return [
+        {
+            "type": "scatter",
+            "x": [None],
+            "y": [None],
+            "mode": "markers",
+            "name": name,
+            "marker": {
+                "symbol": "square",
+                "size": 13,
+                "color": colour,
+                "line": {"color": "#555", "width": 1},
+            },
+            "hoverinfo": "skip",
+            "showlegend": True,
+        }
+        for name, colour in entries
+    ]
+
+
+def _drain_marks(heatmap: hm.Heatmap, labels: list[str]) -> dict[str, Any]:
+    return {
+        "type": "scatter",
+        "mode": "markers",
+        "name": "draining slice (×)",
+        "x": [(lo + hi + 1) / 2 for _, lo, hi in heatmap.draining],
+        "y": [labels[row] for row, _, _ in heatmap.draining],
+        "marker": {"symbol": "x-thin", "size": 11, "line": {"width": 2.5, "color": "#111"}},
+        "hoverinfo": "skip",
+    }
+
+
+def _layout(heatmap: hm.Heatmap, rows: int) -> dict[str, Any]:
+    per_row = row_height(rows)
+    return {
+        "uirevision": f"heatmap-{heatmap.datacenter}",
+        # Room for the colour bar's labels even with a single row.
+        "height": max(320, rows * per_row + 150),
+        "margin": {"l": 10, "r": 20, "t": 60, "b": 60},
+        "font": FONT,
+        "paper_bgcolor": "#ffffff",
+        "plot_bgcolor": FREE_COLOUR,
+        "hovermode": "closest",
+        "dragmode": "zoom",
+        "showlegend": not heatmap.collapsed,
+        "legend": {"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom", "font": {"size": 12}},
+        "xaxis": {
+            "title": {"text": f"source port (one column = {heatmap.bucket:,} ports)"},
+            "tickformat": ",d",
+            "nticks": 12,
+            "showgrid": False,
+            "zeroline": False,
+        },
+        "yaxis": {
+            "title": {"text": "pool · egress IP" if not heatmap.collapsed else "pool"},
+            "autorange": "reversed",
+            "automargin": True,
+            "type": "category",
+            "showgrid": False,
+            "tickfont": {"size": 12 if per_row >= 16 else 10},
+            # Every row labelled while the labels fit; beyond that Plotly thins them.
+            **({"tickmode": "linear", "dtick": 1} if per_row >= 11 else {}),
+        },
+    }
+
+
+def usage_figure(series: list[tuple[str, list[datetime], list[float]]]) -> dict[str, Any]:
+    """A line per slice: sockets in use ÷ ports over time."""
+    return {
+        "data": [
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": name,
+                "x": [at.isoformat() for at in times],
+                "y": values,
+                "hovertemplate": "%{x|%Y-%m-%d %H:%M}<br>%{y:.1%}<extra>" + name + "</extra>",
+            }
+            for name, times, values in series
+        ],
+        "layout": {
+            "height": 320,
+            "margin": {"l": 60, "r": 20, "t": 30, "b": 50},
+            "font": FONT,
+            "xaxis": {"title": {"text": "time (UTC)"}, "type": "date"},
+            "yaxis": {
+                "title": {"text": "sockets in use ÷ ports"},
+                "tickformat": ".0%",
+                "rangemode": "tozero",
+            },
+            "legend": {"orientation": "h", "y": -0.25},
+            "colorway": MACHINE_PALETTE,
+        },
+    }
+
+
+def heatmap_payload(heatmap: hm.Heatmap) -> dict[str, Any]:
+    """What the page's script and ``GET .../heatmap`` get: the figure and the cells' slices."""
+    return {**heatmap.as_dict(), "figure": heatmap_figure(heatmap)}

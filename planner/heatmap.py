@@ -1,0 +1,603 @@
+"""The port-space heatmap, aggregated on the server (reads only).
+
+Rows are egress IPs grouped by pool (or one row per pool when collapsed),
+columns are port buckets across 1024-65535. A cell holds a code in
+ownership mode (who owns the bucket, or why nobody does), a fraction in
+utilization mode (sockets in use / ports), or a diff code for a plan preview.
+Alongside the grid goes the list of slices per row, so a client can name the
+IP, ports, machine, state, drain end and use under the pointer without one
+label per cell.
+
+:mod:`planner.charts` turns a :class:`Heatmap` into a Plotly figure; the
+datacenter page and ``GET /api/v1/datacenters/{code}/heatmap`` both serve it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import allocator as alloc
+from allocator.inventory import address_order
+from planner import constants
+from planner.choices import SliceState
+from planner.models import Datacenter, EgressIP, EgressPool, Machine, PortSlice
+from planner.selectors import current_revision
+
+OWNERSHIP, UTILIZATION, DIFF = "ownership", "utilization", "diff"
+MODES = (OWNERSHIP, UTILIZATION)
+
+# Cell codes shared by every categorical mode.
+UNUSABLE, RESERVED, FREE = 0, 1, 2
+# Ownership: machines take MACHINE_BASE + (their rank in the pool mod MACHINE_COLOURS).
+MACHINE_BASE, MACHINE_COLOURS = 3, 10
+# Plan diff: what the plan does to each slice.
+DIFF_KINDS = ("kept", "added", "draining", "freed", "revived", "still_draining")
+DIFF_BASE = 3
+# Every other kept slice of a row in a second shade, so neighbours stay apart.
+KEPT_ALTERNATE = DIFF_BASE + len(DIFF_KINDS)
+
+# More rows than this and the datacenter starts collapsed: one row per pool.
+COLLAPSE_ABOVE = 120
+BUCKET_MIN, BUCKET_MAX, BUCKET_DEFAULT = 64, 4096, 256
+# Utilization cells that are not a measured use, drawn in bands below 0 %:
+# ports nobody may use, reserved ports, and slices whose agent has not reported.
+UTIL_UNUSABLE, UTIL_RESERVED, UTIL_NO_REPORT = -0.25, -0.15, -0.05
+STATE_CODES = {SliceState.ACTIVE.value: 0, SliceState.DRAINING.value: 1}
+
+
+@dataclass(frozen=True)
+class HeatmapFilter:
+    """What the operator narrowed the picture to; ``collapse`` None means automatic."""
+
+    pool: int | None = None
+    purpose: str = ""
+    country: str = ""
+    ip: str = ""
+    collapse: bool | None = None
+    bucket: int | None = None
+
+
+@dataclass(frozen=True)
+class IpRow:
+    """One egress IP as a heatmap row."""
+
+    ip: str
+    pool_id: int
+    pool_label: str
+    usable_lo: int
+    usable_hi: int
+    reserved: tuple[int, ...]
+    state: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.pool_label} · {self.ip}"
+
+
+@dataclass(slots=True)
+class CellSlice:
+    """A slice as the heatmap draws it: where, whose, its state and its use.
+
+    Not frozen: a frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``, which doubled the cost of reading 80,000 slices.
+    """
+
+    ip: str
+    lo: int
+    hi: int
+    machine: str
+    state: str = SliceState.ACTIVE
+    drain_until: datetime | None = None
+    kind: str = ""  # plan diff kind, in the diff picture only
+    sockets: int | None = None
+    buckets: dict[str, int] | None = None
+
+
+@dataclass
+class Heatmap:
+    """The grid and what a client needs to explain each cell."""
+
+    datacenter: str
+    mode: str
+    revision: int
+    bucket: int
+    edges: list[int]  # column i spans edges[i] .. edges[i+1]-1
+    rows: list[dict[str, Any]]
+    z: list[list[Any]]
+    collapsed: bool
+    machines: list[str]
+    slices: list[list[Any]]  # [row, lo, hi, machine index, state code, drain end, use, kind]
+    draining: list[tuple[int, int, int]]  # (row, lo, hi) to mark
+    total_rows: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "datacenter": self.datacenter,
+            "mode": self.mode,
+            "revision": self.revision,
+            "bucket": self.bucket,
+            "edges": self.edges,
+            "collapsed": self.collapsed,
+            "rows": self.rows,
+            "machines": self.machines,
+            "slices": self.slices,
+            "total_rows": self.total_rows,
+        }
+
+
+def bucket_width(slice_sizes: Iterable[int], requested: int | None = None) -> int:
+    """A power of two no wider than the smallest slice, so a bucket rarely holds two owners."""
+    if requested:
+        width = requested
+    else:
+        smallest = min(slice_sizes, default=BUCKET_DEFAULT)
+        width = 1 << max(smallest.bit_length() - 1, 0)
+        width = min(width, BUCKET_DEFAULT)
+    return max(BUCKET_MIN, min(BUCKET_MAX, width))
+
+
+def column_edges(width: int) -> list[int]:
+    """Bucket edges aligned to multiples of ``width`` covering 1024-65535."""
+    first = constants.USABLE_LO - constants.USABLE_LO % width
+    return list(range(first, constants.USABLE_HI + 2, width)) + (
+        [constants.USABLE_HI + 1] if (constants.USABLE_HI + 1 - first) % width else []
+    )
+
+
+def ip_rows(
+    *, datacenter: Datacenter, filters: HeatmapFilter
+) -> tuple[list[IpRow], dict[int, EgressPool]]:
+    """The IP rows the filters keep, by pool then address, and the pools by id."""
+    pools = EgressPool.objects.filter(datacenter=datacenter)
+    if filters.pool:
+        pools = pools.filter(pk=filters.pool)
+    if filters.purpose:
+        pools = pools.filter(purpose=filters.purpose)
+    if filters.country:
+        pools = pools.filter(country=filters.country.upper())
+    by_id = {pool.pk: pool for pool in pools.order_by("purpose", "country", "region", "city", "pk")}
+    labels = _unique_pool_labels(by_id.values())
+    ips = EgressIP.objects.filter(pool_id__in=list(by_id))
+    if filters.ip:
+        ips = ips.filter(address=filters.ip)
+    order = {pk: rank for rank, pk in enumerate(by_id)}
+    rows = [
+        IpRow(address, pool_id, labels[pool_id], lo, hi, tuple(reserved or ()), state)
+        for address, pool_id, lo, hi, reserved, state in ips.values_list(
+            "address", "pool_id", "usable_lo", "usable_hi", "reserved_ports", "state"
+        )
+    ]
+    rows.sort(key=lambda row: (order[row.pool_id], address_order(row.ip)))
+    return rows, by_id
+
+
+def _unique_pool_labels(pools: Iterable[EgressPool]) -> dict[int, str]:
+    """``purpose · country``, with the city or the id added when two pools would look alike."""
+    pools = list(pools)
+    plain = defaultdict(list)
+    for pool in pools:
+        plain[f"{pool.purpose} · {pool.country}"].append(pool)
+    labels = {}
+    for label, same in plain.items():
+        for pool in same:
+            if len(same) == 1:
+                labels[pool.pk] = label
+            else:
+                extra = "/".join(part for part in (pool.region, pool.city) if part) or f"#{pool.pk}"
+                labels[pool.pk] = f"{label} ({extra})"
+    return labels
+
+
+def stored_slices(
+    *, rows: Sequence[IpRow], with_usage: bool, datacenter: Datacenter, per_bucket: bool = True
+) -> list[CellSlice]:
+    """The live slices on ``rows``' IPs, with the latest usage when asked.
+
+    ``per_bucket`` False leaves out the 64-port bucket counts (spread evenly
+    instead): a pool-wide row does not need them, and decoding 80,000 of them
+    costs most of a second.
+    """
+    addresses = {row.ip for row in rows}
+    if not addresses:
+        return []
+    queryset = PortSlice.objects.filter(ip__pool__datacenter=datacenter)
+    if len(addresses) < 500:
+        queryset = queryset.filter(ip__address__in=addresses)
+    names = dict(Machine.objects.filter(datacenter=datacenter).values_list("pk", "hostname"))
+    fields = ["ip__address", "lo", "hi", "machine_id", "state", "drain_until"]
+    if with_usage:
+        fields += ["usage__tcp", "usage__udp"]
+        if per_bucket:
+            fields.append("usage__buckets")
+    result = []
+    for values in queryset.values_list(*fields):
+        if values[0] not in addresses:
+            continue
+        sockets: int | None = None
+        buckets: dict[str, int] = {}
+        if with_usage and values[6] is not None:
+            sockets = values[6] + values[7]
+            buckets = (values[8] or {}) if per_bucket else {}
+        result.append(
+            CellSlice(
+                values[0],
+                values[1],
+                values[2],
+                names[values[3]],
+                values[4],
+                values[5],
+                sockets=sockets,
+                buckets=buckets,
+            )
+        )
+    return result
+
+
+def plan_slices(plan: alloc.Plan) -> list[CellSlice]:
+    """A previewed plan's slices, each with what the plan does to it (freed ones too)."""
+    kinds: dict[tuple[str, int], str] = {}
+    for kind in ("kept", "added", "draining", "revived", "still_draining"):
+        for slice_ in getattr(plan.diff, kind):
+            kinds[(slice_.ip, slice_.lo)] = kind
+    cells = [
+        CellSlice(
+            s.ip, s.lo, s.hi, s.machine, s.state, s.drain_until, kinds.get((s.ip, s.lo), "kept")
+        )
+        for s in plan.slices
+    ]
+    taken = {(s.ip, s.lo) for s in plan.slices}
+    cells += [
+        CellSlice(s.ip, s.lo, s.hi, s.machine, s.state, s.drain_until, "freed")
+        for s in plan.diff.freed
+        if (s.ip, s.lo) not in taken
+    ]
+    return cells
+
+
+def datacenter_heatmap(
+    *, datacenter: Datacenter, mode: str = OWNERSHIP, filters: HeatmapFilter | None = None
+) -> Heatmap:
+    """The heatmap of the datacenter's live slices in ``mode``."""
+    filters = filters or HeatmapFilter()
+    rows, pools = ip_rows(datacenter=datacenter, filters=filters)
+    if filters.collapse is None:
+        filters = replace(filters, collapse=len(rows) > COLLAPSE_ABOVE)
+    slices = stored_slices(
+        rows=rows,
+        with_usage=mode == UTILIZATION,
+        datacenter=datacenter,
+        per_bucket=not filters.collapse,
+    )
+    return build_heatmap(
+        datacenter=datacenter, mode=mode, rows=rows, pools=pools, slices=slices, filters=filters
+    )
+
+
+def build_heatmap(
+    *,
+    datacenter: Datacenter,
+    mode: str,
+    rows: list[IpRow],
+    pools: dict[int, EgressPool],
+    slices: list[CellSlice],
+    filters: HeatmapFilter,
+) -> Heatmap:
+    width = bucket_width((pool.slice_size for pool in pools.values()), filters.bucket)
+    edges = column_edges(width)
+    collapse = filters.collapse
+    if collapse is None:
+        collapse = len(rows) > COLLAPSE_ABOVE
+    grid = _Grid(edges, width)
+    by_ip = defaultdict(list)
+    for cell in slices:
+        by_ip[cell.ip].append(cell)
+    for cells in by_ip.values():
+        cells.sort(key=lambda cell: cell.lo)
+    machines = sorted({cell.machine for cell in slices})
+    machine_index = {name: index for index, name in enumerate(machines)}
+    # A pool row only counts owned cells, so one code does for every machine there.
+    colour: dict[tuple[int, str], int] = (
+        defaultdict(lambda: MACHINE_BASE) if collapse else _machine_colours(rows, by_ip)
+    )
+    z: list[list[Any]] = []
+    hover: list[list[Any]] = []
+    draining: list[tuple[int, int, int]] = []
+    # Collapsed utilization is summed per pool from the slices: no per-IP grid needed.
+    per_ip_grid = not (collapse and mode == UTILIZATION)
+    for number, row in enumerate(rows):
+        cells = by_ip.get(row.ip, [])
+        if per_ip_grid:
+            z.append(grid.row(row, cells, mode, colour))
+        if collapse:
+            continue
+        for cell in cells:
+            use = _slice_use(cell) if mode == UTILIZATION else None
+            hover.append(
+                [
+                    number,
+                    cell.lo,
+                    cell.hi,
+                    machine_index[cell.machine],
+                    STATE_CODES.get(cell.state, 0),
+                    cell.drain_until.isoformat(timespec="minutes") if cell.drain_until else None,
+                    use,
+                    cell.kind,
+                ]
+            )
+            if cell.state == SliceState.DRAINING and mode != DIFF:
+                draining.append((number, cell.lo, cell.hi))
+    row_dicts = [
+        {
+            "label": row.label,
+            "ip": row.ip,
+            "pool": row.pool_id,
+            "pool_label": row.pool_label,
+            "state": row.state,
+            "usable": [row.usable_lo, row.usable_hi],
+            "reserved": len(row.reserved),
+        }
+        for row in rows
+    ]
+    heatmap = Heatmap(
+        datacenter=datacenter.code,
+        mode=mode,
+        revision=current_revision(datacenter=datacenter),
+        bucket=width,
+        edges=edges,
+        rows=row_dicts,
+        z=z,
+        collapsed=False,
+        machines=machines,
+        slices=hover,
+        draining=draining,
+        total_rows=len(rows),
+    )
+    if collapse:
+        return _collapsed(heatmap, rows, pools, grid, by_ip)
+    return heatmap
+
+
+def _machine_colours(
+    rows: Sequence[IpRow], by_ip: dict[str, list[CellSlice]]
+) -> dict[tuple[int, str], int]:
+    """Colour code per (pool, machine), so that slices side by side differ.
+
+    Machines whose slices touch (next to each other on a row, or overlapping
+    on neighbouring rows of the pool) are coloured greedily, by name, with the
+    least used palette colour none of their coloured neighbours has; only when
+    all ten are taken around a machine does its colour repeat a neighbour's. Colours
+    repeat across pools, which is fine: the hover names the host.
+    """
+    touching: dict[tuple[int, str], set[str]] = defaultdict(set)
+    above: tuple[int, list[CellSlice]] | None = None
+    for row in rows:
+        cells = by_ip.get(row.ip, [])
+        for left, right in zip(cells, cells[1:], strict=False):
+            _touch(touching, row.pool_id, left.machine, right.machine)
+        if above is not None and above[0] == row.pool_id:
+            _touch_overlapping(touching, row.pool_id, above[1], cells)
+        above = (row.pool_id, cells)
+    owners: dict[int, set[str]] = defaultdict(set)
+    for row in rows:
+        owners[row.pool_id].update(cell.machine for cell in by_ip.get(row.ip, ()))
+    colours: dict[tuple[int, str], int] = {}
+    for pool, names in owners.items():
+        used = [0] * MACHINE_COLOURS  # the least used free colour: all ten get used
+        for rank, name in enumerate(sorted(names)):
+            taken = {colours.get((pool, other)) for other in touching[(pool, name)]}
+            free = [c for c in range(MACHINE_COLOURS) if MACHINE_BASE + c not in taken]
+            pick = min(free, key=lambda c: (used[c], c)) if free else rank % MACHINE_COLOURS
+            used[pick] += 1
+            colours[(pool, name)] = MACHINE_BASE + pick
+    return colours
+
+
+def _touch(touching: dict[tuple[int, str], set[str]], pool: int, one: str, other: str) -> None:
+    if one != other:
+        touching[(pool, one)].add(other)
+        touching[(pool, other)].add(one)
+
+
+def _touch_overlapping(
+    touching: dict[tuple[int, str], set[str]],
+    pool: int,
+    upper: list[CellSlice],
+    lower: list[CellSlice],
+) -> None:
+    """Machines whose slices overlap in ports on two neighbouring rows (both sorted by lo)."""
+    i = j = 0
+    while i < len(upper) and j < len(lower):
+        a, b = upper[i], lower[j]
+        if a.hi >= b.lo and b.hi >= a.lo:
+            _touch(touching, pool, a.machine, b.machine)
+        if a.hi <= b.hi:
+            i += 1
+        else:
+            j += 1
+
+
+def _slice_use(cell: CellSlice) -> float | None:
+    if cell.sockets is None:
+        return None
+    return round(cell.sockets / (cell.hi - cell.lo + 1), 4)
+
+
+class _Grid:
+    """Builds one row of cells; rows of the same shape share their empty template."""
+
+    def __init__(self, edges: list[int], width: int) -> None:
+        self.edges = edges
+        self.width = width
+        self.first = edges[0]
+        self.columns = len(edges) - 1
+        self._templates: dict[tuple[int, int, tuple[int, ...]], list[int]] = {}
+        self._spans: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        self._bucket_columns: dict[str, int] = {}
+
+    def column(self, port: int) -> int:
+        return min(max((port - self.first) // self.width, 0), self.columns - 1)
+
+    def template(self, row: IpRow) -> list[int]:
+        key = (row.usable_lo, row.usable_hi, row.reserved)
+        if key not in self._templates:
+            cells = [FREE] * self.columns
+            for index in range(self.columns):
+                lo, hi = self.edges[index], self.edges[index + 1] - 1
+                if hi < row.usable_lo or lo > row.usable_hi:
+                    cells[index] = UNUSABLE
+            for port in row.reserved:
+                index = self.column(port)
+                if cells[index] == FREE:
+                    cells[index] = RESERVED
+            self._templates[key] = cells
+        return self._templates[key]
+
+    def row(
+        self,
+        row: IpRow,
+        cells: Sequence[CellSlice],
+        mode: str,
+        colour: dict[tuple[int, str], int],
+    ) -> list[Any]:
+        if mode == UTILIZATION:
+            return self.utilization_row(row, cells)
+        values: list[Any] = list(self.template(row))
+        kept = 0
+        for cell in cells:
+            if mode == DIFF:
+                code = DIFF_BASE + DIFF_KINDS.index(cell.kind or "kept")
+                if cell.kind == "freed" and values[self.column(cell.lo)] >= DIFF_BASE:
+                    continue  # a new slice took the freed ports: show the new one
+                if code == DIFF_BASE:
+                    code = KEPT_ALTERNATE if kept % 2 else code
+                    kept += 1
+            else:
+                code = colour[(row.pool_id, cell.machine)]
+            a, b = self.column(cell.lo), self.column(cell.hi)
+            values[a : b + 1] = [code] * (b - a + 1)
+        return values
+
+    def ports_in(self, index: int, lo: int, hi: int) -> int:
+        return max(0, min(hi, self.edges[index + 1] - 1) - max(lo, self.edges[index]) + 1)
+
+    def spans(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """(column, ports of lo-hi in it) for each column lo-hi touches; cached, since
+        thousands of slices share a handful of positions."""
+        key = (lo, hi)
+        if key not in self._spans:
+            self._spans[key] = [
+                (index, self.ports_in(index, lo, hi))
+                for index in range(self.column(lo), self.column(hi) + 1)
+            ]
+        return self._spans[key]
+
+    def bucket_column(self, bucket_lo: str) -> int:
+        if bucket_lo not in self._bucket_columns:
+            self._bucket_columns[bucket_lo] = self.column(int(bucket_lo))
+        return self._bucket_columns[bucket_lo]
+
+    def sockets_per_column(self, cell: CellSlice) -> dict[int, float]:
+        """Sockets of a slice per column: from its 64-port buckets, else spread evenly."""
+        per_column: dict[int, float] = defaultdict(float)
+        if cell.buckets:
+            for bucket_lo, sockets in cell.buckets.items():
+                per_column[self.bucket_column(bucket_lo)] += sockets
+        elif cell.sockets:
+            size = cell.hi - cell.lo + 1
+            for index, ports in self.spans(cell.lo, cell.hi):
+                per_column[index] += cell.sockets * ports / size
+        return per_column
+
+    def utilization_row(self, row: IpRow, cells: Sequence[CellSlice]) -> list[Any]:
+        grey = {UNUSABLE: UTIL_UNUSABLE, RESERVED: UTIL_RESERVED, FREE: None}
+        values: list[Any] = [grey[code] for code in self.template(row)]
+        for cell in cells:
+            if cell.sockets is None:  # no report: not the same as idle
+                for index, _ in self.spans(cell.lo, cell.hi):
+                    values[index] = UTIL_NO_REPORT
+                continue
+            per_column = self.sockets_per_column(cell)
+            for index, ports in self.spans(cell.lo, cell.hi):
+                if ports:
+                    values[index] = round(min(per_column.get(index, 0.0) / ports, 1.0), 4)
+        return values
+
+
+def _collapsed(
+    heatmap: Heatmap,
+    rows: list[IpRow],
+    pools: dict[int, EgressPool],
+    grid: _Grid,
+    by_ip: dict[str, list[CellSlice]],
+) -> Heatmap:
+    """One row per pool: the share of its IPs handed out per bucket, or their use."""
+    members: dict[int, list[int]] = defaultdict(list)
+    for number, row in enumerate(rows):
+        members[row.pool_id].append(number)
+    z, row_dicts = [], []
+    for pool_id, numbers in members.items():
+        if heatmap.mode == UTILIZATION:
+            z.append(_pool_utilization(grid, [rows[n] for n in numbers], by_ip))
+        else:
+            z.append(_pool_occupancy([heatmap.z[n] for n in numbers]))
+        pool = pools[pool_id]
+        label = rows[numbers[0]].pool_label
+        row_dicts.append(
+            {
+                "label": f"{label} · {len(numbers)} IPs",
+                "ip": "",
+                "pool": pool_id,
+                "pool_label": label,
+                "state": "",
+                "ips": len(numbers),
+                "slice_size": pool.slice_size,
+            }
+        )
+    heatmap.z, heatmap.rows, heatmap.collapsed = z, row_dicts, True
+    heatmap.slices, heatmap.draining, heatmap.machines = [], [], []
+    return heatmap
+
+
+def _pool_occupancy(ip_rows_z: list[list[Any]]) -> list[float | None]:
+    result: list[float | None] = []
+    for column in zip(*ip_rows_z, strict=True):
+        usable = len(column) - column.count(UNUSABLE)
+        taken = usable - column.count(RESERVED) - column.count(FREE)
+        result.append(round(taken / usable, 4) if usable else None)
+    return result
+
+
+def _pool_utilization(
+    grid: _Grid, rows: list[IpRow], by_ip: dict[str, list[CellSlice]]
+) -> list[float | None]:
+    """Sockets ÷ ports per column over the pool's reported slices.
+
+    Slices without bucket counts are summed per position first: thousands of
+    them share a handful of (lo, hi), so each position is spread once.
+    """
+    sockets = [0.0] * grid.columns
+    ports = [0] * grid.columns
+    at_position: dict[tuple[int, int], list[int]] = defaultdict(lambda: [0, 0])
+    for row in rows:
+        for cell in by_ip.get(row.ip, ()):
+            if cell.sockets is None:
+                continue
+            if cell.buckets:
+                for index, count in grid.sockets_per_column(cell).items():
+                    sockets[index] += count
+                for index, held in grid.spans(cell.lo, cell.hi):
+                    ports[index] += held
+            else:
+                position = at_position[(cell.lo, cell.hi)]
+                position[0] += cell.sockets
+                position[1] += 1
+    for (lo, hi), (total, slices) in at_position.items():
+        size = hi - lo + 1
+        for index, held in grid.spans(lo, hi):
+            sockets[index] += total * held / size
+            ports[index] += held * slices
+    return [round(min(s / p, 1.0), 4) if p else None for s, p in zip(sockets, ports, strict=True)]

@@ -1,0 +1,233 @@
+/* portslice heatmap: draws the figure the server built, explains the cell under
+ * the pointer, opens a slice's machine on click, keeps the zoom across modes and
+ * refreshes utilization in place. No inline script: configuration comes from
+ * data- attributes and JSON blocks (json_script), so a strict CSP holds. */
+(function () {
+  "use strict";
+
+  var REFRESH_MS = 5000;
+  var STATES = ["active", "draining"];
+  var KINDS = {
+    kept: "kept as it is",
+    added: "added by this plan",
+    draining: "starts draining in this plan",
+    freed: "freed by this plan",
+    revived: "given back to its owner",
+    still_draining: "still draining"
+  };
+  var CONFIG = {
+    displaylogo: false,
+    responsive: true,
+    modeBarButtonsToRemove: ["select2d", "lasso2d", "autoScale2d"],
+    toImageButtonOptions: { filename: "portslice-heatmap" }
+  };
+
+  function number(n) { return Number(n).toLocaleString("en-US"); }
+  function percent(v) { return (v * 100).toFixed(1) + "%"; }
+
+  function Heatmap(root) {
+    this.root = root;
+    this.plot = root.querySelector(".heatmap-plot");
+    this.tip = root.querySelector(".heatmap-tip");
+    this.status = root.querySelector(".heatmap-status");
+    this.form = root.querySelector("form.heatmap-controls");
+    this.source = root.dataset.source || "";
+    this.fixed = JSON.parse(root.dataset.fixed || "{}");
+    this.timer = null;
+    this.payload = null;
+    this.byRow = [];
+    this.bound = false;
+  }
+
+  Heatmap.prototype.params = function () {
+    var params = new URLSearchParams();
+    if (this.form) {
+      new FormData(this.form).forEach(function (value, key) {
+        if (value !== "" && value !== "auto") { params.set(key, value); }
+      });
+    }
+    var fixed = this.fixed;
+    Object.keys(fixed).forEach(function (key) { params.set(key, fixed[key]); });
+    return params;
+  };
+
+  Heatmap.prototype.load = function () {
+    var self = this;
+    var params = self.params();
+    clearTimeout(self.timer);
+    return fetch(self.source + "?" + params.toString(), {
+      credentials: "same-origin",
+      headers: { Accept: "application/json" }
+    }).then(function (response) {
+      if (!response.ok) { throw new Error("the server answered " + response.status); }
+      return response.json();
+    }).then(function (payload) {
+      self.draw(payload);
+    }).catch(function (error) {
+      self.say("Could not load the heatmap: " + error.message);
+    }).then(function () {
+      if (params.get("mode") === "utilization") {
+        self.timer = setTimeout(function () { self.load(); }, REFRESH_MS);
+      }
+    });
+  };
+
+  Heatmap.prototype.say = function (text) {
+    if (this.status) { this.status.textContent = text; }
+  };
+
+  Heatmap.prototype.draw = function (payload) {
+    this.payload = payload;
+    this.byRow = payload.rows.map(function () { return []; });
+    var byRow = this.byRow;
+    payload.slices.forEach(function (s) { byRow[s[0]].push(s); });
+    var layout = payload.figure.layout;
+    var p = this.params();
+    // Same uirevision across modes: switching ownership/utilization keeps the zoom.
+    layout.uirevision = [payload.collapsed, p.get("pool"), p.get("purpose"),
+                         p.get("country"), p.get("ip")].join("|");
+    Plotly.react(this.plot, payload.figure.data, layout, CONFIG);
+    this.root.dataset.rows = String(payload.rows.length);
+    this.root.dataset.mode = payload.mode;
+    this.root.dataset.collapsed = String(payload.collapsed);
+    if (!this.bound) { this.bind(); }
+    var when = new Date().toLocaleTimeString("en-GB");
+    var rows = payload.collapsed ? payload.rows.length + " pools" : payload.rows.length + " IPs";
+    this.say((payload.revision ? "revision " + payload.revision + " · " : "") + rows +
+             (payload.mode === "utilization" ? " · updated " + when + ", every 5 s" : ""));
+  };
+
+  Heatmap.prototype.bind = function () {
+    var self = this;
+    self.bound = true;
+    self.plot.on("plotly_hover", function (event) { self.hover(event); });
+    self.plot.on("plotly_unhover", function () { self.tip.hidden = true; });
+    self.plot.on("plotly_click", function (event) { self.click(event); });
+    if (self.form) {
+      self.form.addEventListener("change", function () { self.changed(); });
+      self.form.addEventListener("submit", function (event) {
+        event.preventDefault();
+        self.changed();
+      });
+    }
+  };
+
+  Heatmap.prototype.changed = function () {
+    if (this.root.dataset.syncUrl === "true") {
+      var params = this.params();
+      history.replaceState(null, "", "?" + params.toString());
+    }
+    this.load();
+  };
+
+  Heatmap.prototype.cell = function (event) {
+    var point = event.points && event.points[0];
+    if (!point || point.curveNumber !== 0 || !Array.isArray(point.pointNumber)) { return null; }
+    return { row: point.pointNumber[0], column: point.pointNumber[1] };
+  };
+
+  Heatmap.prototype.slicesAt = function (row, lo, hi) {
+    return (this.byRow[row] || []).filter(function (s) { return s[1] <= hi && s[2] >= lo; });
+  };
+
+  Heatmap.prototype.describe = function (row, column) {
+    var p = this.payload;
+    var info = p.rows[row];
+    var lo = p.edges[column], hi = p.edges[column + 1] - 1;
+    var value = p.figure.data[0].z[row][column];
+    var ports = "ports " + number(lo) + "–" + number(hi);
+    if (p.collapsed) {
+      var share = value === null ? "nothing usable here" :
+        (p.mode === "utilization" ? "use " + percent(value) :
+         percent(value) + " of its " + info.ips + " IPs handed out");
+      return [info.pool_label + " (" + info.ips + " IPs)", ports, share, "click: show its IPs"];
+    }
+    var found = this.slicesAt(row, lo, hi);
+    if (!found.length) {
+      return [info.ip + " · " + info.pool_label, ports, "not handed out: " + this.nobody(value)];
+    }
+    var s = found[0];
+    var lines = [
+      info.ip + " · " + info.pool_label,
+      "ports " + number(s[1]) + "–" + number(s[2]) + " (" + number(s[2] - s[1] + 1) + ")",
+      "machine " + p.machines[s[3]],
+      "state " + STATES[s[4]] + (s[5] ? ", drain ends " + s[5].replace("T", " ") : "")
+    ];
+    if (p.mode === "utilization") {
+      lines.push(s[6] === null ? "use: no report yet" :
+                 "use " + percent(s[6]) + " of the slice, " + percent(value) + " here");
+    }
+    if (s[7]) { lines.push("plan: " + (KINDS[s[7]] || s[7])); }
+    if (found.length > 1) { lines.push("and " + (found.length - 1) + " more slice(s) in this column"); }
+    if (p.mode !== "diff" || s[7] !== "freed") { lines.push("click: open the machine"); }
+    return lines;
+  };
+
+  Heatmap.prototype.nobody = function (value) {
+    if (this.payload.mode === "utilization") {
+      return value === null ? "free" : (value < -0.2 ? "unusable" : "reserved");
+    }
+    return ["unusable", "reserved", "free"][value] || "free";
+  };
+
+  Heatmap.prototype.hover = function (event) {
+    var cell = this.cell(event);
+    if (!cell) { return; }
+    var tip = this.tip;
+    tip.textContent = "";
+    this.describe(cell.row, cell.column).forEach(function (line, index) {
+      var div = document.createElement("div");
+      if (index === 0) { div.className = "tip-title"; }
+      div.textContent = line;
+      tip.appendChild(div);
+    });
+    var box = this.root.getBoundingClientRect();
+    var x = event.event.clientX - box.left + 14, y = event.event.clientY - box.top + 14;
+    tip.hidden = false;
+    tip.style.left = Math.min(x, box.width - tip.offsetWidth - 4) + "px";
+    tip.style.top = y + "px";
+  };
+
+  Heatmap.prototype.click = function (event) {
+    var cell = this.cell(event);
+    if (!cell) { return; }
+    var p = this.payload;
+    if (p.collapsed) {
+      var info = p.rows[cell.row];
+      if (this.form && this.form.elements.pool) {
+        this.form.elements.pool.value = String(info.pool);
+        this.form.elements.collapse.value = "0";
+        this.changed();
+      } else {
+        window.location.assign("/pools/" + info.pool + "/");
+      }
+      return;
+    }
+    var found = this.slicesAt(cell.row, p.edges[cell.column], p.edges[cell.column + 1] - 1);
+    if (found.length && found[0][7] !== "freed") {
+      window.location.assign("/machines/" + encodeURIComponent(p.machines[found[0][3]]) + "/");
+    }
+  };
+
+  function start(root) {
+    var heatmap = new Heatmap(root);
+    root.heatmap = heatmap;
+    if (root.dataset.payload) {
+      heatmap.draw(JSON.parse(document.getElementById(root.dataset.payload).textContent));
+    } else {
+      heatmap.load();
+    }
+  }
+
+  function startCharts() {
+    document.querySelectorAll("[data-figure]").forEach(function (element) {
+      var figure = JSON.parse(document.getElementById(element.dataset.figure).textContent);
+      Plotly.newPlot(element, figure.data, figure.layout, CONFIG);
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("[data-heatmap]").forEach(start);
+    startCharts();
+  });
+}());

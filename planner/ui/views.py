@@ -1,0 +1,599 @@
+"""Views of the operator UI: thin. They check the role, read through selectors,
+write through services, and render a template.
+
+Roles as in the API (``planner.api.permissions``): viewers see every page;
+operators and admins also edit the inventory, apply plans and drain machines.
+The server refuses those writes to viewers whatever the page showed them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
+from django.db.models import ProtectedError, Q
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.gzip import gzip_page
+from django.views.decorators.http import require_http_methods, require_POST
+
+import allocator as alloc
+from planner import charts, dashboard, heatmap
+from planner.api.permissions import OPERATOR, RANK, VIEWER, user_rank
+from planner.choices import BundleStatus, MachineState, RevisionStatus
+from planner.inventory_io import InventoryError, parse_inventory
+from planner.models import AuditEntry, Datacenter, EgressIP, EgressPool, Machine, PlanRevision
+from planner.services import inventory, plans
+from planner.services.locks import Conflict
+from planner.ui import forms as f
+
+View = Callable[..., HttpResponse]
+PAGE_SIZE = 50
+# A plan page lists this many machines; the rest are counted.
+MACHINES_LISTED = 200
+
+
+def role_required(role: str) -> Callable[[View], View]:
+    """Anonymous users go to the login page; a role too low gets 403."""
+
+    def decorator(view: View) -> View:
+        @wraps(view)
+        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if not request.user.is_authenticated:
+                return redirect_to_login(request.get_full_path())
+            if user_rank(request.user) < RANK[role]:
+                raise PermissionDenied(f"This needs the {role} role.")
+            return view(request, *args, **kwargs)
+
+        return wrapped
+
+    return decorator
+
+
+viewer_required = role_required(VIEWER)
+operator_required = role_required(OPERATOR)
+
+
+def page(
+    request: HttpRequest, template: str, context: dict[str, Any], status: int = 200
+) -> HttpResponse:
+    context["can_edit"] = user_rank(request.user) >= RANK[OPERATOR]
+    return render(request, template, context, status=status)
+
+
+@viewer_required
+def overview(request: HttpRequest) -> HttpResponse:
+    return page(request, "ui/overview.html", {"cards": dashboard.overview_cards()})
+
+
+@gzip_page
+@viewer_required
+def datacenter_detail(request: HttpRequest, code: str) -> HttpResponse:
+    datacenter = get_object_or_404(Datacenter, code=code)
+    query = f.HeatmapQuery(request.GET)
+    if not query.is_valid():
+        return HttpResponseBadRequest(query.error_text())
+    pools = dashboard.pool_rows(datacenter=datacenter)
+    context = {
+        "datacenter": datacenter,
+        "pools": pools,
+        "health": dashboard.machine_health(datacenter=datacenter),
+        "heatmap": heatmap_controls(datacenter, query, pools=[row.pool for row in pools]),
+        "ip_count": sum(row.ips for row in pools),
+    }
+    return page(request, "ui/datacenter.html", context)
+
+
+@gzip_page
+@viewer_required
+def heatmap_data(request: HttpRequest, code: str) -> HttpResponse:
+    """What the page's script draws: the same body as ``GET /api/v1/datacenters/{code}/heatmap``,
+    gzipped (a 4,000-row grid is 6 MB of JSON, 0.3 MB compressed) and behind the session."""
+    datacenter = get_object_or_404(Datacenter, code=code)
+    query = f.HeatmapQuery(request.GET)
+    if not query.is_valid():
+        return HttpResponseBadRequest(query.error_text())
+    picture = heatmap.datacenter_heatmap(
+        datacenter=datacenter, mode=query.chosen_mode(), filters=query.heatmap_filter()
+    )
+    compact = {"separators": (",", ":")}  # a million cells: every byte counts
+    return JsonResponse(charts.heatmap_payload(picture), json_dumps_params=compact)
+
+
+def heatmap_controls(
+    datacenter: Datacenter,
+    query: f.HeatmapQuery,
+    *,
+    pools: list[EgressPool],
+    fixed: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What the heatmap's controls show and where its script fetches the data."""
+    data = query.cleaned_data
+    return {
+        "source": reverse("heatmap-data", kwargs={"code": datacenter.code}),
+        "mode": query.chosen_mode(),
+        "pool": data.get("pool") or "",
+        "purpose": data.get("purpose") or "",
+        "country": (data.get("country") or "").upper(),
+        "ip": data.get("ip") or "",
+        "collapse": data.get("collapse") or "auto",
+        "pools": pools,
+        "purposes": sorted({pool.purpose for pool in pools}),
+        "countries": sorted({pool.country for pool in pools}),
+        "fixed": fixed or {},
+        "fixed_json": json.dumps(fixed or {}),
+    }
+
+
+# Plans: preview, what-if, apply.
+
+
+@viewer_required
+@require_http_methods(["GET", "POST"])
+def plan(request: HttpRequest, code: str) -> HttpResponse:
+    datacenter = get_object_or_404(Datacenter, code=code)
+    if request.method == "POST":
+        return plan_apply(request, datacenter)
+    return plan_page(request, datacenter, f.ApplyForm())
+
+
+@operator_required
+def plan_apply(request: HttpRequest, datacenter: Datacenter) -> HttpResponse:
+    form = f.ApplyForm(request.POST)
+    if not form.is_valid():
+        return plan_page(request, datacenter, form, status=400)
+    try:
+        revision = plans.plan_apply(
+            datacenter=datacenter,
+            inputs_digest=form.cleaned_data["inputs_digest"],
+            user=request.user,
+            reason=form.cleaned_data["reason"],
+        )
+    except (Conflict, alloc.CapacityError) as error:
+        # The preview went stale, another writer holds the lock, or a pool is short.
+        return plan_page(request, datacenter, f.ApplyForm(), refused=str(error), status=409)
+    messages.success(
+        request,
+        f"Revision {revision.number} of {datacenter.code} applied: "
+        f"{_counts(revision.diff_summary)}.",
+    )
+    return redirect(f"{reverse('revisions')}?datacenter={datacenter.code}")
+
+
+def _counts(summary: dict[str, Any]) -> str:
+    kinds = ("added", "draining", "freed", "revived")
+    return ", ".join(f"{summary.get(kind, 0)} {kind}" for kind in kinds)
+
+
+def plan_page(
+    request: HttpRequest,
+    datacenter: Datacenter,
+    apply_form: f.ApplyForm,
+    *,
+    refused: str = "",
+    status: int = 200,
+) -> HttpResponse:
+    preview = plans.plan_preview(datacenter=datacenter)
+    digest = preview.inputs_digest
+    apply_form.initial["inputs_digest"] = digest
+    if apply_form.is_bound:
+        # A refused or invalid apply shows the fresh preview's digest, never the old one.
+        data = apply_form.data.copy()  # type: ignore[attr-defined]
+        data["inputs_digest"] = digest
+        apply_form.data = data
+    context: dict[str, Any] = {
+        "datacenter": datacenter,
+        "preview": preview,
+        "digest": digest,
+        "apply_form": apply_form,
+        "refused": refused,
+        "pools": capacity_rows(datacenter, preview),
+        "drafts": PlanRevision.objects.filter(
+            datacenter=datacenter, status=RevisionStatus.DRAFT
+        ).order_by("-number"),
+    }
+    if preview.plan is not None:
+        context.update(diff_context(datacenter, preview.plan))
+    context.update(what_if_context(request, datacenter))
+    return page(request, "ui/plan.html", context, status=status)
+
+
+def capacity_rows(datacenter: Datacenter, preview: plans.PlanPreview) -> list[dict[str, Any]]:
+    """Per pool: slots before (now) and after the plan, and the IPs a short pool needs."""
+    before = dashboard.datacenter_headroom(datacenter=datacenter)
+    after = preview.plan.capacity if preview.plan is not None else {}
+    short = {s.pool: s for s in preview.shortfalls}
+    pools = EgressPool.objects.filter(datacenter=datacenter).order_by("purpose", "country", "pk")
+    rows = []
+    for pool in pools:
+        pool.datacenter = datacenter
+        rows.append(
+            {
+                "pool": pool,
+                "before": before.get(pool.key),
+                "after": after.get(pool.key),
+                "shortfall": short.get(pool.key),
+            }
+        )
+    return rows
+
+
+def diff_context(datacenter: Datacenter, plan: alloc.Plan) -> dict[str, Any]:
+    """The diff as a picture (the proposed heatmap) and as a table per machine."""
+    rows, pools = heatmap.ip_rows(datacenter=datacenter, filters=heatmap.HeatmapFilter())
+    cells = heatmap.plan_slices(plan)
+    shown = len(rows)
+    if len(rows) > heatmap.COLLAPSE_ABOVE:
+        changed = {c.ip for c in cells if c.kind not in ("kept", "still_draining")}
+        rows = [row for row in rows if row.ip in changed]
+    picture = heatmap.build_heatmap(
+        datacenter=datacenter,
+        mode=heatmap.DIFF,
+        rows=rows,
+        pools=pools,
+        slices=[c for c in cells if c.ip in {row.ip for row in rows}],
+        filters=heatmap.HeatmapFilter(collapse=False),
+    )
+    per_machine: dict[str, Counter[str]] = {}
+    for kind in ("added", "draining", "freed", "revived"):
+        for slice_ in getattr(plan.diff, kind):
+            per_machine.setdefault(slice_.machine, Counter())[kind] += 1
+    machines = sorted(per_machine.items())
+    return {
+        "diff_payload": charts.heatmap_payload(picture),
+        "diff_rows": len(rows),
+        "diff_rows_total": shown,
+        "summary": plan.diff.summary(),
+        "machines_changed": machines[:MACHINES_LISTED],
+        "machines_more": max(len(machines) - MACHINES_LISTED, 0),
+    }
+
+
+def what_if_context(request: HttpRequest, datacenter: Datacenter) -> dict[str, Any]:
+    if "pool" not in request.GET:
+        return {"what_if_form": f.WhatIfForm(datacenter=datacenter)}
+    form = f.WhatIfForm(request.GET, datacenter=datacenter)
+    if not form.is_valid():
+        return {"what_if_form": form}
+    data = form.cleaned_data
+    pool = data["pool"]
+    question = dashboard.WhatIf(
+        pool=pool,
+        add_machines=data.get("add_machines") or 0,
+        add_ips=data.get("add_ips") or 0,
+        slice_size=data.get("slice_size"),
+        slices_per_machine=data.get("slices_per_machine"),
+    )
+    result = dashboard.what_if(datacenter=datacenter, question=question)
+    return {"what_if_form": form, "what_if": result, "what_if_pool": pool.key}
+
+
+# Machines, pools, IPs.
+
+
+@viewer_required
+def machine_detail(request: HttpRequest, hostname: str) -> HttpResponse:
+    machine = get_object_or_404(Machine.objects.select_related("datacenter"), hostname=hostname)
+    slices = dashboard.machine_slices(machine=machine)
+    bundle = dashboard.bundle_state(machine=machine)
+    context = {
+        "machine": machine,
+        "status": dashboard.machine_status(
+            machine,
+            rejected=bool(bundle.latest and bundle.latest.status == BundleStatus.REJECTED),
+            now=timezone.now(),
+        ),
+        "slices": slices,
+        "pools_served": machine.pools.order_by("purpose", "country"),
+        "bundle": bundle,
+        "usage_figure": charts.usage_figure(dashboard.usage_history(machine=machine)),
+        "history": _history(Q(model="planner.Machine", object_pk=str(machine.pk))),
+    }
+    return page(request, "ui/machine.html", context)
+
+
+@operator_required
+@require_POST
+def machine_state(request: HttpRequest, hostname: str) -> HttpResponse:
+    """Drain a machine, or return it to service; a plan then moves its slices."""
+    machine = get_object_or_404(Machine, hostname=hostname)
+    state = request.POST.get("state", "")
+    if state not in {MachineState.DRAINING, MachineState.ACTIVE}:
+        return HttpResponseBadRequest(f"state: expected draining or active, got {state!r}")
+    try:
+        inventory.machine_save(machine=machine, values={"state": state})
+    except ValidationError as error:
+        messages.error(request, "; ".join(error.messages))
+    except Conflict as error:
+        messages.error(request, str(error))
+    else:
+        verb = "is draining" if state == MachineState.DRAINING else "is back in service"
+        messages.success(
+            request,
+            f"{hostname} {verb}. Preview and apply a plan of {machine.datacenter.code} "
+            "to move its slices.",
+        )
+    return redirect("machine", hostname=hostname)
+
+
+@viewer_required
+def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    pool = get_object_or_404(EgressPool.objects.select_related("datacenter"), pk=pk)
+    ips = list(pool.ips.order_by("address"))
+    query = f.HeatmapQuery({"pool": pk, "collapse": "1"})
+    query.is_valid()
+    context = {
+        "pool": pool,
+        "ips": ips,
+        "row": next(
+            (r for r in dashboard.pool_rows(datacenter=pool.datacenter) if r.pool.pk == pool.pk),
+            None,
+        ),
+        "heatmap": heatmap_controls(
+            pool.datacenter, query, pools=[pool], fixed={"pool": pk, "collapse": "1"}
+        ),
+        "history": _history(
+            Q(model="planner.EgressPool", object_pk=str(pool.pk))
+            | Q(model="planner.EgressIP", object_pk__in=[str(ip.pk) for ip in ips])
+        ),
+    }
+    return page(request, "ui/pool.html", context)
+
+
+@viewer_required
+def ip_detail(request: HttpRequest, address: str) -> HttpResponse:
+    ip = get_object_or_404(EgressIP.objects.select_related("pool__datacenter"), address=address)
+    query = f.HeatmapQuery({"ip": address, "collapse": "0"})
+    query.is_valid()
+    context = {
+        "ip": ip,
+        "slices": ip.slices.select_related("machine", "usage").order_by("lo"),
+        "heatmap": heatmap_controls(
+            ip.pool.datacenter, query, pools=[ip.pool], fixed={"ip": address, "collapse": "0"}
+        ),
+        "history": _history(Q(model="planner.EgressIP", object_pk=str(ip.pk))),
+    }
+    return page(request, "ui/ip.html", context)
+
+
+def _history(which: Q) -> list[AuditEntry]:
+    return list(AuditEntry.objects.filter(which).order_by("-at", "-id")[:PAGE_SIZE])
+
+
+# Revisions and the audit log.
+
+
+@viewer_required
+def revisions(request: HttpRequest) -> HttpResponse:
+    queryset = PlanRevision.objects.select_related("datacenter", "created_by").order_by(
+        "-created_at", "-id"
+    )
+    code = request.GET.get("datacenter", "")
+    if code:
+        queryset = queryset.filter(datacenter__code=code[:32])
+    status = request.GET.get("status", "")
+    if status in RevisionStatus.values:
+        queryset = queryset.filter(status=status)
+    context = {
+        "page": Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page")),
+        "datacenters": Datacenter.objects.all(),
+        "code": code,
+        "status": status,
+        "statuses": RevisionStatus.choices,
+    }
+    return page(request, "ui/revisions.html", context)
+
+
+@viewer_required
+def audit(request: HttpRequest) -> HttpResponse:
+    form = f.AuditFilter(request.GET or None)
+    queryset = AuditEntry.objects.order_by("-at", "-id")
+    if form.is_valid():
+        data = form.cleaned_data
+        if data["who"]:
+            queryset = queryset.filter(actor__icontains=data["who"])
+        if data["what"]:
+            queryset = queryset.filter(
+                Q(object_repr__icontains=data["what"]) | Q(model__icontains=data["what"])
+            )
+        if data["action"]:
+            queryset = queryset.filter(action=data["action"])
+        if data["since"]:
+            queryset = queryset.filter(at__date__gte=data["since"])
+        if data["until"]:
+            queryset = queryset.filter(at__date__lte=data["until"])
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {
+        "form": form,
+        "page": Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page")),
+        "query": query.urlencode(),
+    }
+    return page(request, "ui/audit.html", context)
+
+
+# Inventory forms and import.
+
+KINDS: dict[str, tuple[type[Any], type[Any], str]] = {
+    "datacenter": (Datacenter, f.DatacenterForm, "code"),
+    "pool": (EgressPool, f.PoolForm, "pk"),
+    "ip": (EgressIP, f.EgressIPForm, "address"),
+    "machine": (Machine, f.MachineForm, "hostname"),
+}
+
+
+@viewer_required
+def inventory_index(request: HttpRequest) -> HttpResponse:
+    context = {
+        "datacenters": Datacenter.objects.all(),
+        "pools": EgressPool.objects.select_related("datacenter").order_by(
+            "datacenter__code", "purpose", "country"
+        ),
+    }
+    return page(request, "ui/inventory.html", context)
+
+
+@operator_required
+@require_http_methods(["GET", "POST"])
+def inventory_edit(request: HttpRequest, kind: str, key: str = "") -> HttpResponse:
+    """Create or edit an inventory row. An edit that would displace live slices is
+    refused with them named, and can then be previewed and applied together with
+    the plan that drains them (``plan`` = ``preview``, then ``apply``)."""
+    model, form_class, field = KINDS[kind]
+    instance = get_object_or_404(model, **{field: key}) if key else model()
+    initial = {name: request.GET[name] for name in ("datacenter", "pool") if name in request.GET}
+    form = form_class(request.POST or None, instance=instance, initial=initial)
+    f.fix_identity(form)
+    title = f"Edit {kind} {instance}" if key else f"New {kind}"
+    context: dict[str, Any] = {"form": form, "title": title}
+    if request.method == "POST" and form.is_valid():
+        change = _change(form, kind)
+        mode = request.POST.get("plan", "") if instance.pk else ""
+        if mode == "apply":
+            done = _apply_with_plan(request, form, change, context)
+            if done is not None:
+                return done
+        elif mode == "preview":
+            _preview_with_plan(change, context)
+        elif _save(form, change, context):
+            messages.success(request, f"Saved {kind} {form.instance}.")
+            return redirect(_detail_url(kind, form.instance))
+    status = 400 if request.method == "POST" and "preview" not in context else 200
+    return page(request, "ui/inventory_form.html", context, status)
+
+
+def _change(form: Any, kind: str) -> inventory.InventoryChange:
+    values = {k: v for k, v in form.cleaned_data.items() if k != "pools"}
+    for name, field in form.fields.items():
+        if field.disabled:
+            values.pop(name, None)
+    pools = form.cleaned_data.get("pools") if kind == "machine" else None
+    return inventory.InventoryChange(form.instance, values, None if pools is None else list(pools))
+
+
+def _save(form: Any, change: inventory.InventoryChange, context: dict[str, Any]) -> bool:
+    """Write through the services; their errors (the same as the API's) go on the form."""
+    try:
+        if isinstance(change.instance, Machine):
+            inventory.machine_save(
+                machine=change.instance, values=change.values, pools=change.pools
+            )
+        else:
+            inventory.model_save(instance=change.instance, values=change.values)
+    except ValidationError as error:
+        _add_errors(form, error)
+        return False
+    except inventory.InventoryConflict as error:
+        slices = list(error.details.get("slices", []))  # type: ignore[call-overload]
+        form.add_error(
+            None,
+            f"Not saved: this change would leave {len(slices)} live slice(s) "
+            "outside what it allows.",
+        )
+        context["displaced"] = slices
+        return False
+    except Conflict as error:  # another writer holds the datacenter
+        form.add_error(None, str(error))
+        return False
+    except ProtectedError as error:
+        form.add_error(None, str(error.args[0]))
+        return False
+    return True
+
+
+def _preview_with_plan(change: inventory.InventoryChange, context: dict[str, Any]) -> None:
+    try:
+        preview = inventory.inventory_plan_preview(change=change)
+    except ValidationError as error:
+        _add_errors(context["form"], error)
+        return
+    context["preview"] = preview
+    context["apply_form"] = f.ApplyForm(initial={"inputs_digest": preview.inputs_digest})
+    if preview.plan is not None:
+        context["summary"] = preview.plan.diff.summary()
+        context["machines_changed"] = sorted(preview.plan.diff.machines_touched())
+
+
+def _apply_with_plan(
+    request: HttpRequest, form: Any, change: inventory.InventoryChange, context: dict[str, Any]
+) -> HttpResponse | None:
+    apply_form = f.ApplyForm(request.POST)
+    if not apply_form.is_valid():
+        _preview_with_plan(change, context)
+        context["apply_form"] = apply_form
+        return None
+    try:
+        revision = inventory.inventory_plan_apply(
+            change=change,
+            inputs_digest=apply_form.cleaned_data["inputs_digest"],
+            user=request.user,
+            reason=apply_form.cleaned_data["reason"],
+        )
+    except (Conflict, alloc.CapacityError) as error:
+        context["refused"] = str(error)
+        _preview_with_plan(_change(form, _kind_of(change.instance)), context)
+        return None
+    messages.success(
+        request,
+        f"Saved {change.instance} with revision {revision.number} of "
+        f"{revision.datacenter.code}: {_counts(revision.diff_summary)}.",
+    )
+    return redirect(_detail_url(_kind_of(change.instance), change.instance))
+
+
+def _kind_of(instance: Any) -> str:
+    return next(kind for kind, (model, _, _) in KINDS.items() if isinstance(instance, model))
+
+
+def _add_errors(form: Any, error: ValidationError) -> None:
+    if not hasattr(error, "error_dict"):
+        form.add_error(None, error)
+        return
+    for name, errors in error.error_dict.items():
+        form.add_error(name if name in form.fields else None, errors)
+
+
+def _detail_url(kind: str, instance: Any) -> str:
+    if kind == "datacenter":
+        return reverse("datacenter", kwargs={"code": instance.code})
+    if kind == "pool":
+        return reverse("pool", kwargs={"pk": instance.pk})
+    if kind == "ip":
+        return reverse("ip", kwargs={"address": instance.address})
+    return reverse("machine", kwargs={"hostname": instance.hostname})
+
+
+@operator_required
+@require_http_methods(["GET", "POST"])
+def inventory_import(request: HttpRequest) -> HttpResponse:
+    form = f.ImportForm(request.POST or None, request.FILES or None)
+    errors: list[InventoryError] = []
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        records = []
+        try:
+            records = parse_inventory(
+                data["text"],
+                fmt=data["format"],
+                datacenter=data.get("datacenter") or "",
+                purpose=data.get("purpose") or "",
+            )
+            counts = inventory.inventory_import(records=records)
+        except InventoryError as error:
+            # Refused whole; list every bad row, not only the first, so one fix round does.
+            errors = (records and inventory.inventory_import_check(records=records)) or [error]
+        else:
+            written = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
+            messages.success(request, f"Imported {written or 'nothing'}.")
+            return redirect("inventory")
+    status = 400 if request.method == "POST" else 200
+    return page(request, "ui/import.html", {"form": form, "errors": errors}, status)

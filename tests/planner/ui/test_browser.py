@@ -1,0 +1,371 @@
+"""The UI in a real browser: Debian's headless Chromium driven by Playwright.
+
+Each test logs in on pytest-django's live server, records every request the
+page makes, and fails if one left the test server (assets come from the app),
+if a script failed, if a page came without the app's Content-Security-Policy
+(scripts from the server only: no inline or eval'd script), or if a page broke it.
+Screenshots go to ``var/screenshots`` (``PORTSLICE_SCREENSHOTS`` overrides).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+from django.utils import timezone
+
+from planner.audit import acting_as
+from planner.models import Datacenter, EgressIP, Machine, PlanRevision, PortSlice
+from planner.services.inventory import machine_save
+from planner.services.keys import signing_key_generate
+from planner.services.plans import plan_apply_current, plan_preview
+from planner.services.reports import usage_record
+from tests.planner.factories import make_machine
+from tests.planner.ui.fixtures import PASSWORD, UiSite, build_ui_site, make_users
+from tests.support import need
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(os.environ.get("PORTSLICE_SCREENSHOTS", settings.BASE_DIR / "var/screenshots"))
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    need(CHROMIUM.exists(), "needs Debian's chromium (make sysdeps installs it)")
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread, and the tests use
+    # the ORM between browser steps, which Django refuses next to a running loop
+    # unless told; only while the browser is up, so other tests keep the check.
+    with pytest.MonkeyPatch.context() as patch, sync_playwright() as playwright:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+class Session:
+    """One browser tab on the live server that remembers every request it made."""
+
+    def __init__(self, browser: Any, base: str) -> None:
+        self.base = base
+        self.context = browser.new_context(viewport={"width": 1280, "height": 800})
+        self.page = self.context.new_page()
+        self.outside: list[str] = []
+        self.inside: list[str] = []
+        self.errors: list[str] = []
+        self.policies: list[str] = []
+        self.page.route("**/*", self._route)
+        self.page.on("response", self._response)
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.page.on("console", self._console)
+
+    def _route(self, route: Any) -> None:
+        if not route.request.url.startswith(self.base):
+            self.outside.append(route.request.url)
+            route.abort()
+            return
+        self.inside.append(route.request.url)
+        route.continue_()
+
+    def _response(self, response: Any) -> None:
+        if response.request.resource_type == "document" and response.status == 200:
+            self.policies.append(response.headers.get("content-security-policy", ""))
+
+    def _console(self, message: Any) -> None:
+        if message.type == "error" and "Content Security Policy" in message.text:
+            self.errors.append(message.text)
+
+    def login(self, name: str) -> None:
+        self.page.goto(self.base + "/login/")
+        self.page.fill("#id_username", name)
+        self.page.fill("#id_password", PASSWORD)
+        self.page.click("button[type=submit]")
+        self.page.wait_for_url(self.base + "/")
+
+    def open(self, path: str) -> None:
+        self.page.goto(self.base + path)
+
+    def heatmap_drawn(self, selector: str = "[data-heatmap]") -> Any:
+        self.page.wait_for_selector(f"{selector}[data-rows]")
+        return self.page.locator(selector)
+
+    def cell_point(self, port: float, row: int, plot: str = ".heatmap-plot") -> tuple[float, float]:
+        """Screen coordinates of (port, row) on the heatmap, from Plotly's own axes."""
+        x, y = self.page.evaluate(
+            """([plot, port, row]) => {
+                const gd = document.querySelector(plot);
+                const size = gd._fullLayout._size, box = gd.getBoundingClientRect();
+                return [box.left + size.l + gd._fullLayout.xaxis.l2p(port),
+                        box.top + size.t + gd._fullLayout.yaxis.l2p(row)];
+            }""",
+            [plot, port, row],
+        )
+        return x, y
+
+    def hover(self, port: float, row: int, plot: str = ".heatmap-plot") -> str:
+        x, y = self.cell_point(port, row, plot)
+        tip = self.page.locator(".heatmap-tip").first
+        self.page.mouse.move(1, 1)  # leave any cell first, so the box shows this one's text
+        tip.wait_for(state="hidden")
+        self.page.mouse.move(x - 3, y)
+        self.page.mouse.move(x, y)
+        tip.wait_for(state="visible")
+        return str(tip.inner_text())
+
+    def shot(self, name: str) -> None:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+    def close(self) -> None:
+        self.context.close()
+        assert self.outside == [], f"requests left the test server: {self.outside}"
+        assert self.errors == [], f"script errors: {self.errors}"
+        for policy in self.policies:
+            script_src = next(d for d in policy.split(";") if d.strip().startswith("script-src"))
+            assert "'self'" in script_src and "unsafe" not in script_src, policy
+
+
+@pytest.fixture
+def site(transactional_db: None, key_dir: Path) -> UiSite:
+    site = build_ui_site()
+    make_users()
+    return site
+
+
+@pytest.fixture
+def tab(browser: Any, live_server: Any, site: UiSite) -> Iterator[Session]:
+    session = Session(browser, live_server.url)
+    yield session
+    session.close()
+
+
+@pytest.fixture
+def demo_tab(
+    browser: Any, live_server: Any, transactional_db: None, key_dir: Path
+) -> Iterator[Session]:
+    """The quick start's demo inventory instead of the small fixture."""
+    signing_key_generate()
+    with acting_as("system:test"):
+        call_command("seed_demo", stdout=StringIO())
+    make_users()
+    session = Session(browser, live_server.url)
+    yield session
+    session.close()
+
+
+def _row_of(tab: Session, address: str) -> int:
+    labels: list[str] = tab.page.evaluate(
+        "() => document.querySelector('[data-heatmap]').heatmap.payload.rows.map(r => r.ip)"
+    )
+    return labels.index(address)
+
+
+def test_it_draws_one_row_per_ip_and_names_the_slice_under_the_pointer(
+    tab: Session, site: UiSite
+) -> None:
+    tab.login("vera")
+    tab.open("/datacenters/fra1/")
+    heatmap = tab.heatmap_drawn()
+    assert heatmap.get_attribute("data-rows") == "3"
+    labels = tab.page.locator(".heatmap-plot .ytick text").all_text_contents()
+    assert sorted(labels) == [
+        "cdn · FR · 198.51.100.1",
+        "warp · DE · 192.0.2.1",
+        "warp · DE · 192.0.2.2",
+    ]
+    own = site.slice_of("edge0.fra1.example.net", site.warp)
+    text = tab.hover((own.lo + own.hi) / 2, _row_of(tab, own.ip.address))
+    assert "machine edge0.fra1.example.net" in text
+    assert f"ports {own.lo:,}–{own.hi:,} (8,192)" in text and "state active" in text
+    tab.shot("datacenter-heatmap")
+
+
+def test_utilization_shows_the_reported_use_and_keeps_the_zoom(tab: Session, site: UiSite) -> None:
+    tab.login("vera")
+    tab.open("/datacenters/fra1/")
+    tab.heatmap_drawn()
+    own = site.slice_of("edge0.fra1.example.net", site.warp)
+    zoom = [own.lo - 4096, own.hi + 4096]
+    tab.page.evaluate(
+        "(range) => Plotly.relayout(document.querySelector('.heatmap-plot'), "
+        "{'xaxis.range': range})",
+        zoom,
+    )
+    tab.page.check("input[name=mode][value=utilization]")
+    tab.page.wait_for_selector("[data-heatmap][data-mode=utilization]")
+    kept = tab.page.evaluate("() => document.querySelector('.heatmap-plot').layout.xaxis.range")
+    assert kept == zoom
+    text = tab.hover((own.lo + own.hi) / 2, _row_of(tab, own.ip.address))
+    assert "use 50.0% of the slice, 50.0% here" in text
+    assert "updated" in tab.page.locator(".heatmap-status").inner_text()
+    # It refreshes in place (no page load) every 5 s.
+    fetches = [url for url in tab.inside if "heatmap.json?" in url and "utilization" in url]
+    tab.page.wait_for_timeout(5600)
+    again = [url for url in tab.inside if "heatmap.json?" in url and "utilization" in url]
+    assert len(again) > len(fetches) >= 1
+    assert tab.page.evaluate("() => performance.getEntriesByType('navigation').length") == 1
+    tab.page.mouse.move(5, 5)
+    tab.shot("datacenter-utilization")
+
+
+def test_clicking_a_slice_opens_its_machine(tab: Session, site: UiSite) -> None:
+    tab.login("vera")
+    tab.open("/datacenters/fra1/")
+    tab.heatmap_drawn()
+    own = site.slice_of("edge0.fra1.example.net", site.cdn)
+    x, y = tab.cell_point((own.lo + own.hi) / 2, _row_of(tab, own.ip.address))
+    tab.page.mouse.click(x, y)
+    tab.page.wait_for_url("**/machines/edge0.fra1.example.net/")
+    assert tab.page.locator("h1").inner_text() == "edge0.fra1.example.net"
+    tab.page.wait_for_selector("#usage-chart .main-svg")
+    tab.shot("machine")
+
+
+def test_an_operator_previews_a_new_machine_and_applies_it(tab: Session, site: UiSite) -> None:
+    make_machine("edge3.fra1.example.net", datacenter=site.datacenter).pools.add(site.warp)
+    preview = plan_preview(datacenter=site.datacenter)
+    assert preview.plan is not None
+    (added,) = preview.plan.diff.added
+    tab.login("bob")
+    tab.open("/datacenters/fra1/plan/")
+    tab.heatmap_drawn()
+    row = tab.page.evaluate(
+        "(ip) => document.querySelector('[data-heatmap]').heatmap.payload.rows"
+        ".map(r => r.ip).indexOf(ip)",
+        added.ip,
+    )
+    text = tab.hover((added.lo + added.hi) / 2, row)
+    assert "machine edge3.fra1.example.net" in text and "plan: added by this plan" in text
+    assert tab.page.locator('[data-machine="edge3.fra1.example.net"]').count() == 1
+    tab.page.mouse.move(5, 5)
+    tab.shot("plan-preview")
+    tab.page.fill("#id_reason", "edge3 joins")
+    tab.page.check("#id_confirm")
+    tab.page.click("#apply-form button[type=submit]")
+    tab.page.wait_for_url("**/revisions/?datacenter=fra1")
+    assert "edge3 joins" in tab.page.locator('[data-revision="fra1-2"]').inner_text()
+    assert "Revision 2 of fra1 applied: 1 added" in tab.page.locator(".messages").inner_text()
+    tab.shot("revisions")
+
+
+def test_a_viewer_gets_no_apply_control(tab: Session, site: UiSite) -> None:
+    tab.login("vera")
+    tab.open("/datacenters/fra1/plan/")
+    tab.heatmap_drawn()
+    assert tab.page.locator("#apply-form").count() == 0
+    assert tab.page.get_by_role("button", name="Apply this plan").count() == 0
+    assert "needs the operator or admin role" in tab.page.locator("#apply").inner_text()
+
+
+def test_a_stale_preview_is_refused_with_the_explanation(tab: Session, site: UiSite) -> None:
+    tab.login("bob")
+    tab.open("/datacenters/fra1/plan/")
+    tab.heatmap_drawn()
+    # Someone else changes the inventory while the operator reads the preview.
+    make_machine("late.fra1.example.net", datacenter=site.datacenter).pools.add(site.warp)
+    tab.page.check("#id_confirm")
+    tab.page.click("#apply-form button[type=submit]")
+    refused = tab.page.locator("#refused")
+    refused.wait_for()
+    assert "the preview you confirmed is out of date" in refused.inner_text()
+    assert "changed since this preview" in refused.inner_text()
+    assert PlanRevision.objects.filter(datacenter__code="fra1").count() == 1
+    assert tab.page.locator('[data-machine="late.fra1.example.net"]').count() == 1
+    tab.heatmap_drawn()  # the fresh preview's picture
+    tab.shot("plan-stale")
+
+
+def test_the_other_pages_render_without_outside_requests(tab: Session, site: UiSite) -> None:
+    tab.login("bob")
+    tab.shot("overview")
+    for path, name in [
+        (f"/pools/{site.warp.pk}/", "pool"),
+        ("/ips/192.0.2.1/", "ip"),
+        ("/audit/", "audit"),
+        ("/inventory/import/", "import"),
+        ("/inventory/new/machine/", "machine-form"),
+        (f"/datacenters/fra1/plan/?pool={site.warp.pk}&add_machines=20#what-if", "what-if"),
+    ]:
+        tab.open(path)
+        if name in {"pool", "ip"}:
+            tab.heatmap_drawn()
+        tab.shot(name)
+    assert Datacenter.objects.count() == 1
+
+
+def test_the_policy_is_enforced_so_the_other_tests_prove_the_pages_keep_it(
+    tab: Session, site: UiSite
+) -> None:
+    tab.login("vera")
+    tab.open("/datacenters/fra1/")
+    tab.heatmap_drawn()
+    ran = tab.page.evaluate(
+        """() => {
+            const script = document.createElement("script");
+            script.textContent = "window.inlineRan = true";
+            document.head.appendChild(script);
+            return window.inlineRan === true;
+        }"""
+    )
+    tab.page.wait_for_timeout(200)
+    assert ran is False
+    assert any("Content Security Policy" in error for error in tab.errors)
+    tab.errors.clear()  # the refusal above was the point
+
+
+def test_the_demo_datacenter_is_readable_at_1280_by_800(demo_tab: Session) -> None:
+    fra1 = Datacenter.objects.get(code="fra1")
+    draining = Machine.objects.get(hostname="fra1-m007.example.net")
+    machine_save(machine=draining, values={"state": "draining"})
+    plan_apply_current(datacenter=fra1, reason="drain m007")
+    rng, now = random.Random(7), timezone.now()
+    for machine in Machine.objects.filter(datacenter=fra1, state="active")[:80]:
+        slices = PortSlice.objects.filter(machine=machine).select_related("ip")
+        report = [
+            {
+                "ip": s.ip.address,
+                "lo": s.lo,
+                "hi": s.hi,
+                "tcp": rng.randrange(s.size),
+                "udp": 0,
+                "buckets": {},
+            }
+            for s in slices
+        ]
+        usage_record(hostname=machine.hostname, at=now, slices=report)
+    demo_tab.login("bob")
+    demo_tab.open("/datacenters/fra1/")
+    heatmap = demo_tab.heatmap_drawn()
+    ips = EgressIP.objects.filter(pool__datacenter=fra1).count()
+    assert heatmap.get_attribute("data-rows") == str(ips)
+    # Every row keeps its label at this size.
+    assert demo_tab.page.locator(".heatmap-plot .ytick text").count() == ips
+    assert demo_tab.page.locator(".heatmap-plot .scatterlayer .point").count() == (
+        PortSlice.objects.filter(state="draining", ip__pool__datacenter=fra1).count()
+    )
+    own = PortSlice.objects.filter(machine__hostname="fra1-m001.example.net").first()
+    assert own is not None
+    text = demo_tab.hover((own.lo + own.hi) / 2, _row_of(demo_tab, own.ip.address))
+    assert "machine fra1-m001.example.net" in text
+    demo_tab.shot("demo-heatmap")
+    drained = PortSlice.objects.filter(machine=draining).select_related("ip").first()
+    assert drained is not None and drained.drain_until is not None
+    text = demo_tab.hover((drained.lo + drained.hi) / 2, _row_of(demo_tab, drained.ip.address))
+    assert "state draining, drain ends " + drained.drain_until.strftime("%Y-%m-%d %H:%M") in text
+    demo_tab.page.check("input[name=mode][value=utilization]")
+    demo_tab.page.wait_for_selector("[data-heatmap][data-mode=utilization]")
+    demo_tab.page.mouse.move(5, 5)
+    demo_tab.shot("demo-utilization")
+    demo_tab.open("/")
+    cards = demo_tab.page.locator("article.card")
+    assert cards.count() == Datacenter.objects.count() == 3
+    demo_tab.shot("demo-overview")
