@@ -31,7 +31,7 @@ import contract
 from contract.broker import filesystem_options, filesystem_transport
 from planner import signing
 from planner.choices import KeyStatus
-from planner.models import SigningKey
+from planner.models import EgressIP, SigningKey
 from tests.agent.netns import ip, unique_name
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -241,6 +241,8 @@ class Loop:
             "state_dir": str(folder / "state"),
             "manage_nftables": self.netns,
             "manage_port_range": self.netns,
+            # The slices' egress addresses must be local, or the agent acks "failed".
+            "add_addresses": True,
             "usage_interval": self.usage_interval,
             "metrics_address": "off",
             "socket_path": str(folder / "agent.sock"),
@@ -265,6 +267,10 @@ class Loop:
                 process.wait()
         for ns in self.namespaces:
             ip("netns", "del", ns, check=False)
+        if not self.netns:  # agents on this host added the egress addresses to its lo
+            for address in EgressIP.objects.values_list("address", flat=True):
+                ip("addr", "del", f"{address}/{32 if ':' not in address else 128}", "dev", "lo",
+                   check=False)  # fmt: skip
 
 
 def public_keys() -> list[dict[str, Any]]:
