@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from tempfile import mkdtemp
@@ -37,18 +36,11 @@ django.setup()
 from django.db import connection  # noqa: E402
 from django.test.utils import setup_test_environment  # noqa: E402
 
+from bench.timing import best_of  # noqa: E402
+
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 STEERING_BUDGET_S = 1.0
 BUNDLES_PER_S_TARGET = 500
-
-
-def best_of(runs: int, work: Callable[[], Any]) -> tuple[float, Any]:
-    best, result = float("inf"), None
-    for _ in range(runs):
-        start = time.perf_counter()
-        result = work()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def build_steering_datacenter() -> Any:

@@ -29,7 +29,6 @@ import os
 import platform
 import random
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -47,18 +46,11 @@ django.setup()
 from django.db import connection  # noqa: E402
 from django.test.utils import setup_test_environment  # noqa: E402
 
+from bench.timing import best_of  # noqa: E402
+
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 POOLS, IPS_PER_POOL, MACHINES = 40, 100, 1000
 BUDGET_S, BUDGET_MB = 1.0, 3.0
-
-
-def best_of(runs: int, work: Callable[[], Any]) -> tuple[float, Any]:
-    best, result = float("inf"), None
-    for _ in range(runs):
-        start = time.perf_counter()
-        result = work()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def build() -> Any:
