@@ -18,6 +18,11 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("datacenters/<slug:code>/", views.datacenter_detail, name="datacenter"),
     path("datacenters/<slug:code>/plan/", views.plan, name="plan"),
+    path(
+        "datacenters/<slug:code>/drafts/<int:number>/approve/",
+        views.draft_approve,
+        name="draft-approve",
+    ),
     path("datacenters/<slug:code>/heatmap.json", views.heatmap_data, name="heatmap-data"),
     path(
         "datacenters/<slug:key>/edit/",

@@ -19,7 +19,7 @@ from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db.models import ProtectedError, Q
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -32,7 +32,7 @@ from planner.api.permissions import OPERATOR, RANK, VIEWER, user_rank
 from planner.choices import BundleStatus, MachineState, RevisionStatus
 from planner.inventory_io import InventoryError, parse_inventory
 from planner.models import AuditEntry, Datacenter, EgressIP, EgressPool, Machine, PlanRevision
-from planner.services import inventory, plans
+from planner.services import inventory, plans, rebalance
 from planner.services.locks import Conflict
 from planner.ui import forms as f
 
@@ -167,6 +167,28 @@ def plan_apply(request: HttpRequest, datacenter: Datacenter) -> HttpResponse:
         f"{_counts(revision.diff_summary)}.",
     )
     return redirect(f"{reverse('revisions')}?datacenter={datacenter.code}")
+
+
+@operator_required
+@require_POST
+def draft_approve(request: HttpRequest, code: str, number: int) -> HttpResponse:
+    """Apply a rebalance draft as it was planned, unless its inputs moved since."""
+    datacenter = get_object_or_404(Datacenter, code=code)
+    try:
+        revision = rebalance.revision_approve(
+            datacenter=datacenter, number=number, user=request.user
+        )
+    except PlanRevision.DoesNotExist:
+        raise Http404(f"{code} has no revision {number}") from None
+    except (Conflict, alloc.CapacityError) as error:
+        messages.error(request, f"Draft r{number} was not applied: {error}")
+    else:
+        messages.success(
+            request,
+            f"Draft r{number} approved: revision {revision.number} of {code} applied "
+            f"({_counts(revision.diff_summary)}).",
+        )
+    return redirect("plan", code=code)
 
 
 def _counts(summary: dict[str, Any]) -> str:

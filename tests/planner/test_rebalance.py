@@ -288,3 +288,33 @@ def test_run_records_expire_with_the_usage_they_read(dc: Datacenter, settings: A
     datacenter_rebalance(datacenter=dc, now=T0)
     assert rebalance_runs_expire(now=T0 + timedelta(days=13)) == 0
     assert rebalance_runs_expire(now=T0 + timedelta(days=15)) == 1
+
+
+def test_the_plan_page_approves_a_draft_for_operators_only(dc: Datacenter) -> None:
+    from django.contrib.auth.models import Group, User
+    from django.test import Client
+
+    from planner.models import PlanRevision
+
+    now = _grow_cold_machine(dc) + timedelta(minutes=20)
+    _report(COLD, 0.01, now - timedelta(minutes=1))
+    draft = datacenter_rebalance(datacenter=dc, now=now).draft
+    assert draft is not None
+    actors = {}
+    for role in ("viewer", "operator"):
+        user = User.objects.create_user(f"ui-{role}", password="unused-Pa55")
+        user.groups.add(Group.objects.get_or_create(name=role)[0])
+        actors[role] = Client()
+        actors[role].force_login(user)
+    button = f"Approve r{draft.number}"
+    assert button in actors["operator"].get("/datacenters/rb1/plan/").content.decode()
+    assert button not in actors["viewer"].get("/datacenters/rb1/plan/").content.decode()
+    url = f"/datacenters/rb1/drafts/{draft.number}/approve/"
+    assert actors["viewer"].post(url).status_code == 403
+    assert PlanRevision.objects.get(pk=draft.pk).status == "draft"
+    response = actors["operator"].post(url, follow=True)
+    assert f"Draft r{draft.number} approved" in response.content.decode()
+    assert PlanRevision.objects.get(pk=draft.pk).status == "applied"
+    assert PortSlice.objects.get(state="draining").machine.hostname == COLD
+    again = actors["operator"].post(url, follow=True)  # applied already: refused, said so
+    assert f"Draft r{draft.number} was not applied" in again.content.decode()
