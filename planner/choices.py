@@ -16,6 +16,22 @@ class MachineState(models.TextChoices):
     RETIRED = "retired", "Retired"
 
 
+class AgentStatus(models.TextChoices):
+    """What a machine's host is doing with its newest bundle (``selectors.machine_status``).
+
+    Only ``enforcing`` is healthy; every other value is shown as a problem.
+    """
+
+    ENFORCING = "enforcing", "applied and enforcing"
+    PARTIAL = "partial", "applied partially"
+    FAILED = "failed", "failed"
+    REJECTED = "rejected", "rejected"
+    PENDING = "pending", "pending"
+    STALE = "stale", "stale"
+    NEVER_SEEN = "never_seen", "never seen"
+    RETIRED = "retired", "retired"
+
+
 class SliceState(models.TextChoices):
     ACTIVE = "active", "Active"
     DRAINING = "draining", "Draining"

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 import allocator as alloc
 from allocator.capacity import typical_usable
-from planner.choices import BundleStatus, MachineState, RevisionStatus
+from planner.choices import AgentStatus, BundleStatus, MachineState, RevisionStatus
 from planner.models import (
     AuditEntry,
     ConfigBundle,
@@ -30,28 +30,58 @@ from planner.models import (
     SliceUsage,
     UsageSample,
 )
-from planner.selectors import planner_inputs, pool_headroom
+from planner.selectors import machine_status_counts, planner_inputs, pool_headroom
 
-# An agent that has said nothing for this long is shown as stale.
-STALE_AFTER = timedelta(minutes=5)
 PEAK_WINDOW = timedelta(hours=1)
 HISTORY_WINDOW = timedelta(hours=24)
 WHAT_IF_DRAIN = timedelta(hours=1)
 HEADROOM_CACHE_SECONDS = 600
 
 
+#: How each status is shown: only "applied and enforcing" is green.
+STATUS_CLASS = {
+    AgentStatus.ENFORCING: "ok",
+    AgentStatus.PARTIAL: "warn",
+    AgentStatus.PENDING: "warn",
+    AgentStatus.STALE: "warn",
+    AgentStatus.NEVER_SEEN: "warn",
+    AgentStatus.FAILED: "bad",
+    AgentStatus.REJECTED: "bad",
+    AgentStatus.RETIRED: "muted",
+}
+
+
+@dataclass(frozen=True)
+class StatusCount:
+    status: str
+    label: str
+    count: int
+    css: str
+
+
 @dataclass
 class MachineHealth:
-    ok: int = 0
-    stale: int = 0
-    never_seen: int = 0
-    rejected: int = 0
+    """A datacenter's machines per status (``selectors.machine_status``)."""
+
+    counts: dict[str, int]
     lagging: int = 0
-    retired: int = 0
 
     @property
     def total(self) -> int:
-        return self.ok + self.stale + self.never_seen + self.rejected + self.retired
+        return sum(self.counts.values())
+
+    @property
+    def enforcing(self) -> int:
+        return self.counts.get(AgentStatus.ENFORCING, 0)
+
+    @property
+    def rows(self) -> list[StatusCount]:
+        """Applied and enforcing first (always), then every other status that has machines."""
+        return [
+            StatusCount(status.value, status.label, n, STATUS_CLASS[status] if n else "")
+            for status in AgentStatus
+            if (n := self.counts.get(status, 0)) or status == AgentStatus.ENFORCING
+        ]
 
 
 @dataclass
@@ -70,36 +100,14 @@ class DatacenterCard:
         return self.sockets / self.ports_handed_out if self.ports_handed_out else 0.0
 
 
-def machine_status(machine: Machine, *, rejected: bool, now: datetime) -> str:
-    """ok, stale, never seen, rejected (its newest bundle was refused) or retired."""
-    if machine.state == MachineState.RETIRED:
-        return "retired"
-    if rejected:
-        return "rejected"
-    if machine.last_seen is None:
-        return "never seen"
-    return "stale" if now - machine.last_seen > STALE_AFTER else "ok"
-
-
-def machine_health(*, datacenter: Datacenter, now: datetime | None = None) -> MachineHealth:
-    now = now or timezone.now()
-    rejected = set(
-        ConfigBundle.objects.filter(
-            machine__datacenter=datacenter,
-            serial=F("machine__bundle_serial"),
-            status=BundleStatus.REJECTED,
-        ).values_list("machine_id", flat=True)
+def machine_health(*, datacenter: Datacenter) -> MachineHealth:
+    counts = machine_status_counts(datacenter=datacenter).get(datacenter.code, {})
+    lagging = (
+        Machine.objects.filter(datacenter=datacenter, applied_serial__lt=F("bundle_serial"))
+        .exclude(state=MachineState.RETIRED)
+        .count()
     )
-    health = MachineHealth()
-    for machine in Machine.objects.filter(datacenter=datacenter).only(
-        "pk", "state", "last_seen", "applied_serial", "bundle_serial"
-    ):
-        status = machine_status(machine, rejected=machine.pk in rejected, now=now)
-        name = status.replace(" ", "_")
-        setattr(health, name, getattr(health, name) + 1)
-        if machine.state != MachineState.RETIRED and machine.applied_serial < machine.bundle_serial:
-            health.lagging += 1
-    return health
+    return MachineHealth(counts=counts, lagging=lagging)
 
 
 def overview_cards(*, now: datetime | None = None) -> list[DatacenterCard]:
@@ -124,7 +132,7 @@ def overview_cards(*, now: datetime | None = None) -> list[DatacenterCard]:
         cards.append(
             DatacenterCard(
                 datacenter=dc,
-                machines=machine_health(datacenter=dc, now=now),
+                machines=machine_health(datacenter=dc),
                 ips=ips.get(dc.pk, 0),
                 pools=pools.get(dc.pk, 0),
                 sockets=sockets.get(dc.pk) or 0,

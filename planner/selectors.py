@@ -9,12 +9,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 import allocator as alloc
 from planner import signing
-from planner.choices import BundleStatus, MachineState, RevisionStatus
+from planner.choices import AgentStatus, BundleStatus, MachineState, RevisionStatus
 from planner.inventory_io import GeofeedEntry
 from planner.models import (
     ConfigBundle,
@@ -372,3 +372,131 @@ def draft_revisions(*, datacenter: Datacenter | None = None) -> QuerySet[PlanRev
 
 def rebalance_runs(*, datacenter: Datacenter) -> QuerySet[RebalanceRun]:
     return RebalanceRun.objects.filter(datacenter=datacenter).select_related("revision", "draft")
+
+
+# --- a machine's status: derived here once, shown the same everywhere ---------------------------
+
+#: The parts of enforcement an agent reports, in the words a person reads.
+ENFORCEMENT_PARTS: dict[str, str] = {
+    "port_range": "port range",
+    "nftables": "nftables guard",
+    "addresses": "egress addresses",
+}
+PART_STATES = frozenset({"on", "off", "failed"})
+NO_REPORT = "the agent has not reported this part"
+
+
+@dataclass(frozen=True)
+class EnforcementPart:
+    """One part of what the host enforces: ``state`` is on, off, failed or unknown."""
+
+    part: str
+    name: str
+    state: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class MachineStatus:
+    """A machine's status (an :class:`AgentStatus`), why in words, and what it rests on."""
+
+    status: str
+    reason: str
+    bundle_status: str | None
+    enforcement: tuple[EnforcementPart, ...]
+
+    @property
+    def label(self) -> str:
+        return AgentStatus(self.status).label
+
+    @property
+    def ok(self) -> bool:
+        return self.status == AgentStatus.ENFORCING
+
+
+def enforcement_parts(*, enforcement: object) -> tuple[EnforcementPart, ...]:
+    """The agent's enforcement report as named parts; whatever it left out is "unknown"."""
+    report = enforcement if isinstance(enforcement, dict) else {}
+    parts = []
+    for key, name in ENFORCEMENT_PARTS.items():
+        value = report.get(key)
+        value = value if isinstance(value, dict) else {}
+        state, detail = value.get("state"), value.get("detail")
+        parts.append(
+            EnforcementPart(
+                part=key,
+                name=name,
+                state=state if state in PART_STATES else "unknown",
+                detail=detail if isinstance(detail, str) and detail else NO_REPORT,
+            )
+        )
+    return tuple(parts)
+
+
+def machines_with_bundle_status(queryset: QuerySet[Machine]) -> QuerySet[Machine]:
+    """``queryset`` annotated with its newest bundle's status and error (one subquery each),
+    what :func:`machine_status` needs besides the machine's own columns."""
+    newest = ConfigBundle.objects.filter(machine=OuterRef("pk"), serial=OuterRef("bundle_serial"))
+    return queryset.annotate(
+        newest_bundle_status=Subquery(newest.values("status")[:1]),
+        newest_bundle_error=Subquery(newest.values("error")[:1]),
+    )
+
+
+def machine_status(*, machine: Machine, now: datetime | None = None) -> MachineStatus:
+    """What the host does with its newest bundle, from the machine row (annotated by
+    :func:`machines_with_bundle_status`, else one query here).
+
+    In order: retired; never seen; stale (silent for ``AGENT_STALE_MINUTES``); its
+    newest bundle rejected or failed; pending (signed, not applied yet); applied
+    partially (a part of enforcement off, or one the agent did not report); applied
+    and enforcing, the only healthy one.
+    """
+    if not hasattr(machine, "newest_bundle_status"):
+        found = ConfigBundle.objects.filter(machine=machine, serial=machine.bundle_serial)
+        row = found.values_list("status", "error").first()
+        machine.newest_bundle_status, machine.newest_bundle_error = row or (None, None)  # type: ignore[attr-defined]
+    bundle_status: str | None = machine.newest_bundle_status  # type: ignore[attr-defined]
+    error: str = machine.newest_bundle_error or ""  # type: ignore[attr-defined]
+    parts = enforcement_parts(enforcement=machine.enforcement)
+
+    def status(value: AgentStatus, reason: str) -> MachineStatus:
+        return MachineStatus(value.value, reason, bundle_status, parts)
+
+    serial = machine.bundle_serial
+    if machine.state == MachineState.RETIRED:
+        return status(AgentStatus.RETIRED, "retired: it holds no slices")
+    if machine.last_seen is None:
+        return status(AgentStatus.NEVER_SEEN, "its agent has never reported")
+    if machine.last_seen < stale_cutoff(now=now):
+        silent = settings.AGENT_STALE_MINUTES
+        return status(AgentStatus.STALE, f"its agent has been silent for over {silent} minutes")
+    if bundle_status == BundleStatus.REJECTED:
+        return status(AgentStatus.REJECTED, f"bundle {serial} rejected: {error or 'no reason'}")
+    if bundle_status == BundleStatus.FAILED:
+        return status(AgentStatus.FAILED, f"bundle {serial} failed: {error or 'no reason'}")
+    if serial == 0 or machine.applied_serial < serial:
+        return status(AgentStatus.PENDING, f"bundle {serial} signed, not applied yet")
+    failed = [f"{p.name}: {p.detail}" for p in parts if p.state == "failed"]
+    if failed:  # an ack said applied, a later report says otherwise
+        return status(AgentStatus.FAILED, "; ".join(failed))
+    off = [f"{p.name} {p.state}: {p.detail}" for p in parts if p.state != "on"]
+    if off:
+        return status(AgentStatus.PARTIAL, "; ".join(off))
+    return status(AgentStatus.ENFORCING, f"bundle {serial} applied, every part enforcing")
+
+
+def machine_status_counts(*, datacenter: Datacenter | None = None) -> dict[str, dict[str, int]]:
+    """Machines per status, per datacenter code (every status present, zeros included)."""
+    machines = Machine.objects.select_related("datacenter").only(
+        "state", "last_seen", "applied_serial", "bundle_serial", "enforcement", "datacenter__code"
+    )
+    if datacenter is not None:
+        machines = machines.filter(datacenter=datacenter)
+    now = timezone.now()
+    counts: dict[str, dict[str, int]] = {}
+    for machine in machines_with_bundle_status(machines):
+        zeros = dict.fromkeys(AgentStatus.values, 0)
+        per_status = counts.setdefault(machine.datacenter.code, zeros)
+        per_status[machine_status(machine=machine, now=now).status] += 1
+    return counts

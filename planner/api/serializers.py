@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from django.core.validators import ProhibitNullCharactersValidator
 from django.db.models import Model
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from planner.choices import AgentStatus, BundleStatus
 from planner.models import (
     Datacenter,
     EgressIP,
@@ -19,7 +22,7 @@ from planner.models import (
     RebalancePolicy,
     RebalanceRun,
 )
-from planner.selectors import stale_cutoff
+from planner.selectors import ENFORCEMENT_PARTS, MachineStatus, machine_status, stale_cutoff
 
 
 class NameRelatedField(serializers.SlugRelatedField[Any]):
@@ -85,6 +88,15 @@ class EgressIPSerializer(serializers.ModelSerializer[EgressIP]):
         fields = ["address", "pool", "usable_lo", "usable_hi", "reserved_ports", "state"]
 
 
+class EnforcementPartSerializer(serializers.Serializer[Any]):
+    """One part of enforcement as the agent last reported it."""
+
+    part = serializers.ChoiceField(choices=list(ENFORCEMENT_PARTS))
+    name = serializers.CharField(help_text="The part in words")
+    state = serializers.ChoiceField(choices=["on", "off", "failed", "unknown"])
+    detail = serializers.CharField(help_text="Why, in the agent's words")
+
+
 class MachineSerializer(serializers.ModelSerializer[Machine]):
     datacenter = NameRelatedField(model=Datacenter, slug_field="code")
     pools = serializers.PrimaryKeyRelatedField(
@@ -105,10 +117,47 @@ class MachineSerializer(serializers.ModelSerializer[Machine]):
             "bundle_serial",
             "stale",
             "stale_since",
+            "status",
+            "status_reason",
+            "bundle_status",
+            "enforcement",
         ]
         read_only_fields = ["last_seen", "applied_serial", "bundle_serial", "stale_since"]
 
     stale = serializers.SerializerMethodField()
+    status = serializers.SerializerMethodField(
+        help_text="What the host does with its newest bundle; only enforcing is healthy"
+    )
+    status_reason = serializers.SerializerMethodField(help_text="Why, in words")
+    bundle_status = serializers.SerializerMethodField(
+        help_text="Status of the newest bundle signed for it (null: none signed)"
+    )
+    enforcement = serializers.SerializerMethodField(
+        help_text="Each part of enforcement the agent last reported"
+    )
+
+    def _status(self, machine: Machine) -> MachineStatus:
+        # Four fields from one derivation (and at most one query per machine not annotated).
+        cached: MachineStatus | None = getattr(machine, "_agent_status", None)
+        if cached is None:
+            cached = machine_status(machine=machine)
+            machine._agent_status = cached  # type: ignore[attr-defined]
+        return cached
+
+    @extend_schema_field(serializers.ChoiceField(choices=AgentStatus.choices))
+    def get_status(self, machine: Machine) -> str:
+        return self._status(machine).status
+
+    def get_status_reason(self, machine: Machine) -> str:
+        return self._status(machine).reason
+
+    @extend_schema_field(serializers.ChoiceField(choices=BundleStatus.choices, allow_null=True))
+    def get_bundle_status(self, machine: Machine) -> str | None:
+        return self._status(machine).bundle_status
+
+    @extend_schema_field(EnforcementPartSerializer(many=True))
+    def get_enforcement(self, machine: Machine) -> list[dict[str, str]]:
+        return [asdict(part) for part in self._status(machine).enforcement]
 
     def get_stale(self, machine: Machine) -> bool:
         """Its agent reported once, then nothing for ``AGENT_STALE_MINUTES``."""

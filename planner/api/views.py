@@ -348,7 +348,9 @@ class EgressIPViewSet(InventoryViewSet):
 
 
 class MachineViewSet(JsonErrors, InventoryViewSet):
-    queryset = Machine.objects.select_related("datacenter").prefetch_related("pools")
+    queryset = selectors.machines_with_bundle_status(
+        Machine.objects.select_related("datacenter").prefetch_related("pools")
+    )
     serializer_class = s.MachineSerializer
     lookup_field = "hostname"
     lookup_value_regex = r"[A-Za-z0-9.-]+"

@@ -22,14 +22,13 @@ from django.db.models import ProtectedError, Q
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.utils import timezone
 from django.views.decorators.gzip import gzip_page
 from django.views.decorators.http import require_http_methods, require_POST
 
 import allocator as alloc
-from planner import charts, dashboard, heatmap
+from planner import charts, dashboard, heatmap, selectors
 from planner.api.permissions import OPERATOR, RANK, VIEWER, user_rank
-from planner.choices import BundleStatus, MachineState, RevisionStatus
+from planner.choices import AgentStatus, MachineState, RevisionStatus
 from planner.inventory_io import InventoryError, parse_inventory
 from planner.models import AuditEntry, Datacenter, EgressIP, EgressPool, Machine, PlanRevision
 from planner.services import inventory, plans, rebalance
@@ -307,13 +306,11 @@ def machine_detail(request: HttpRequest, hostname: str) -> HttpResponse:
     machine = get_object_or_404(Machine.objects.select_related("datacenter"), hostname=hostname)
     slices = dashboard.machine_slices(machine=machine)
     bundle = dashboard.bundle_state(machine=machine)
+    status = selectors.machine_status(machine=machine)
     context = {
         "machine": machine,
-        "status": dashboard.machine_status(
-            machine,
-            rejected=bool(bundle.latest and bundle.latest.status == BundleStatus.REJECTED),
-            now=timezone.now(),
-        ),
+        "status": status,
+        "status_css": dashboard.STATUS_CLASS[AgentStatus(status.status)],
         "slices": slices,
         "pools_served": machine.pools.order_by("purpose", "country"),
         "bundle": bundle,
