@@ -25,6 +25,11 @@ from agent.bundle import Bundle
 
 LOOPBACK: Final = "lo"
 _IFA_F_NODAD: Final = 0x02
+#: Linux answers on every address of this prefix (``lo`` holds 127.0.0.1/8 and a local
+#: route for all of it), so any of them can be a source without root. Only an agent with
+#: ``loopback_egress`` on (the demo without root) counts them as held; off by default, so
+#: a production bundle naming one is reported missing like any other address.
+LOOPBACK_EGRESS_RANGE: Final = ipaddress.ip_network("127.0.0.0/8")
 
 
 class AddressError(Exception):
@@ -50,10 +55,16 @@ def slice_addresses(bundle: Bundle) -> list[str]:
     return [str(a) for a in sorted(addresses, key=lambda a: (a.version, a))]
 
 
-def missing_addresses(bundle: Bundle) -> list[str]:
-    """Addresses of the bundle's slices that this host does not hold."""
+def missing_addresses(bundle: Bundle, *, loopback_egress: bool = False) -> list[str]:
+    """Addresses of the bundle's slices that this host does not hold; with
+    ``loopback_egress``, one in 127.0.0.0/8 is held (Linux answers on all of them)."""
     local = local_addresses()
-    return [address for address in slice_addresses(bundle) if address not in local]
+    return [
+        address
+        for address in slice_addresses(bundle)
+        if address not in local
+        and not (loopback_egress and ipaddress.ip_address(address) in LOOPBACK_EGRESS_RANGE)
+    ]
 
 
 def add_on_loopback(addresses: Iterable[str]) -> None:

@@ -10,6 +10,7 @@ The file (``--config PATH``, else ``$PORTSLICE_AGENT_CONFIG``, else
     manage_nftables = true
     manage_port_range = true
     add_addresses = false                # add missing egress addresses on lo
+    loopback_egress = false              # demo only: 127.0.0.0/8 counts as held
     usage_interval = 5                   # seconds
     metrics_address = "127.0.0.1:9465"   # "off" disables the metrics endpoint
     socket_path = "/run/portslice/agent.sock"
@@ -56,6 +57,9 @@ class AgentConfig:
     manage_port_range: bool = True
     #: Add the slices' egress addresses on ``lo`` when they are missing (off: only report).
     add_addresses: bool = False
+    #: Demo without root only: slices on 127.0.0.0/8 count as held (Linux answers on every
+    #: address of it). Off: such an address is missing like any other.
+    loopback_egress: bool = False
     usage_interval: float = 5.0
     #: ``(host, port)`` of the Prometheus endpoint, or ``None`` when it is off.
     metrics_address: tuple[str, int] | None = ("127.0.0.1", 9465)
@@ -132,6 +136,7 @@ _PARSERS: Final[Mapping[str, Callable[[str], Any]]] = {
     "manage_nftables": _bool,
     "manage_port_range": _bool,
     "add_addresses": _bool,
+    "loopback_egress": _bool,
     "usage_interval": _interval,
     "metrics_address": _metrics_address,
     "socket_path": _path,

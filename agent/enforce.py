@@ -55,7 +55,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from agent.addresses import AddressError, add_on_loopback, missing_addresses, slice_addresses
+from agent.addresses import (
+    LOOPBACK_EGRESS_RANGE,
+    AddressError,
+    add_on_loopback,
+    missing_addresses,
+    slice_addresses,
+)
 from agent.bundle import Bundle, BundleSlice
 from agent.egress import ensure_netns_port_range, netns_port_range
 
@@ -330,23 +336,30 @@ def _nftables_part(bundle: Bundle, *, manage: bool) -> Part:
     )
 
 
-def addresses_part(bundle: Bundle, *, add: bool) -> tuple[Part, tuple[str, ...]]:
-    """Whether the slices' egress addresses are local (added on ``lo`` first when ``add``)."""
+def addresses_part(
+    bundle: Bundle, *, add: bool, loopback_egress: bool = False
+) -> tuple[Part, tuple[str, ...]]:
+    """Whether the slices' egress addresses are local (added on ``lo`` first when ``add``;
+    with ``loopback_egress`` any in 127.0.0.0/8 is local without adding)."""
     wanted = slice_addresses(bundle)
     if not wanted:
         return Part(ON, "no slice addresses to hold"), ()
     try:
-        missing = missing_addresses(bundle)
+        missing = missing_addresses(bundle, loopback_egress=loopback_egress)
         if missing and add:
             add_on_loopback(missing)
             log.warning("added egress addresses on lo: %s", ", ".join(missing))
-            missing = missing_addresses(bundle)
+            missing = missing_addresses(bundle, loopback_egress=loopback_egress)
     except AddressError as error:
         return Part(FAILED, str(error)), ()
     if missing:
         hint = "" if add else " (add them, or set add_addresses = true)"
         detail = f"not on this host: {', '.join(missing)}{hint}; connects from them fail"
         return Part(FAILED, detail), tuple(missing)
+    if loopback_egress and any(
+        ipaddress.ip_address(address) in LOOPBACK_EGRESS_RANGE for address in wanted
+    ):
+        return Part(ON, f"all {len(wanted)} egress addresses are local (loopback_egress)"), ()
     return Part(ON, f"all {len(wanted)} egress addresses are local"), ()
 
 
@@ -356,6 +369,7 @@ def enforce(
     manage_port_range: bool,
     manage_nftables: bool,
     add_addresses: bool = False,
+    loopback_egress: bool = False,
 ) -> Enforcement:
     """Bring the port range, the nftables guard and the egress addresses in line with
     ``bundle``; never raises for what the host refuses, it reports it."""
@@ -364,5 +378,5 @@ def enforce(
         # Guarding slices the kernel cannot honour would block this host's egress outright.
         return Enforcement(bundle.serial, port_range, Part(OFF, "not applied: port range failed"))
     nftables = _nftables_part(bundle, manage=manage_nftables)
-    addresses, missing = addresses_part(bundle, add=add_addresses)
+    addresses, missing = addresses_part(bundle, add=add_addresses, loopback_egress=loopback_egress)
     return Enforcement(bundle.serial, port_range, nftables, addresses, missing)

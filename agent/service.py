@@ -258,6 +258,7 @@ class Agent:
             manage_port_range=self.config.manage_port_range,
             manage_nftables=self.config.manage_nftables,
             add_addresses=self.config.add_addresses,
+            loopback_egress=self.config.loopback_egress,
         )
         self._write_status(bundle, enforcement)
         if self.observer is not None:

@@ -246,6 +246,9 @@ USAGE_RETENTION_DAYS = envint("USAGE_RETENTION_DAYS", 14)
 # An agent that sent no ack and no usage for this long is stale: shown in the API
 # and /metrics, and given no new slices by rebalance until it reports again.
 AGENT_STALE_MINUTES = envint("AGENT_STALE_MINUTES", 10)
+# The quick start without root only (make run sets it): egress IPs in 127.0.0.0/8, which
+# Linux answers on without privilege. Off, a loopback address is refused as ever.
+DEMO_LOOPBACK_EGRESS = envbool("DEMO_LOOPBACK_EGRESS")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

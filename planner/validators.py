@@ -10,6 +10,7 @@ import ipaddress
 import re
 
 import pycountry
+from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from planner import constants
@@ -51,6 +52,12 @@ def validate_hostname(value: str) -> None:
         raise ValidationError(constants.ERR_HOSTNAME, code="hostname", params={"value": value})
 
 
+def _demo_loopback(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """An IPv4 loopback address while ``DEMO_LOOPBACK_EGRESS`` is on (the quick start
+    without root sends from 127.0.0.0/8); never otherwise."""
+    return settings.DEMO_LOOPBACK_EGRESS and address.version == 4 and address.is_loopback
+
+
 def validate_host_address(value: str) -> None:
     """Accept a single unicast IPv4 or IPv6 address, never a prefix or a special one."""
     try:
@@ -61,6 +68,8 @@ def validate_host_address(value: str) -> None:
             constants.ERR_HOST_ADDRESS, code="address", params={"value": value, "why": why}
         ) from None
     for flag in ("is_unspecified", "is_multicast", "is_loopback", "is_link_local"):
+        if flag == "is_loopback" and _demo_loopback(address):
+            continue
         if getattr(address, flag):
             raise ValidationError(
                 constants.ERR_HOST_ADDRESS,

@@ -224,3 +224,14 @@ def test_two_pools_whose_keys_would_read_the_same_are_refused() -> None:
     assert caught.value.message_dict["city"] == [
         constants.ERR_POOL_KEY % {"key": "ams1/warp/NL/NL-NH"}
     ]
+
+
+def test_a_loopback_egress_address_is_refused_unless_the_demo_allows_it(settings: Any) -> None:
+    assert settings.DEMO_LOOPBACK_EGRESS is False  # the default: production refuses it
+    with pytest.raises(ValidationError) as caught:
+        egress_ip(address="127.51.100.240").full_clean()
+    assert "'127.51.100.240'" in " ".join(caught.value.message_dict["address"])
+    settings.DEMO_LOOPBACK_EGRESS = True
+    egress_ip(address="127.51.100.240").full_clean()
+    with pytest.raises(ValidationError):  # IPv6 loopback stays refused: no demo uses it
+        egress_ip(address="::1").full_clean()
