@@ -1,6 +1,6 @@
 """Real connections through a demo agent's slices, so its usage reports are real.
 
-``python -m demo.traffic run --state DIR --profile hot --origin 203.0.113.1``
+``python -m demo.traffic run --state DIR --profile hot --origin 203.0.113.1 [--port 80]``
 holds TCP connections from the agent's active slices (read from its state
 store, as any program using the egress library would) to the origin, topping
 up or closing some every second so the number held follows the profile:
@@ -11,8 +11,9 @@ up or closing some every second so the number held follows the profile:
 * ``burst``: 90 % for ``--burst-seconds``, then 5 % (it grows, then runs cold
   and rebalance leaves a draft to take a slice back).
 
-``python -m demo.traffic listen --port 80`` is the origin: a listener whose
-backlog holds the connections (never accepted, nothing sent).
+``python -m demo.traffic listen --address 0.0.0.0 --port 80`` is the origin: a
+listener whose backlog holds the connections (never accepted, nothing sent).
+Without root the demo runs it on 127.0.0.1 and a free port.
 """
 
 from __future__ import annotations
@@ -48,16 +49,16 @@ def active_slices(state_dir: Path) -> list[Key]:
     return [(s.ip, s.lo, s.hi) for s in bundle.slices if s.state == "active"]
 
 
-def adjust(held: dict[Key, list[socket.socket]], key: Key, wanted: int, origin: str) -> None:
+def adjust(
+    held: dict[Key, list[socket.socket]], key: Key, wanted: int, origin: tuple[str, int]
+) -> None:
     sockets = held.setdefault(key, [])
     while len(sockets) > wanted:
         sockets.pop().close()
     ip, lo, hi = key
     while len(sockets) < wanted:
         try:
-            sockets.append(
-                egress.connect_tcp((origin, 80), source_ip=ip, port_range=(lo, hi), timeout=2)
-            )
+            sockets.append(egress.connect_tcp(origin, source_ip=ip, port_range=(lo, hi), timeout=2))
         except (OSError, egress.RangeNotEnforced) as error:
             # A slice full, the origin unreachable for a moment, or a bundle stored
             # a moment before the agent widened the namespace's port range: next tick.
@@ -65,7 +66,7 @@ def adjust(held: dict[Key, list[socket.socket]], key: Key, wanted: int, origin: 
             return
 
 
-def run(state_dir: Path, profile: str, origin: str, burst_seconds: float) -> None:
+def run(state_dir: Path, profile: str, origin: tuple[str, int], burst_seconds: float) -> None:
     started = time.monotonic()
     held: dict[Key, list[socket.socket]] = {}
     while True:
@@ -79,10 +80,10 @@ def run(state_dir: Path, profile: str, origin: str, burst_seconds: float) -> Non
         time.sleep(1)
 
 
-def listen(port: int) -> None:
+def listen(address: str, port: int) -> None:
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind(("0.0.0.0", port))
+    server.bind((address, port))
     server.listen(4096)
     print("listening", flush=True)
     signal.pause()
@@ -95,15 +96,17 @@ def main(argv: list[str] | None = None) -> None:
     runner.add_argument("--state", type=Path, required=True)
     runner.add_argument("--profile", choices=sorted(PROFILES), required=True)
     runner.add_argument("--origin", required=True)
+    runner.add_argument("--port", type=int, default=80)
     runner.add_argument("--burst-seconds", type=float, default=150.0)
     listener = commands.add_parser("listen")
+    listener.add_argument("--address", default="0.0.0.0")
     listener.add_argument("--port", type=int, default=80)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if args.command == "listen":
-        listen(args.port)
+        listen(args.address, args.port)
     else:
-        run(args.state, args.profile, args.origin, args.burst_seconds)
+        run(args.state, args.profile, (args.origin, args.port), args.burst_seconds)
 
 
 if __name__ == "__main__":

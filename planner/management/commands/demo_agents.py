@@ -6,8 +6,17 @@ policy that runs every minute over a two-minute window so the loop shows
 within minutes. Then, as root, one network namespace per machine with its
 agent enforcing with nftables, a gateway namespace steering answers by the
 plan, an origin, and a traffic generator per machine (hot, steady, and a
-burst that goes cold). Without root the agents run on this host unprivileged:
-nftables off, no namespace, no traffic (no shared address to send from).
+burst that goes cold). Without root the same loop runs on this host: the
+egress addresses are in 127.0.0.0/8 (Linux answers on all of them without
+privilege; the agents' ``loopback_egress`` and the planner's
+``DEMO_LOOPBACK_EGRESS`` allow them, both off by default), the origin listens
+on 127.0.0.1, and the slices lie inside this host's ephemeral port range (read
+from ``ip_local_port_range``, which an unprivileged agent cannot widen) so the
+per-socket range is honoured. Only the nftables guard and the gateway are off.
+
+The agents' and traffic generators' output goes to ``var/demo/<name>.log`` and
+to this command's own output (so ``make run`` shows their warnings and errors),
+each repeated line once a minute at most.
 
 Ctrl-C (or honcho's SIGTERM) stops every child and deletes every namespace,
 and with them their nftables tables; a run that was killed outright is
@@ -18,17 +27,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from demo.topology import ORIGIN, Topology, agent_link, in_netns, remove_recorded
@@ -44,21 +56,81 @@ REPO = Path(__file__).resolve().parents[3]
 CODE = "demo1"
 # Clear of the addresses seed_demo hands out from the start of each documentation range.
 EGRESS_IPS = ["198.51.100.240", "198.51.100.241"]
-#: (hostname, traffic profile); see demo/traffic.py.
-MACHINES = [
-    ("demo-a.demo1.example.net", "hot"),
-    ("demo-b.demo1.example.net", "steady"),
-    ("demo-c.demo1.example.net", "burst"),
-]
+# Without root: loopback addresses (local on every Linux host without configuring them).
+LOOPBACK_EGRESS_IPS = ["127.51.100.240", "127.51.100.241"]
+LOOPBACK_ORIGIN = "127.0.0.1"
+PORT_RANGE_SYSCTL = Path("/proc/sys/net/ipv4/ip_local_port_range")
 STEER_EVERY = 2.0
+#: A line an agent or a generator repeats is shown again after this long at the soonest.
+REPEAT_AFTER = 60.0
+_STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ")
 PRIVILEGED = (
-    "root: each agent in its own network namespace, nftables ON, "
+    "root: each agent in its own network namespace, nftables guard ON, "
     "a gateway steering answers by the plan, real TCP traffic"
 )
 UNPRIVILEGED = (
-    "unprivileged: agents on this host, port ranges only, nftables OFF, no traffic "
-    "(no shared address to send from: run make run as root for that)"
+    "without root: agents on this host sending real TCP from {ips} (loopback) to "
+    "{origin}; slices inside this host's ephemeral ports {lo}-{hi}; "
+    "OFF: the nftables guard and the gateway (both need root)"
 )
+NEEDS_LOOPBACK = (
+    "demo: without root the demo sends from 127.0.0.0/8; the planner refuses such egress "
+    "addresses unless DEMO_LOOPBACK_EGRESS=true (make run sets it)"
+)
+OTHER_MODE = (
+    "demo: datacenter {code} was made by an earlier run {other} (egress addresses {found}); "
+    "this run cannot send from them and its agents will report failed. "
+    "Start over with a fresh var directory (make clean) to see the loop."
+)
+
+
+@dataclass(frozen=True)
+class DemoMachine:
+    """One demo host: its name and the traffic it generates (see demo/traffic.py).
+
+    Each runs its own agent with its own configuration (``_agent_config``), so a
+    machine can run in a mode of its own.
+    """
+
+    hostname: str
+    profile: str
+
+
+MACHINES = [
+    DemoMachine("demo-a.demo1.example.net", "hot"),
+    DemoMachine("demo-b.demo1.example.net", "steady"),
+    DemoMachine("demo-c.demo1.example.net", "burst"),
+]
+
+
+@dataclass(frozen=True)
+class Mode:
+    """What this run can do: as root, or without root (loopback addresses)."""
+
+    privileged: bool
+    egress_ips: list[str]
+    usable: tuple[int, int]
+    origin: tuple[str, int]
+
+    @property
+    def banner(self) -> str:
+        if self.privileged:
+            return PRIVILEGED
+        ips = "-".join(self.egress_ips[:1] + [self.egress_ips[-1].rsplit(".", 1)[1]])
+        origin = f"{self.origin[0]}:{self.origin[1]}"
+        return UNPRIVILEGED.format(ips=ips, origin=origin, lo=self.usable[0], hi=self.usable[1])
+
+
+def demo_mode() -> Mode:
+    """Root with ip and nft: namespaces, the guard, a gateway. Otherwise loopback, with the
+    slices inside the ephemeral range (an unprivileged agent cannot widen it)."""
+    if os.geteuid() == 0 and all(shutil.which(t) for t in ("ip", "nft")):
+        return Mode(True, EGRESS_IPS, (1024, 65535), (ORIGIN, 80))
+    low, high = (int(n) for n in PORT_RANGE_SYSCTL.read_text().split())
+    with socket.socket() as probe:  # a free port for the origin
+        probe.bind((LOOPBACK_ORIGIN, 0))
+        port = probe.getsockname()[1]
+    return Mode(False, LOOPBACK_EGRESS_IPS, (max(low, 1024), high), (LOOPBACK_ORIGIN, port))
 
 
 @dataclass
@@ -77,11 +149,16 @@ class Command(BaseCommand):
         leftovers = remove_recorded(record)
         if leftovers:
             self.stdout.write(f"removed namespaces left by a killed run: {', '.join(leftovers)}")
-        privileged = os.geteuid() == 0 and all(shutil.which(t) for t in ("ip", "nft"))
-        datacenter = demo_datacenter_ensure(usable_lo=1024 if privileged else 40000)
+        self.mode = demo_mode()
+        if not self.mode.privileged and not settings.DEMO_LOOPBACK_EGRESS:
+            raise CommandError(NEEDS_LOOPBACK)
+        datacenter = demo_datacenter_ensure(mode=self.mode)
+        self._warn_other_mode(datacenter)
         self._write_keys()
         self.children: list[Child] = []
-        self.topology = Topology(record) if privileged else None
+        self._output = threading.Lock()
+        self._said: dict[tuple[str, str], float] = {}
+        self.topology = Topology(record) if self.mode.privileged else None
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
         try:
@@ -97,26 +174,33 @@ class Command(BaseCommand):
     # --- start ----------------------------------------------------------------------------
 
     def _start(self, datacenter: Datacenter) -> None:
-        if self.topology is None:
-            self._banner(UNPRIVILEGED)
-        else:
-            self._banner(PRIVILEGED)
+        self._banner(self.mode.banner)
+        host, port = self.mode.origin
+        origin = _python("demo.traffic", "listen", "--address", host, "--port", str(port))
+        if self.topology is not None:
             self.topology.build(EGRESS_IPS, len(MACHINES))
             self._steer(datacenter)
-            self._spawn(
-                "origin", in_netns(self.topology.origin, *_python("demo.traffic", "listen"))
-            )
-        for index, (hostname, profile) in enumerate(MACHINES):
-            config = self._agent_config(hostname, privileged=self.topology is not None)
-            command = _python("agent", "--config", str(config), "run", "--loglevel", "WARNING")
-            if self.topology is None:
-                self._spawn(hostname, command)
-                continue
-            ns = self.topology.agent_ns(index)
-            self._spawn(hostname, in_netns(ns, *command))
-            traffic = _python("demo.traffic", "run", "--state", str(self._state(hostname)),
-                              "--profile", profile, "--origin", ORIGIN)  # fmt: skip
-            self._spawn(f"traffic {hostname}", in_netns(ns, *traffic))
+            origin = in_netns(self.topology.origin, *origin)
+        self._spawn("origin", origin)
+        for index, machine in enumerate(MACHINES):
+            config = self._agent_config(machine.hostname)
+            agent = _python("agent", "--config", str(config), "run", "--loglevel", "WARNING")
+            traffic = _python("demo.traffic", "run", "--state", str(self._state(machine.hostname)),
+                              "--profile", machine.profile, "--origin", host,
+                              "--port", str(port))  # fmt: skip
+            if self.topology is not None:
+                ns = self.topology.agent_ns(index)
+                agent, traffic = in_netns(ns, *agent), in_netns(ns, *traffic)
+            self._spawn(machine.hostname, agent)
+            self._spawn(f"traffic {machine.hostname}", traffic)
+
+    def _warn_other_mode(self, datacenter: Datacenter) -> None:
+        found = sorted(EgressIP.objects.filter(pool__datacenter=datacenter).values_list(
+            "address", flat=True))  # fmt: skip
+        if found and found != sorted(self.mode.egress_ips):
+            other = "without root" if self.mode.privileged else "as root"
+            message = OTHER_MODE.format(code=CODE, other=other, found=", ".join(found))
+            self.stderr.write(message)
 
     def _banner(self, mode: str) -> None:
         # The web process of the same Procfile listens there (make run sets both;
@@ -126,6 +210,7 @@ class Command(BaseCommand):
             "",
             f"demo: {len(MACHINES)} agents in datacenter {CODE} ({mode})",
             f"demo: agent logs in {self.demo_dir}/<hostname>.log",
+            "demo: agent warnings and errors show here too",
             "demo: bundles are applied within seconds; usage every 5 s; rebalance every minute",
             "demo: (hot machine grows, the burst one goes cold and leaves a draft to approve)",
             f"demo: open {url}  (admin: {url}admin/, password in var/admin-password)",
@@ -137,7 +222,7 @@ class Command(BaseCommand):
     def _state(self, hostname: str) -> Path:
         return self.demo_dir / hostname / "state"
 
-    def _agent_config(self, hostname: str, *, privileged: bool) -> Path:
+    def _agent_config(self, hostname: str) -> Path:
         folder = self.demo_dir / hostname
         folder.mkdir(parents=True, exist_ok=True)
         broker = settings.CELERY_BROKER_URL
@@ -146,8 +231,9 @@ class Command(BaseCommand):
             "broker_url": broker,
             "keys_path": str(self.demo_dir / "keys.json"),
             "state_dir": str(self._state(hostname)),
-            "manage_nftables": privileged,
-            "manage_port_range": privileged,
+            "manage_nftables": self.mode.privileged,
+            "manage_port_range": self.mode.privileged,
+            "loopback_egress": not self.mode.privileged,
             "usage_interval": 5,
             "metrics_address": "off",
             "socket_path": str(folder / "agent.sock"),
@@ -168,11 +254,37 @@ class Command(BaseCommand):
     def _spawn(self, name: str, command: list[str]) -> None:
         log = (self.demo_dir / f"{name.split()[-1]}.log").open("ab")
         process = subprocess.Popen(
-            command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True, env={**os.environ, "PYTHONPATH": str(REPO)},
         )  # fmt: skip
-        log.close()
         self.children.append(Child(name, process))
+        threading.Thread(target=self._relay, args=(name, process, log), daemon=True).start()
+
+    def _relay(self, name: str, process: subprocess.Popen[bytes], log: BinaryIO) -> None:
+        """Copy a child's output to its log, and to ours (a repeated line once a minute)."""
+        assert process.stdout is not None
+        with log:
+            for raw in process.stdout:
+                log.write(raw)
+                log.flush()
+                # honcho stamps the time: the child's own stamp would only defeat the
+                # repeat filter.
+                line = _STAMP.sub("", raw.decode(errors="replace").rstrip())
+                if line and self._news(name, line):
+                    with self._output:
+                        self.stdout.write(f"{name}: {line}")
+                        self.stdout.flush()
+
+    def _news(self, name: str, line: str) -> bool:
+        now = time.monotonic()
+        with self._output:
+            if len(self._said) > 1000:  # forget what was said long ago
+                self._said = {k: t for k, t in self._said.items() if now - t < REPEAT_AFTER}
+            last = self._said.get((name, line))
+            if last is not None and now - last < REPEAT_AFTER:
+                return False
+            self._said[(name, line)] = now
+            return True
 
     # --- run --------------------------------------------------------------------------------
 
@@ -221,19 +333,19 @@ def _python(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def demo_datacenter_ensure(*, usable_lo: int) -> Datacenter:
+def demo_datacenter_ensure(*, mode: Mode) -> Datacenter:
     """The demo datacenter, made the first time (through the services, whole or not
     at all), else as it is."""
     existing = Datacenter.objects.filter(code=CODE).first()
     if existing is not None:
         return existing
     with transaction.atomic():
-        datacenter = _demo_inventory(usable_lo)
+        datacenter = _demo_inventory(mode)
     plan_apply_current(datacenter=datacenter, reason="demo: first plan")
     return datacenter
 
 
-def _demo_inventory(usable_lo: int) -> Datacenter:
+def _demo_inventory(mode: Mode) -> Datacenter:
     datacenter = model_save(
         instance=Datacenter(), values={"code": CODE, "name": "Live demo", "country": "DE"}
     )
@@ -250,13 +362,13 @@ def _demo_inventory(usable_lo: int) -> Datacenter:
         },
     )
     assert isinstance(pool, EgressPool)
-    for address in EGRESS_IPS:
-        model_save(
-            instance=EgressIP(),
-            values={"address": address, "pool": pool, "usable_lo": usable_lo},
-        )
-    for index, (hostname, _) in enumerate(MACHINES):
-        values = {"hostname": hostname, "datacenter": datacenter, "address": agent_link(index)[1]}
+    usable_lo, usable_hi = mode.usable
+    for address in mode.egress_ips:
+        values = {"address": address, "pool": pool, "usable_lo": usable_lo, "usable_hi": usable_hi}
+        model_save(instance=EgressIP(), values=values)
+    for index, machine in enumerate(MACHINES):
+        address = agent_link(index)[1]
+        values = {"hostname": machine.hostname, "datacenter": datacenter, "address": address}
         machine_save(machine=Machine(), values=values, pools=[pool])
     rebalance_policy_save(
         datacenter=datacenter, values={"interval_minutes": 1, "window_minutes": 2}
