@@ -169,9 +169,12 @@ def test_make_run_without_root_shows_the_loop_and_ctrl_c_ends_with_status_0(
                 cwd=clone, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         database = clone / "var" / "portslice.sqlite3"
-        wait_for("three demo agents applied and live usage above 0 without root",
-                 lambda: database.exists() and _live(_demo_state(database)),
-                 timeout=UNPRIVILEGED_BOUND)  # fmt: skip
+        try:
+            wait_for("three demo agents applied and live usage above 0 without root",
+                     lambda: database.exists() and _live(_demo_state(database)),
+                     timeout=UNPRIVILEGED_BOUND)  # fmt: skip
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{log.read_text()[-4000:]}") from None
         text = log.read_text()
         assert "without root" in text and "OFF: the nftables guard and the gateway" in text
         assert "no traffic" not in text

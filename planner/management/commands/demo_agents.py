@@ -63,7 +63,10 @@ PORT_RANGE_SYSCTL = Path("/proc/sys/net/ipv4/ip_local_port_range")
 STEER_EVERY = 2.0
 #: A line an agent or a generator repeats is shown again after this long at the soonest.
 REPEAT_AFTER = 60.0
+# The agents' log lines start with a time stamp (honcho stamps its own: dropped here);
+# Celery's own lines with "[stamp: LEVEL/process]".
 _STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ")
+_CELERY_LEVEL = re.compile(r"^\[[^\]]*: (\w+)/\w+\]")
 PRIVILEGED = (
     "root: each agent in its own network namespace, nftables guard ON, "
     "a gateway steering answers by the plan, real TCP traffic"
@@ -267,12 +270,10 @@ class Command(BaseCommand):
             for raw in process.stdout:
                 log.write(raw)
                 log.flush()
-                # honcho stamps the time: the child's own stamp would only defeat the
-                # repeat filter.
-                line = _STAMP.sub("", raw.decode(errors="replace").rstrip())
-                if line and self._news(name, line):
+                line = raw.decode(errors="replace").rstrip()
+                if _worth_showing(name, line) and self._news(name, _STAMP.sub("", line)):
                     with self._output:
-                        self.stdout.write(f"{name}: {line}")
+                        self.stdout.write(f"{name}: {_STAMP.sub('', line)}")
                         self.stdout.flush()
 
     def _news(self, name: str, line: str) -> bool:
@@ -319,6 +320,20 @@ class Command(BaseCommand):
             except subprocess.TimeoutExpired:
                 os.killpg(child.process.pid, signal.SIGKILL)
                 child.process.wait()
+
+
+def _worth_showing(name: str, line: str) -> bool:
+    """What reaches ``make run``'s output: all the traffic generators and the origin say
+    (errors only), the agents' own log lines (run at WARNING: so warnings and errors), and
+    Celery's errors; not Celery's banner or its notes (they stay in the log file)."""
+    if not line.strip():
+        return False
+    if not name.endswith(".example.net") or name.startswith("traffic "):
+        return True
+    if _STAMP.match(line):
+        return True
+    celery = _CELERY_LEVEL.match(line)
+    return celery is not None and celery.group(1) in {"ERROR", "CRITICAL"}
 
 
 class Stop(Exception):
