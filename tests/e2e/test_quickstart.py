@@ -156,8 +156,9 @@ def test_make_run_without_root_shows_the_loop_and_ctrl_c_ends_with_status_0(
         (clone / ".venv").symlink_to(VENV)
         subprocess.run(["chown", "-R", f"{account.pw_uid}:{account.pw_gid}", str(home)],
                        check=True)  # fmt: skip
-        probe = [*_as(account, reach_root_python=False), str(VENV / "bin" / "python"), "-c", ""]
-        reach = subprocess.run(probe, capture_output=True).returncode != 0
+        # Can the account run the interpreter as make will (a shell, the relative path)?
+        probe = [*_as(account, reach_root_python=False), "bash", "-c", ".venv/bin/python -c ''"]
+        reach = subprocess.run(probe, cwd=clone, capture_output=True).returncode != 0
         port = free_port()
         own = ("CELERY_", "DATABASE_URL", "PORTSLICE_", "SIGNING_KEY")  # the clone's own
         env = {k: v for k, v in os.environ.items() if not k.startswith(own)}
