@@ -22,6 +22,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,19 +32,20 @@ from tests.support import need, need_root
 HONCHO = Path(sys.executable).parent / "honcho"
 
 
+DEMO_STATE = """
+    SELECT m.hostname, m.applied_serial, m.bundle_serial,
+           COALESCE((SELECT SUM(u.tcp) FROM planner_sliceusage u
+                     JOIN planner_portslice s ON s.id = u.slice_id
+                     WHERE s.machine_id = m.id), 0)
+    FROM planner_machine m JOIN planner_datacenter d ON d.id = m.datacenter_id
+    WHERE d.code = 'demo1' ORDER BY m.hostname
+"""
+
+
 def _demo_state(database: Path) -> list[tuple[str, int, int, int]]:
     """(hostname, applied serial, bundle serial, sockets reported) per demo machine."""
     with sqlite3.connect(database, timeout=20) as db:
-        return db.execute(
-            """
-            SELECT m.hostname, m.applied_serial, m.bundle_serial,
-                   COALESCE((SELECT SUM(u.tcp) FROM planner_sliceusage u
-                             JOIN planner_portslice s ON s.id = u.slice_id
-                             WHERE s.machine_id = m.id), 0)
-            FROM planner_machine m JOIN planner_datacenter d ON d.id = m.datacenter_id
-            WHERE d.code = 'demo1' ORDER BY m.hostname
-            """
-        ).fetchall()
+        return db.execute(DEMO_STATE).fetchall()
 
 
 def _live(rows: list[tuple[str, int, int, int]]) -> bool:
@@ -169,17 +171,18 @@ def test_make_run_without_root_shows_the_loop_and_ctrl_c_ends_with_status_0(
                  f"PORT={port}"],
                 cwd=clone, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
-        database = clone / "var" / "portslice.sqlite3"
-        try:
-            wait_for("three demo agents applied and live usage above 0 without root",
-                     lambda: database.exists() and _live(_demo_state(database)),
-                     timeout=UNPRIVILEGED_BOUND)  # fmt: skip
-        except AssertionError as error:
-            raise AssertionError(f"{error}\n{log.read_text()[-4000:]}") from None
+        # Read as the account: a root reader could leave root-owned WAL files behind.
+        read = [*_as(account, reach_root_python=reach), ".venv/bin/python", "-c", READ_AS_ACCOUNT]
+        deadline = time.monotonic() + UNPRIVILEGED_BOUND
+        while not _live(_read_state(read, clone)):
+            if time.monotonic() > deadline or make.poll() is not None:
+                what = "three demo agents applied and live usage above 0 without root"
+                pytest.fail(f"{what}: not seen\n{log.read_text()[-4000:]}")
+            time.sleep(2)
         text = log.read_text()
         assert "without root" in text and "OFF: the nftables guard and the gateway" in text
         assert "no traffic" not in text
-        enforcement = _enforcement(database)
+        enforcement = [json.loads(text) for text in _read_state(read, clone, enforcement=True)]
         assert len(enforcement) == 3 and all(
             e["nftables"]["state"] == "off" and e["addresses"]["state"] == "on" for e in enforcement
         ), enforcement
@@ -198,10 +201,23 @@ def test_make_run_without_root_shows_the_loop_and_ctrl_c_ends_with_status_0(
         shutil.rmtree(home, ignore_errors=True)
 
 
-def _enforcement(database: Path) -> list[dict[str, dict[str, str]]]:
-    with sqlite3.connect(database, timeout=20) as db:
-        rows = db.execute(
-            "SELECT m.enforcement FROM planner_machine m JOIN planner_datacenter d "
-            "ON d.id = m.datacenter_id WHERE d.code = 'demo1'"
-        ).fetchall()
-    return [json.loads(row[0]) for row in rows]
+READ_AS_ACCOUNT = f"""
+import json, sqlite3, sys
+try:
+    with sqlite3.connect("var/portslice.sqlite3", timeout=20) as db:
+        if sys.argv[1:] == ["enforcement"]:
+            rows = db.execute(
+                "SELECT m.enforcement FROM planner_machine m JOIN planner_datacenter d "
+                "ON d.id = m.datacenter_id WHERE d.code = 'demo1'").fetchall()
+            print(json.dumps([row[0] for row in rows]))
+        else:
+            print(json.dumps(db.execute({DEMO_STATE!r}).fetchall()))
+except sqlite3.Error:  # not made or not migrated yet
+    print("[]")
+"""
+
+
+def _read_state(read: list[str], clone: Path, *, enforcement: bool = False) -> Any:
+    args = ["enforcement"] if enforcement else []
+    done = subprocess.run([*read, *args], cwd=clone, capture_output=True, text=True, check=True)
+    return [tuple(row) if isinstance(row, list) else row for row in json.loads(done.stdout)]
