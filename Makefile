@@ -40,10 +40,10 @@ run: $(STAMP)
 	@echo "Ctrl-C stops everything"
 	@echo "log in as 'admin' with the password in var/admin-password (cat var/admin-password)"
 	@echo
-	@# Ctrl-C: honcho stops every process and exits 130; that is the normal end, not an error.
+	@# demo.foreground: Ctrl-C reaches honcho (which stops everything), not make; status 0.
 	@# DEMO_LOOPBACK_EGRESS: without root the demo sends from 127.0.0.0/8 (never in production).
-	HOST=$(HOST) WEB_PORT=$(PORT) DEMO_LOOPBACK_EGRESS=true $(VENV)/bin/honcho start -f Procfile \
-	  || [ $$? -eq 130 ]
+	HOST=$(HOST) WEB_PORT=$(PORT) DEMO_LOOPBACK_EGRESS=true \
+	  $(PY) -m demo.foreground $(VENV)/bin/honcho start -f Procfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -8,6 +8,7 @@ the gateway off); Ctrl-C ends ``make`` with status 0 and leaves no process."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pwd
@@ -17,6 +18,8 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import termios
+import threading
 import time
 import urllib.request
 import uuid
@@ -133,6 +136,25 @@ def _kill_all_of(uid: int) -> None:
             continue
 
 
+def _take_terminal() -> None:
+    """In the child, after setsid: make stdin (the pty) its controlling terminal."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _record(terminal: int, log: Path) -> None:
+    """Copy the terminal's output to ``log`` until the last process closes it."""
+    with log.open("ab") as out:
+        while True:
+            try:
+                data = os.read(terminal, 65536)
+            except OSError:  # EIO: nobody holds the terminal any more
+                return
+            if not data:
+                return
+            out.write(data)
+            out.flush()
+
+
 def _as(user: pwd.struct_passwd, *, reach_root_python: bool) -> list[str]:
     """setpriv to the account: no supplementary groups, and no capability but (only when
     this interpreter lives where the account cannot reach, e.g. under a 0700 /root)
@@ -150,6 +172,7 @@ def test_make_run_without_root_shows_the_loop_and_ctrl_c_ends_with_status_0(
     home = Path(tempfile.mkdtemp(prefix="portslice-quickstart-", dir="/tmp"))
     clone = home / "portslice"
     log = home / "make.log"
+    terminal = -1
     try:
         os.chmod(home, 0o755)
         # A clone of what is committed, owned by the account; the virtualenv is shared
@@ -165,12 +188,17 @@ def test_make_run_without_root_shows_the_loop_and_ctrl_c_ends_with_status_0(
         own = ("CELERY_", "DATABASE_URL", "PORTSLICE_", "SIGNING_KEY")  # the clone's own
         env = {k: v for k, v in os.environ.items() if not k.startswith(own)}
         env.update(HOME=str(home), PORT=str(port))
-        with log.open("wb") as out:
-            make = subprocess.Popen(
-                [*_as(account, reach_root_python=reach), "make", "-o", ".venv/.installed", "run",
-                 f"PORT={port}"],
-                cwd=clone, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+        # A terminal of its own (a pty), so Ctrl-C is what a person's terminal does with it.
+        terminal, tty = os.openpty()
+        os.fchown(tty, account.pw_uid, account.pw_gid)
+        make = subprocess.Popen(
+            [*_as(account, reach_root_python=reach), "make", "-o", ".venv/.installed", "run",
+             f"PORT={port}"],
+            cwd=clone, env=env, stdin=tty, stdout=tty, stderr=tty, start_new_session=True,
+            preexec_fn=_take_terminal,
+        )  # fmt: skip
+        os.close(tty)
+        threading.Thread(target=_record, args=(terminal, log), daemon=True).start()
         # Read as the account: a root reader could leave root-owned WAL files behind.
         read = [*_as(account, reach_root_python=reach), ".venv/bin/python", "-c", READ_AS_ACCOUNT]
         deadline = time.monotonic() + UNPRIVILEGED_BOUND
@@ -186,7 +214,7 @@ def test_make_run_without_root_shows_the_loop_and_ctrl_c_ends_with_status_0(
         assert len(enforcement) == 3 and all(
             e["nftables"]["state"] == "off" and e["addresses"]["state"] == "on" for e in enforcement
         ), enforcement
-        os.killpg(make.pid, signal.SIGINT)  # what Ctrl-C sends: the terminal's process group
+        os.write(terminal, b"\x03")  # Ctrl-C
         try:
             status = make.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -197,6 +225,8 @@ def test_make_run_without_root_shows_the_loop_and_ctrl_c_ends_with_status_0(
                  timeout=15)  # fmt: skip
     finally:
         _kill_all_of(account.pw_uid)
+        if terminal >= 0:
+            os.close(terminal)
         time.sleep(0.2)
         shutil.rmtree(home, ignore_errors=True)
 
