@@ -75,7 +75,7 @@ def test_make_run_shows_the_loop_live_and_ctrl_c_cleans_up(tmp_path: Path) -> No
     try:
         wait_for("the demo agents live", lambda: _live(_demo_state(var / "portslice.sqlite3")),
                  timeout=60)  # fmt: skip
-        assert "nftables ON" in log.read_text()
+        assert "nftables guard ON" in log.read_text()
         assert f"demo: open http://127.0.0.1:{port}/" in log.read_text()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
             assert b'portslice_slices{datacenter="demo1",state="active"}' in answer.read()
