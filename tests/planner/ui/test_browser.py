@@ -369,3 +369,35 @@ def test_the_demo_datacenter_is_readable_at_1280_by_800(demo_tab: Session) -> No
     cards = demo_tab.page.locator("article.card")
     assert cards.count() == Datacenter.objects.count() == 3
     demo_tab.shot("demo-overview")
+
+
+def test_a_machine_whose_agent_acked_failed_is_shown_failed_never_green(
+    tab: Session, site: UiSite
+) -> None:
+    from tests.planner.ui.test_machine_status import (
+        ADDRESSES_MISSING,
+        ADDRESSES_ON,
+        EDGE0,
+        EDGE1,
+        GUARD_ON,
+        RANGE_ON,
+        ack,
+    )
+
+    ack(EDGE0, RANGE_ON, GUARD_ON, ADDRESSES_ON)
+    ack(EDGE1, RANGE_ON, GUARD_ON, ADDRESSES_MISSING)
+    tab.login("vera")
+    colour = "(el) => getComputedStyle(el).color"
+    healthy = tab.page.locator("[data-fact=machines] [data-status=enforcing]")
+    failed = tab.page.locator("[data-fact=machines] [data-status=failed]")
+    assert failed.inner_text() == "1 failed" and healthy.inner_text() == "1 applied and enforcing"
+    green, red = healthy.evaluate(colour), failed.evaluate(colour)
+    assert red != green
+    tab.open(f"/machines/{EDGE1}/")
+    status = tab.page.locator("[data-fact=status]")
+    assert status.inner_text() == "failed" and status.evaluate(colour) == red
+    reason = tab.page.locator("[data-fact=status-reason]").inner_text()
+    assert "not on this host: 192.0.2.1" in reason
+    tab.open(f"/machines/{EDGE0}/")
+    assert tab.page.locator("[data-fact=status]").evaluate(colour) == green
+    tab.shot("machine-failed")

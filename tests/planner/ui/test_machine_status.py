@@ -36,12 +36,12 @@ ADDRESSES_ON = Part(ON, "all 1 egress addresses are local")
 ADDRESSES_MISSING = Part(FAILED, "not on this host: 192.0.2.1; connects from them fail")
 
 
-def _ack(hostname: str, port_range: Part, nftables: Part, addresses: Part) -> None:
+def ack(hostname: str, port_range: Part, nftables: Part, addresses: Part) -> None:
     """The agent's ack for the machine's newest bundle, as its service builds it."""
     machine = Machine.objects.get(hostname=hostname)
     enforcement = Enforcement(machine.bundle_serial, port_range, nftables, addresses)
     failed = not enforcement.ok
-    ack = Ack(
+    message = Ack(
         hostname=hostname,
         serial=machine.bundle_serial,
         status="failed" if failed else "applied",
@@ -51,16 +51,16 @@ def _ack(hostname: str, port_range: Part, nftables: Part, addresses: Part) -> No
         applied_at=timezone.now().isoformat(),
         enforcement=enforcement.as_dict(),
     )
-    assert record_ack(**ack.as_kwargs()) == 1
+    assert record_ack(**message.as_kwargs()) == 1
 
 
 @pytest.fixture
 def acked(ui_site: UiSite) -> UiSite:
     """edge0 enforcing in full, edge1 failed (an egress address missing), edge2 with
     the nftables guard off (an unprivileged agent)."""
-    _ack(EDGE0, RANGE_ON, GUARD_ON, ADDRESSES_ON)
-    _ack(EDGE1, RANGE_ON, GUARD_ON, ADDRESSES_MISSING)
-    _ack(EDGE2, RANGE_ON, GUARD_OFF, ADDRESSES_ON)
+    ack(EDGE0, RANGE_ON, GUARD_ON, ADDRESSES_ON)
+    ack(EDGE1, RANGE_ON, GUARD_ON, ADDRESSES_MISSING)
+    ack(EDGE2, RANGE_ON, GUARD_OFF, ADDRESSES_ON)
     return ui_site
 
 
@@ -87,7 +87,7 @@ def test_it_derives_each_status_from_the_agents_ack(acked: UiSite) -> None:
 def test_it_says_never_seen_pending_stale_rejected_and_retired(ui_site: UiSite) -> None:
     assert _status(EDGE1).status == AgentStatus.NEVER_SEEN
     assert _status(EDGE0).status == AgentStatus.PENDING  # usage reported, bundle not acked
-    _ack(EDGE0, RANGE_ON, GUARD_ON, ADDRESSES_ON)
+    ack(EDGE0, RANGE_ON, GUARD_ON, ADDRESSES_ON)
     long_ago = timezone.now() - timedelta(hours=1)
     Machine.objects.filter(hostname=EDGE0).update(last_seen=long_ago)
     assert _status(EDGE0).status == AgentStatus.STALE
@@ -126,7 +126,7 @@ def test_nothing_is_green_when_no_machine_enforces(
     ui_site: UiSite, clients: dict[str, Client]
 ) -> None:
     for hostname in (EDGE0, EDGE1, EDGE2):
-        _ack(hostname, RANGE_ON, GUARD_ON, ADDRESSES_MISSING)
+        ack(hostname, RANGE_ON, GUARD_ON, ADDRESSES_MISSING)
     counts = _counts(clients["vera"].get("/").content.decode())
     assert counts == {"enforcing": ("0", ""), "failed": ("3", "bad")}
 
