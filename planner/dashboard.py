@@ -110,7 +110,7 @@ def machine_health(*, datacenter: Datacenter) -> MachineHealth:
     return MachineHealth(counts=counts, lagging=lagging)
 
 
-def overview_cards(*, now: datetime | None = None) -> list[DatacenterCard]:
+def overview_cards() -> list[DatacenterCard]:
     """One card per datacenter: machines, IPs, pools, use, short pools, last plan."""
     headroom = defaultdict(list)
     for row in pool_headroom():
