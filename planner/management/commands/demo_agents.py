@@ -168,7 +168,8 @@ class Command(BaseCommand):
             self._start(datacenter)
             self._supervise(datacenter)
         except Stop:
-            self.stdout.write("demo: stopping agents and traffic, removing namespaces")
+            namespaces = ", removing namespaces" if self.topology is not None else ""
+            self.stdout.write(f"demo: stopping agents and traffic{namespaces}")
         finally:
             self._stop_children()
             if self.topology is not None:
