@@ -246,6 +246,12 @@ USAGE_RETENTION_DAYS = envint("USAGE_RETENTION_DAYS", 14)
 # An agent that sent no ack and no usage for this long is stale: shown in the API
 # and /metrics, and given no new slices by rebalance until it reports again.
 AGENT_STALE_MINUTES = envint("AGENT_STALE_MINUTES", 10)
+# The exhaustion forecast (planner/forecast.py): one demand point per step over the
+# usage history, no forecast from less than the minimum history, and IPs needed
+# counted at the horizon (the alert rules' default horizon too).
+FORECAST_STEP_SECONDS = envint("FORECAST_STEP_SECONDS", 3600)
+FORECAST_MIN_HISTORY_SECONDS = envint("FORECAST_MIN_HISTORY_SECONDS", 86400)
+FORECAST_HORIZON_DAYS = envint("FORECAST_HORIZON_DAYS", 7)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
