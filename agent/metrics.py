@@ -11,11 +11,15 @@ metric                                              type     labels
 ``portslice_agent_nft_dropped_packets_total``       counter  ``proto``
 ``portslice_agent_slice_packets_total``             counter  ``ip``, ``lo``, ``hi``
 ``portslice_agent_egress_address_missing``          gauge    ``ip``
+``portslice_agent_guard_dropped_packets_total``     counter  ``ip`` (a shared address)
 ==================================================  =======  ===================================
 
 ``egress_address_missing`` is 1 for each slice address not on the host, checked
-at scrape time (0 when it is there). The two nft metrics are read from the
-table's named counters at scrape time. They restart from zero when a new
+at scrape time (0 when it is there). The nft metrics are read from the
+table's named counters (and, per shared address, its dynamic drop sets) at scrape time.
+``guard_dropped_packets_total`` has a series only for an address that dropped
+something: a program sending from a shared IP outside this host's slices (a
+spoof, or one not using the egress library). They restart from zero when a new
 bundle replaces the table, which Prometheus treats as a counter reset
 (``rate()`` copes).
 """
@@ -63,7 +67,15 @@ class _NftCollector(Collector):
             packets = counters.get(enforce.counter_name(item))
             if packets is not None:
                 per_slice.add_metric([item.ip, str(item.lo), str(item.hi)], packets[0])
+        by_address = CounterMetricFamily(
+            f"{PREFIX}_guard_dropped_packets",
+            "Egress packets the guard dropped (or reset) per shared source address",
+            labels=["ip"],
+        )
+        for address, packets in sorted(enforce.read_drops_by_address().items()):
+            by_address.add_metric([address], packets)
         yield dropped
+        yield by_address
         yield per_slice
         yield self._addresses(bundle)
 
