@@ -72,8 +72,8 @@ class _NftCollector(Collector):
             "Egress packets the guard dropped (or reset) per shared source address",
             labels=["ip"],
         )
-        for address, packets in sorted(enforce.read_drops_by_address().items()):
-            by_address.add_metric([address], packets)
+        for address, drops in sorted(enforce.read_drops_by_address().items()):
+            by_address.add_metric([address], drops)
         yield dropped
         yield by_address
         yield per_slice
