@@ -17,12 +17,16 @@ $(STAMP): pyproject.toml
 
 # What the kernel tests need from Debian (only installed when missing, as root).
 # The UI's browser tests drive Debian's chromium (Playwright, never its own browser download).
+# The alert rules' tests and the real-Prometheus test run Debian's promtool and prometheus.
 sysdeps:
 	@if [ "$$(id -u)" = 0 ] && ! command -v nft >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables iproute2; \
 	fi
 	@if [ "$$(id -u)" = 0 ] && [ ! -x /usr/bin/chromium ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core; \
+	fi
+	@if [ "$$(id -u)" = 0 ] && ! command -v promtool >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; \
 	fi
 	@if [ "$$(id -u)" = 0 ] && ! command -v docker-compose >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose; \

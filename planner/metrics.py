@@ -127,6 +127,12 @@ class PlannerCollector(Collector):
             f"({settings.FORECAST_HORIZON_DAYS} days)",
             labels=["pool"],
         )
+        horizon = GaugeMetricFamily(
+            "portslice_forecast_horizon_seconds",
+            "How far ahead the forecast looks (FORECAST_HORIZON_DAYS): the alert's threshold",
+        )
+        horizon.add_metric([], settings.FORECAST_HORIZON_DAYS * 86400)
+        yield horizon
         for pool, outlook in selectors.pool_outlooks(headroom=headroom):
             if outlook.seconds_left is not None:
                 left.add_metric([pool.key], outlook.seconds_left)
