@@ -56,6 +56,20 @@ class DemandPoint:
 
 
 @dataclass(frozen=True)
+class Projected:
+    """The fitted demand at one future time, with the band's edges."""
+
+    at: datetime
+    slices: float
+    low: float
+    high: float
+
+
+# Points of the projection a chart draws.
+PROJECTION_POINTS = 16
+
+
+@dataclass(frozen=True)
 class PoolForecast:
     """A pool's forecast; every time is absolute (UTC), every count in slices or IPs."""
 
@@ -70,6 +84,9 @@ class PoolForecast:
     horizon_at: datetime | None = None
     ips_needed: int = 0
     points: int = 0
+    #: The demand history the fit used, and the line ahead with its band (for charts).
+    history: tuple[DemandPoint, ...] = ()
+    projection: tuple[Projected, ...] = ()
 
     @property
     def seconds_left(self) -> float | None:
@@ -166,7 +183,11 @@ def pool_forecast(
     """
     points = sorted(history, key=lambda point: point.at)
     base = PoolForecast(
-        outlook=Outlook.NOT_ENOUGH_HISTORY, now=now, capacity=capacity, points=len(points)
+        outlook=Outlook.NOT_ENOUGH_HISTORY,
+        now=now,
+        capacity=capacity,
+        points=len(points),
+        history=tuple(points),
     )
     span = points[-1].at - points[0].at if points else timedelta(0)
     if len(points) < MIN_POINTS or span < min_span or span <= timedelta(0):
@@ -182,16 +203,23 @@ def pool_forecast(
         horizon_at=horizon_at,
         ips_needed=_ips_short(line.at(horizon_at), capacity, slots_per_ip),
         points=len(points),
+        history=tuple(points),
     )
     if points[-1].slices >= capacity:
         return replace(fitted, outlook=Outlook.EXHAUSTED, exhausts_at=now, earliest=now)
     central = _crossing(line, capacity, now)
     earliest = _first_reach(line, capacity, now, edge=+1)
     latest = _first_reach(line, capacity, now, edge=-1)
+    ahead = _projection(line, now, max(horizon_at, min(central or now, now + 2 * horizon)))
     if central is None:
-        return replace(fitted, earliest=earliest)
+        return replace(fitted, earliest=earliest, projection=ahead)
     return replace(
-        fitted, outlook=Outlook.RUNS_OUT, exhausts_at=central, earliest=earliest, latest=latest
+        fitted,
+        outlook=Outlook.RUNS_OUT,
+        exhausts_at=central,
+        earliest=earliest,
+        latest=latest,
+        projection=ahead,
     )
 
 
@@ -210,6 +238,16 @@ def _fit(points: Sequence[DemandPoint]) -> _Line:
     mean_x = statistics.fmean(xs)
     sxx = sum((x - mean_x) ** 2 for x in xs)
     return _Line(origin, intercept, slope, residual, mean_x, sxx, n)
+
+
+def _projection(line: _Line, now: datetime, until: datetime) -> tuple[Projected, ...]:
+    step = (until - now) / (PROJECTION_POINTS - 1)
+    ahead = []
+    for i in range(PROJECTION_POINTS):
+        when = now + step * i
+        slices, half = line.at(when), line.half_band(when)
+        ahead.append(Projected(when, slices, max(slices - half, 0.0), slices + half))
+    return tuple(ahead)
 
 
 def _crossing(line: _Line, capacity: int, now: datetime) -> datetime | None:

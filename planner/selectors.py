@@ -517,6 +517,21 @@ def pool_outlook(*, pool: EgressPool, now: datetime | None = None) -> forecast.P
     return outlook
 
 
+def pools_running_out(
+    *, now: datetime | None = None
+) -> list[tuple[EgressPool, forecast.PoolForecast]]:
+    """Pools out of free slots now or forecast to run out within ``FORECAST_HORIZON_DAYS``,
+    soonest first."""
+    found = [
+        (pool, outlook)
+        for pool, outlook in pool_outlooks(now=now)
+        if outlook.exhausts_at is not None
+        and outlook.horizon_at is not None
+        and outlook.exhausts_at <= outlook.horizon_at
+    ]
+    return sorted(found, key=lambda item: (item[1].exhausts_at, item[0].key))
+
+
 # Saturation: what the alert rules (deploy/prometheus/alerts.yml) watch.
 
 
