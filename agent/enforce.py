@@ -300,6 +300,23 @@ def read_counters() -> dict[str, tuple[int, int]]:
     return counters
 
 
+# Most shared addresses the metrics list with zero drops (collapsed prefixes can be big).
+ZERO_DROPS_LIMIT: Final = 1024
+
+
+def guarded_addresses(bundle: Bundle) -> list[str]:
+    """The shared addresses the guard covers, its own slices' first, at most
+    :data:`ZERO_DROPS_LIMIT` of them: a drop counter starts at zero for each, so the
+    first drop shows as an increase."""
+    found = dict.fromkeys(slice_item.ip for slice_item in bundle.slices)
+    for prefix in bundle.shared:
+        for address in ipaddress.ip_network(prefix):
+            if len(found) >= ZERO_DROPS_LIMIT:
+                return list(found)
+            found.setdefault(str(address))
+    return list(found)[:ZERO_DROPS_LIMIT]
+
+
 def read_drops_by_address() -> dict[str, int]:
     """``{shared address: packets dropped}`` since the table was last replaced; empty
     if it is absent. Only addresses that dropped something are listed."""

@@ -17,9 +17,10 @@ metric                                              type     labels
 ``egress_address_missing`` is 1 for each slice address not on the host, checked
 at scrape time (0 when it is there). The nft metrics are read from the
 table's named counters (and, per shared address, its dynamic drop sets) at scrape time.
-``guard_dropped_packets_total`` has a series only for an address that dropped
-something: a program sending from a shared IP outside this host's slices (a
-spoof, or one not using the egress library). They restart from zero when a new
+``guard_dropped_packets_total`` counts, per shared address, packets sent from
+it outside this host's slices (a spoof, or a program not using the egress
+library); with the guard on, each of the bundle's addresses (up to 1,024)
+starts at 0, so the first drop is an increase an alert sees. They restart from zero when a new
 bundle replaces the table, which Prometheus treats as a counter reset
 (``rate()`` copes).
 """
@@ -49,6 +50,7 @@ class _NftCollector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         counters = enforce.read_counters()
+        bundle = self.current()
         dropped = CounterMetricFamily(
             f"{PREFIX}_nft_dropped_packets",
             "Egress packets from a shared IP dropped for a source port outside this host's slices",
@@ -62,7 +64,6 @@ class _NftCollector(Collector):
             "Egress packets sent from each slice",
             labels=["ip", "lo", "hi"],
         )
-        bundle = self.current()
         for item in () if bundle is None else enforce.live_slices(bundle):
             packets = counters.get(enforce.counter_name(item))
             if packets is not None:
@@ -72,8 +73,12 @@ class _NftCollector(Collector):
             "Egress packets the guard dropped (or reset) per shared source address",
             labels=["ip"],
         )
-        for address, drops in sorted(enforce.read_drops_by_address().items()):
-            by_address.add_metric([address], drops)
+        drops = enforce.read_drops_by_address()
+        if bundle is not None and counters:  # the guard is on: its addresses start at 0
+            for address in enforce.guarded_addresses(bundle):
+                drops.setdefault(address, 0)
+        for address, dropped_here in sorted(drops.items()):
+            by_address.add_metric([address], dropped_here)
         yield dropped
         yield by_address
         yield per_slice
