@@ -63,11 +63,12 @@ pytest: $(STAMP) sysdeps
 
 test: lint typecheck pytest
 
-# The data plane end to end (root, PostgreSQL, Redis): tests/e2e/test_dataplane.py.
+# The data plane end to end (root, PostgreSQL, Redis): tests/e2e/test_dataplane.py;
+# a real Prometheus raising alerts.yml's alerts on it: tests/e2e/test_prometheus.py.
 e2e: $(STAMP) sysdeps
 	@if [ -z "$$DATABASE_URL" ] && (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then \
 	  export DATABASE_URL=postgres://postgres@127.0.0.1:5432/test; fi; \
-	$(VENV)/bin/pytest tests/e2e/test_dataplane.py -m e2e -v $(PYTEST_ARGS)
+	$(VENV)/bin/pytest tests/e2e/test_dataplane.py tests/e2e/test_prometheus.py -m e2e -v $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do $(PY) -m bench.$$(basename $$b .py) || exit 1; done
