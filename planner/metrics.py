@@ -133,7 +133,7 @@ class PlannerCollector(Collector):
         )
         horizon.add_metric([], settings.FORECAST_HORIZON_DAYS * 86400)
         yield horizon
-        for pool, outlook in selectors.pool_outlooks(headroom=headroom):
+        for pool, outlook in selectors.pool_outlooks_recent(headroom=headroom):
             if outlook.seconds_left is not None:
                 left.add_metric([pool.key], outlook.seconds_left)
                 needed.add_metric([pool.key], outlook.ips_needed)

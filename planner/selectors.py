@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db.models import Count, F, Max, Min, Q, QuerySet
 from django.utils import timezone
 
@@ -511,6 +512,22 @@ def pool_outlooks(
     return result
 
 
+RECENT_OUTLOOKS_KEY = "portslice:pool-outlooks"
+
+
+def pool_outlooks_recent(
+    *, headroom: list[alloc.PoolHeadroom] | None = None
+) -> list[tuple[EgressPool, forecast.PoolForecast]]:
+    """:func:`pool_outlooks` of every pool, reused for one forecast step (at most a
+    minute): it reads the whole usage history, and a scrape every 15 seconds or each
+    overview need not, since a new demand point comes once a step."""
+    found: list[tuple[EgressPool, forecast.PoolForecast]] | None = cache.get(RECENT_OUTLOOKS_KEY)
+    if found is None:
+        found = pool_outlooks(headroom=headroom)
+        cache.set(RECENT_OUTLOOKS_KEY, found, timeout=min(settings.FORECAST_STEP_SECONDS, 60))
+    return found
+
+
 def pool_outlook(*, pool: EgressPool, now: datetime | None = None) -> forecast.PoolForecast:
     """The exhaustion forecast of one pool."""
     ((_, outlook),) = pool_outlooks(pools=EgressPool.objects.filter(pk=pool.pk), now=now)
@@ -524,7 +541,7 @@ def pools_running_out(
     soonest first."""
     found = [
         (pool, outlook)
-        for pool, outlook in pool_outlooks(now=now)
+        for pool, outlook in pool_outlooks_recent()
         if outlook.exhausts_at is not None
         and outlook.horizon_at is not None
         and outlook.exhausts_at <= outlook.horizon_at

@@ -7,6 +7,7 @@ import re
 from datetime import timedelta
 
 import pytest
+from django.core.cache import cache
 from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -25,6 +26,12 @@ from tests.planner.conftest import Site
 from tests.planner.factories import make_machine, make_pool
 
 POOL = "fra1/warp/DE"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_forecasts() -> None:
+    # /metrics reuses the forecasts for a step; each test builds its own history.
+    cache.clear()
 
 
 def grow(site: Site, *, days: int) -> EgressPool:
@@ -171,6 +178,17 @@ def test_metrics_show_delivery_lag(site: Site) -> None:
     assert 'portslice_machines_never_seen{datacenter="fra1"} 2.0' in text
     assert 'portslice_gateway_revision_lag{datacenter="fra1",gateway="gw1"} 1.0' in text
     assert re.search(r'^portslice_reconcile_backlog_bundles\{datacenter="fra1"\} 3.0$', text, re.M)
+
+
+def test_metrics_reuse_the_forecast_for_a_step(site: Site) -> None:
+    before = Client().get("/metrics").content.decode()
+    assert sample(before, "portslice_pool_exhaustion_seconds") is None  # not enough history
+    grow(site, days=6)
+    again = Client().get("/metrics").content.decode()
+    assert sample(again, "portslice_pool_exhaustion_seconds") is None  # the same step
+    cache.delete(selectors.RECENT_OUTLOOKS_KEY)  # the step is over
+    later = Client().get("/metrics").content.decode()
+    assert sample(later, "portslice_pool_exhaustion_seconds") is not None
 
 
 @pytest.mark.parametrize("machines", [3, 30])
