@@ -5,12 +5,13 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
 from django.db.models import Count, F, Max, Min, Q, QuerySet
+from django.db.models.functions import Trunc
 from django.utils import timezone
 
 import allocator as alloc
@@ -404,7 +405,9 @@ def pool_demand_history(
     """
     if not members:
         return []
-    at = max(since, min(joined for joined, _ in members.values()))
+    first = min(joined for joined, _ in members.values())
+    # Points on the grid of steps from ``since``, so each point's step is its own.
+    at = since + step * max((first - since) // step, 0)
     points = []
     while True:
         at = min(at + step, now)
@@ -444,22 +447,52 @@ def _forecast_members(pools: QuerySet[EgressPool] | None = None) -> dict[int, Me
     return members
 
 
+# The units SQL truncates report times to, largest first: a step is cut into whole units.
+TRUNC_UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
+
+
+def forecast_unit(step: timedelta) -> tuple[str, int]:
+    """The largest truncation unit that divides ``step`` (name, seconds)."""
+    seconds = int(step.total_seconds())
+    return next((name, size) for name, size in TRUNC_UNITS if seconds % size == 0)
+
+
+def forecast_since(now: datetime, step: timedelta) -> datetime:
+    """Where the history starts: ``USAGE_RETENTION_DAYS`` back, on a unit boundary, so
+    every step is whole units and every unit falls in one step."""
+    _, size = forecast_unit(step)
+    start = (now - timedelta(days=settings.USAGE_RETENTION_DAYS)).timestamp()
+    return datetime.fromtimestamp(start - start % size, tz=UTC)
+
+
 def _forecast_peaks(
     *, since: datetime, step: timedelta, ips: QuerySet[EgressIP]
 ) -> dict[int, Peaks]:
-    """Per pool id: each machine's peak sockets per step (summed over its slices
-    of the pool at one report, the highest report of the step)."""
+    """Per pool id: each machine's peak sockets per step.
+
+    The database returns each slice's highest report per unit (an hour for the
+    default step), not every report; a machine's peak in a unit is the sum of its
+    slices' peaks there (they may come from different reports: it errs high), and
+    its peak in a step the highest of its units. ``since`` is on a unit boundary.
+    """
     pool_of = dict(ips.values_list("address", "pool_id"))
-    at_once: dict[tuple[int, int, datetime], int] = {}
-    for machine_id, ip, at, sockets in UsageSample.objects.filter(
-        at__gte=since, ip__in=list(pool_of)
-    ).values_list("machine_id", "ip", "at", "sockets"):
-        key = (pool_of[ip], machine_id, at)
-        at_once[key] = at_once.get(key, 0) + sockets
+    unit, size = forecast_unit(step)
+    rows = (
+        UsageSample.objects.filter(at__gte=since, ip__in=list(pool_of))
+        .annotate(unit_start=Trunc("at", unit, tzinfo=UTC))
+        .values_list("machine_id", "ip", "lo", "unit_start")
+        .annotate(peak=Max("sockets"))
+        .order_by()
+    )
+    per_unit: dict[tuple[int, int, datetime], int] = {}
+    for machine_id, ip, _, unit_start, peak in rows:
+        key = (pool_of[ip], machine_id, unit_start)
+        per_unit[key] = per_unit.get(key, 0) + peak
     peaks: dict[int, Peaks] = {}
-    for (pool_id, machine_id, at), sockets in at_once.items():
+    for (pool_id, machine_id, unit_start), sockets in per_unit.items():
         per_pool = peaks.setdefault(pool_id, {})
-        slot = (machine_id, _step_index(at, since, step))
+        # A unit [start, start + size) lies in the step that ends at or after its end.
+        slot = (machine_id, _step_index(unit_start + timedelta(seconds=size), since, step))
         per_pool[slot] = max(per_pool.get(slot, 0), sockets)
     return peaks
 
@@ -482,7 +515,7 @@ def pool_outlooks(
     chosen = pools if pools is not None else EgressPool.objects.all()
     chosen = chosen.select_related("datacenter")
     step = timedelta(seconds=settings.FORECAST_STEP_SECONDS)
-    since = now - timedelta(days=settings.USAGE_RETENTION_DAYS)
+    since = forecast_since(now, step)
     headrooms = {row.pool: row for row in (pool_headroom() if headroom is None else headroom)}
     members = _forecast_members(chosen)
     peaks = _forecast_peaks(since=since, step=step, ips=EgressIP.objects.filter(pool__in=chosen))

@@ -97,7 +97,7 @@ def test_it_counts_hot_machines_as_needing_more_slices(site: Site) -> None:
     pool.save()
     machine = site.machines[0]
     machine.pools.add(pool)
-    now = timezone.now()
+    now = timezone.now().replace(minute=0, second=0, microsecond=0)  # on the hours' grid
     since = now - timedelta(hours=3)
     Machine.objects.filter(pk=machine.pk).update(joined_at=since)
     step = timedelta(hours=1)
