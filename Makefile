@@ -17,12 +17,16 @@ $(STAMP): pyproject.toml
 
 # What the kernel tests need from Debian (only installed when missing, as root).
 # The UI's browser tests drive Debian's chromium (Playwright, never its own browser download).
+# The alert rules' tests and the real-Prometheus test run Debian's promtool and prometheus.
 sysdeps:
 	@if [ "$$(id -u)" = 0 ] && ! command -v nft >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables iproute2; \
 	fi
 	@if [ "$$(id -u)" = 0 ] && [ ! -x /usr/bin/chromium ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core; \
+	fi
+	@if [ "$$(id -u)" = 0 ] && ! command -v promtool >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; \
 	fi
 	@if [ "$$(id -u)" = 0 ] && ! command -v docker-compose >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose; \
@@ -62,11 +66,12 @@ pytest: $(STAMP) sysdeps
 
 test: lint typecheck pytest
 
-# The data plane end to end (root, PostgreSQL, Redis): tests/e2e/test_dataplane.py.
+# The data plane end to end (root, PostgreSQL, Redis): tests/e2e/test_dataplane.py;
+# a real Prometheus raising alerts.yml's alerts on it: tests/e2e/test_prometheus.py.
 e2e: $(STAMP) sysdeps
 	@if [ -z "$$DATABASE_URL" ] && (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then \
 	  export DATABASE_URL=postgres://postgres@127.0.0.1:5432/test; fi; \
-	$(VENV)/bin/pytest tests/e2e/test_dataplane.py -m e2e -v $(PYTEST_ARGS)
+	$(VENV)/bin/pytest tests/e2e/test_dataplane.py tests/e2e/test_prometheus.py -m e2e -v $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do $(PY) -m bench.$$(basename $$b .py) || exit 1; done

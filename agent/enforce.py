@@ -70,6 +70,8 @@ log = logging.getLogger(__name__)
 TABLE: Final = "portslice"
 FAMILY: Final = "inet"
 DROP_COUNTERS: Final = ("dropped_tcp", "dropped_udp")
+# The dynamic sets (one per IP version) counting drops per shared source address.
+DROPS_BY_ADDRESS: Final = "dropped_by_address"
 NFT_TIMEOUT: Final = 30.0
 
 ON: Final = "on"
@@ -182,15 +184,19 @@ def _family_block(
         f"{_elements([allowed] if allowed else [])} }}",
         f"map slice_counters_v{v} {{ type {addr_type} . inet_service : counter; flags interval;"
         f"{_elements([counters] if counters else [])} }}",
+        # Drops per shared source address: only addresses in shared_v4/v6 reach it.
+        f"set {DROPS_BY_ADDRESS}_v{v} {{ type {addr_type}; size 65536; flags dynamic; counter; }}",
     ]
     guard = f"{match} saddr @shared_v{v} meta l4proto {{ tcp, udp }}"
     outside = f"{match} saddr . th sport != @allowed_v{v}"
+    count_address = f"update @{DROPS_BY_ADDRESS}_v{v} {{ {match} saddr }}"
     rules = [
         # A SYN from outside the slices gets a reset, so connect() fails at once with
         # ECONNREFUSED instead of retransmitting until ETIMEDOUT.
         f"{match} saddr @shared_v{v} tcp flags & (syn | ack) == syn {outside} "
+        f"{count_address} "
         'counter name "dropped_tcp" reject with tcp reset',
-        f"{guard} {outside} counter name meta l4proto map @dropped drop",
+        f"{guard} {outside} {count_address} counter name meta l4proto map @dropped drop",
         f"{guard} counter name {match} saddr . th sport map @slice_counters_v{v}",
     ]
     return definitions, rules
@@ -298,6 +304,40 @@ def read_counters() -> dict[str, tuple[int, int]]:
         if counter and counter.get("table") == TABLE:
             counters[counter["name"]] = (int(counter["packets"]), int(counter["bytes"]))
     return counters
+
+
+# Most shared addresses the metrics list with zero drops (collapsed prefixes can be big).
+ZERO_DROPS_LIMIT: Final = 1024
+
+
+def guarded_addresses(bundle: Bundle) -> list[str]:
+    """The shared addresses the guard covers, its own slices' first, at most
+    :data:`ZERO_DROPS_LIMIT` of them: a drop counter starts at zero for each, so the
+    first drop shows as an increase."""
+    found = dict.fromkeys(slice_item.ip for slice_item in bundle.slices)
+    for prefix in bundle.shared:
+        for address in ipaddress.ip_network(prefix):
+            if len(found) >= ZERO_DROPS_LIMIT:
+                return list(found)
+            found.setdefault(str(address))
+    return list(found)[:ZERO_DROPS_LIMIT]
+
+
+def read_drops_by_address() -> dict[str, int]:
+    """``{shared address: packets dropped}`` since the table was last replaced; empty
+    if it is absent. Only addresses that dropped something are listed."""
+    drops: dict[str, int] = {}
+    for version in (4, 6):
+        try:
+            output = _nft("-j", "list", "set", FAMILY, TABLE, f"{DROPS_BY_ADDRESS}_v{version}")
+        except EnforcementError:
+            continue
+        for item in json.loads(output).get("nftables", []):
+            for element in item.get("set", {}).get("elem", []):
+                found = element.get("elem", {})
+                if isinstance(found.get("val"), str) and "counter" in found:
+                    drops[found["val"]] = int(found["counter"]["packets"])
+    return drops
 
 
 # --- enforcement --------------------------------------------------------------------------------

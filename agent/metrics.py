@@ -11,11 +11,16 @@ metric                                              type     labels
 ``portslice_agent_nft_dropped_packets_total``       counter  ``proto``
 ``portslice_agent_slice_packets_total``             counter  ``ip``, ``lo``, ``hi``
 ``portslice_agent_egress_address_missing``          gauge    ``ip``
+``portslice_agent_guard_dropped_packets_total``     counter  ``ip`` (a shared address)
 ==================================================  =======  ===================================
 
 ``egress_address_missing`` is 1 for each slice address not on the host, checked
-at scrape time (0 when it is there). The two nft metrics are read from the
-table's named counters at scrape time. They restart from zero when a new
+at scrape time (0 when it is there). The nft metrics are read from the
+table's named counters (and, per shared address, its dynamic drop sets) at scrape time.
+``guard_dropped_packets_total`` counts, per shared address, packets sent from
+it outside this host's slices (a spoof, or a program not using the egress
+library); with the guard on, each of the bundle's addresses (up to 1,024)
+starts at 0, so the first drop is an increase an alert sees. They restart from zero when a new
 bundle replaces the table, which Prometheus treats as a counter reset
 (``rate()`` copes).
 """
@@ -45,6 +50,7 @@ class _NftCollector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         counters = enforce.read_counters()
+        bundle = self.current()
         dropped = CounterMetricFamily(
             f"{PREFIX}_nft_dropped_packets",
             "Egress packets from a shared IP dropped for a source port outside this host's slices",
@@ -58,12 +64,23 @@ class _NftCollector(Collector):
             "Egress packets sent from each slice",
             labels=["ip", "lo", "hi"],
         )
-        bundle = self.current()
         for item in () if bundle is None else enforce.live_slices(bundle):
             packets = counters.get(enforce.counter_name(item))
             if packets is not None:
                 per_slice.add_metric([item.ip, str(item.lo), str(item.hi)], packets[0])
+        by_address = CounterMetricFamily(
+            f"{PREFIX}_guard_dropped_packets",
+            "Egress packets the guard dropped (or reset) per shared source address",
+            labels=["ip"],
+        )
+        drops = enforce.read_drops_by_address()
+        if bundle is not None and counters:  # the guard is on: its addresses start at 0
+            for address in enforce.guarded_addresses(bundle):
+                drops.setdefault(address, 0)
+        for address, dropped_here in sorted(drops.items()):
+            by_address.add_metric([address], dropped_here)
         yield dropped
+        yield by_address
         yield per_slice
         yield self._addresses(bundle)
 

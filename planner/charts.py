@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from planner import heatmap as hm
+from planner.forecast import PoolForecast
 
 # Categorical colours. Machines: ten hues that stay apart for common colour
 # blindness (no grey among them: grey means reserved or unusable).
@@ -280,3 +281,53 @@ def usage_figure(series: list[tuple[str, list[datetime], list[float]]]) -> dict[
 def heatmap_payload(heatmap: hm.Heatmap) -> dict[str, Any]:
     """What the page's script and ``GET .../heatmap`` get: the figure and the cells' slices."""
     return {**heatmap.as_dict(), "figure": heatmap_figure(heatmap)}
+
+
+def forecast_figure(outlook: PoolForecast) -> dict[str, Any]:
+    """A pool's demand in slices over time, its capacity, and the forecast line ahead
+    with its 95 % band (planner/forecast.py)."""
+    history, ahead = outlook.history, outlook.projection
+    span = [point.at for point in history] + [point.at for point in ahead]
+    band = {"type": "scatter", "mode": "lines", "line": {"width": 0}, "hoverinfo": "skip"}
+    data: list[dict[str, Any]] = [
+        {
+            "type": "scatter",
+            "mode": "lines",
+            "name": "slices needed",
+            "x": [point.at.isoformat() for point in history],
+            "y": [point.slices for point in history],
+            "line": {"shape": "hv"},
+        },
+    ]
+    if ahead:
+        data += [
+            {**band, "name": "band (low)", "showlegend": False,
+             "x": [p.at.isoformat() for p in ahead], "y": [p.low for p in ahead]},
+            {**band, "name": "95 % band", "fill": "tonexty", "fillcolor": "rgba(99,110,250,0.15)",
+             "x": [p.at.isoformat() for p in ahead], "y": [p.high for p in ahead]},
+            {"type": "scatter", "mode": "lines", "name": "forecast",
+             "line": {"dash": "dash"},
+             "x": [p.at.isoformat() for p in ahead], "y": [p.slices for p in ahead]},
+        ]  # fmt: skip
+    if span:
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "name": f"capacity ({outlook.capacity} slots)",
+                "x": [min(span).isoformat(), max(span).isoformat()],
+                "y": [outlook.capacity, outlook.capacity],
+                "line": {"color": "#b00020"},
+            }
+        )
+    return {
+        "data": data,
+        "layout": {
+            "height": 320,
+            "margin": {"l": 60, "r": 20, "t": 30, "b": 50},
+            "font": FONT,
+            "xaxis": {"title": {"text": "time (UTC)"}, "type": "date"},
+            "yaxis": {"title": {"text": "slices"}, "rangemode": "tozero"},
+            "legend": {"orientation": "h", "y": -0.25},
+        },
+    }

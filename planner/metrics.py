@@ -16,6 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from allocator import PoolHeadroom
+from planner import selectors
 from planner.choices import BundleStatus
 from planner.models import ConfigBundle, Machine, PortSlice, RebalanceRun, ReportRejection
 from planner.selectors import (
@@ -38,7 +40,8 @@ class PlannerCollector(Collector):
         ):
             slices.add_metric([dc, state], n)
         yield slices
-        yield from self._pools()
+        headroom = pool_headroom()
+        yield from self._pools(headroom)
         pending = GaugeMetricFamily(
             "portslice_bundles_pending",
             "Bundles signed but not yet acknowledged",
@@ -52,6 +55,9 @@ class PlannerCollector(Collector):
             machines.add_metric([state], n)
         yield machines
         yield from self._loop()
+        yield from self._forecasts(headroom)
+        yield from self._saturation()
+        yield from self._delivery()
 
     def _loop(self) -> Iterator[Metric]:
         """The live loop: stale agents, refused reports, rebalance runs and drafts."""
@@ -101,7 +107,7 @@ class PlannerCollector(Collector):
             drafts.add_metric([dc], n)
         yield drafts
 
-    def _pools(self) -> Iterator[Metric]:
+    def _pools(self, headroom: list[PoolHeadroom]) -> Iterator[Metric]:
         free = GaugeMetricFamily(
             "portslice_pool_free_slots", "Slices a pool could still hand out", labels=["pool"]
         )
@@ -115,11 +121,86 @@ class PlannerCollector(Collector):
             "More IPs the pool needs to serve everyone",
             labels=["pool"],
         )
-        for row in pool_headroom():
+        for row in headroom:
             free.add_metric([row.pool], row.slots_free)
             unserved.add_metric([row.pool], row.machines_unserved)
             needed.add_metric([row.pool], row.ips_needed)
         yield from (free, unserved, needed)
+
+    def _forecasts(self, headroom: list[PoolHeadroom]) -> Iterator[Metric]:
+        """The exhaustion forecast (planner/forecast.py); a pool without enough
+        history has no sample, a pool not running out has +Inf."""
+        left = GaugeMetricFamily(
+            "portslice_pool_exhaustion_seconds",
+            "Seconds until the pool's forecast demand fills its slots (0: full now)",
+            labels=["pool"],
+        )
+        needed = GaugeMetricFamily(
+            "portslice_pool_forecast_ips_needed",
+            f"More IPs the pool needs by the forecast horizon "
+            f"({settings.FORECAST_HORIZON_DAYS} days)",
+            labels=["pool"],
+        )
+        horizon = GaugeMetricFamily(
+            "portslice_forecast_horizon_seconds",
+            "How far ahead the forecast looks (FORECAST_HORIZON_DAYS): the alert's threshold",
+        )
+        horizon.add_metric([], settings.FORECAST_HORIZON_DAYS * 86400)
+        yield horizon
+        for pool, outlook in selectors.pool_outlooks_recent(headroom=headroom):
+            if outlook.seconds_left is not None:
+                left.add_metric([pool.key], outlook.seconds_left)
+                needed.add_metric([pool.key], outlook.ips_needed)
+        yield from (left, needed)
+
+    def _saturation(self) -> Iterator[Metric]:
+        high_water = GaugeMetricFamily(
+            "portslice_pool_utilization_high_water_ratio",
+            "Highest share of its ports any machine used in the pool over the rebalance window",
+            labels=["pool"],
+        )
+        for pool, level in sorted(selectors.pool_high_water().items()):
+            high_water.add_metric([pool], level)
+        hot = GaugeMetricFamily(
+            "portslice_pool_slices_hot",
+            "Slices whose latest report is above the datacenter's hot threshold",
+            labels=["pool"],
+        )
+        for pool, n in sorted(selectors.pool_slices_hot().items()):
+            hot.add_metric([pool], n)
+        yield from (high_water, hot)
+
+    def _delivery(self) -> Iterator[Metric]:
+        """Bundles and steering tables that have not reached their hosts yet."""
+        oldest = GaugeMetricFamily(
+            "portslice_bundle_oldest_unapplied_age_seconds",
+            "Age of the oldest bundle signed but not yet applied by its agent",
+            labels=["datacenter"],
+        )
+        for dc, age in sorted(selectors.bundle_oldest_unapplied().items()):
+            oldest.add_metric([dc], age)
+        backlog = GaugeMetricFamily(
+            "portslice_reconcile_backlog_bundles",
+            "Bundles reconcile would resend now",
+            labels=["datacenter"],
+        )
+        for dc, n in sorted(selectors.reconcile_backlog().items()):
+            backlog.add_metric([dc], n)
+        never = GaugeMetricFamily(
+            "portslice_machines_never_seen",
+            "Machines (not retired) whose agent has never reported",
+            labels=["datacenter"],
+        )
+        for dc, n in sorted(selectors.machines_never_seen_count().items()):
+            never.add_metric([dc], n)
+        lag = GaugeMetricFamily(
+            "portslice_gateway_revision_lag",
+            "Revisions the gateway's steering table is behind the datacenter's newest",
+            labels=["datacenter", "gateway"],
+        )
+        for dc, name, behind in selectors.gateway_revision_lag():
+            lag.add_metric([dc, name], behind)
+        yield from (oldest, backlog, never, lag)
 
 
 registry = CollectorRegistry(auto_describe=False)

@@ -5,16 +5,19 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery
+from django.core.cache import cache
+from django.db.models import Count, F, Max, Min, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Trunc
 from django.utils import timezone
 
 import allocator as alloc
-from planner import signing
+from planner import forecast, signing
 from planner.choices import AgentStatus, BundleStatus, MachineState, RevisionStatus
+from planner.constants import USABLE_PORT_COUNT
 from planner.inventory_io import GeofeedEntry
 from planner.models import (
     ConfigBundle,
@@ -500,3 +503,299 @@ def machine_status_counts(*, datacenter: Datacenter | None = None) -> dict[str, 
         per_status = counts.setdefault(machine.datacenter.code, zeros)
         per_status[machine_status(machine=machine, now=now).status] += 1
     return counts
+
+
+# The exhaustion forecast: demand history per pool, fitted by planner/forecast.py.
+
+# Per machine id: when it joined and its weight.
+Members = dict[int, tuple[datetime, int]]
+# Per (machine id, step index): the most sockets it had in the pool at one report.
+Peaks = dict[tuple[int, int], int]
+
+
+def pool_demand_history(
+    *,
+    pool: EgressPool,
+    members: Members,
+    peaks: Peaks,
+    hot: float,
+    now: datetime,
+    step: timedelta,
+    since: datetime,
+) -> list[forecast.DemandPoint]:
+    """The slices ``pool``'s machines needed at each ``step`` from ``since`` to ``now``.
+
+    At each point every machine that had joined by then (and is not retired now)
+    needs its base slices (``weight`` x ``slices_per_machine``), and more when its
+    high-water sockets in the pool during that step would run its slices above
+    the datacenter's ``hot`` threshold, up to its growth ceiling: what rebalance
+    would give it. The history starts at the first join after ``since``.
+    """
+    if not members:
+        return []
+    first = min(joined for joined, _ in members.values())
+    # Points on the grid of steps from ``since``, so each point's step is its own.
+    at = since + step * max((first - since) // step, 0)
+    points = []
+    while True:
+        at = min(at + step, now)
+        index = _step_index(at, since, step)
+        need = sum(
+            _machine_need(pool, weight, peaks.get((pk, index), 0), hot)
+            for pk, (joined, weight) in members.items()
+            if joined <= at
+        )
+        points.append(forecast.DemandPoint(at=at, slices=need))
+        if at >= now:
+            return points
+
+
+def _step_index(at: datetime, since: datetime, step: timedelta) -> int:
+    """The step a time falls in (a step ends at its point: (end - step, end])."""
+    return max(-(-(at - since) // step) - 1, 0)
+
+
+def _machine_need(pool: EgressPool, weight: int, sockets: int, hot: float) -> int:
+    base = weight * pool.slices_per_machine
+    ceiling = weight * (pool.max_slices_per_machine or pool.slices_per_machine)
+    wanted = -(-sockets // max(int(hot * pool.slice_size), 1))
+    return max(base, min(wanted, ceiling))
+
+
+def _forecast_members(pools: QuerySet[EgressPool] | None = None) -> dict[int, Members]:
+    """Per pool id: its machines that are not retired, with join time and weight."""
+    links = Machine.pools.through.objects.exclude(machine__state=MachineState.RETIRED)
+    if pools is not None:
+        links = links.filter(egresspool__in=pools)
+    members: dict[int, Members] = {}
+    for pool_id, machine_id, joined, weight in links.values_list(
+        "egresspool_id", "machine_id", "machine__joined_at", "machine__weight"
+    ):
+        members.setdefault(pool_id, {})[machine_id] = (joined, weight)
+    return members
+
+
+# The units SQL truncates report times to, largest first: a step is cut into whole units.
+TRUNC_UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
+
+
+def forecast_unit(step: timedelta) -> tuple[str, int]:
+    """The largest truncation unit that divides ``step`` (name, seconds)."""
+    seconds = int(step.total_seconds())
+    return next((name, size) for name, size in TRUNC_UNITS if seconds % size == 0)
+
+
+def forecast_since(now: datetime, step: timedelta) -> datetime:
+    """Where the history starts: ``USAGE_RETENTION_DAYS`` back, on a unit boundary, so
+    every step is whole units and every unit falls in one step."""
+    _, size = forecast_unit(step)
+    start = (now - timedelta(days=settings.USAGE_RETENTION_DAYS)).timestamp()
+    return datetime.fromtimestamp(start - start % size, tz=UTC)
+
+
+def _forecast_peaks(
+    *, since: datetime, step: timedelta, ips: QuerySet[EgressIP]
+) -> dict[int, Peaks]:
+    """Per pool id: each machine's peak sockets per step.
+
+    The database returns each slice's highest report per unit (an hour for the
+    default step), not every report; a machine's peak in a unit is the sum of its
+    slices' peaks there (they may come from different reports: it errs high), and
+    its peak in a step the highest of its units. ``since`` is on a unit boundary.
+    """
+    pool_of = dict(ips.values_list("address", "pool_id"))
+    unit, size = forecast_unit(step)
+    rows = (
+        UsageSample.objects.filter(at__gte=since, ip__in=list(pool_of))
+        .annotate(unit_start=Trunc("at", unit, tzinfo=UTC))
+        .values_list("machine_id", "ip", "lo", "unit_start")
+        .annotate(peak=Max("sockets"))
+        .order_by()
+    )
+    per_unit: dict[tuple[int, int, datetime], int] = {}
+    for machine_id, ip, _, unit_start, peak in rows:
+        key = (pool_of[ip], machine_id, unit_start)
+        per_unit[key] = per_unit.get(key, 0) + peak
+    peaks: dict[int, Peaks] = {}
+    for (pool_id, machine_id, unit_start), sockets in per_unit.items():
+        per_pool = peaks.setdefault(pool_id, {})
+        # A unit [start, start + size) lies in the step that ends at or after its end.
+        slot = (machine_id, _step_index(unit_start + timedelta(seconds=size), since, step))
+        per_pool[slot] = max(per_pool.get(slot, 0), sockets)
+    return peaks
+
+
+def _hot_thresholds() -> dict[int, float]:
+    """Per datacenter id with a saved policy: its ``hot``; the rest use the default."""
+    return dict(RebalancePolicy.objects.values_list("datacenter_id", "hot"))
+
+
+def pool_outlooks(
+    *,
+    pools: QuerySet[EgressPool] | None = None,
+    headroom: list[alloc.PoolHeadroom] | None = None,
+    now: datetime | None = None,
+) -> list[tuple[EgressPool, forecast.PoolForecast]]:
+    """Each pool (all, or ``pools``) with its exhaustion forecast (settings ``FORECAST_*``),
+    ordered by key: a fixed number of queries, however many pools there are.
+    ``headroom`` spares a second :func:`pool_headroom` to a caller that has it."""
+    now = now or timezone.now()
+    chosen = pools if pools is not None else EgressPool.objects.all()
+    chosen = chosen.select_related("datacenter")
+    step = timedelta(seconds=settings.FORECAST_STEP_SECONDS)
+    since = forecast_since(now, step)
+    headrooms = {row.pool: row for row in (pool_headroom() if headroom is None else headroom)}
+    members = _forecast_members(chosen)
+    peaks = _forecast_peaks(since=since, step=step, ips=EgressIP.objects.filter(pool__in=chosen))
+    hot = _hot_thresholds()
+    default_hot = RebalancePolicy().hot
+    result = []
+    for pool in sorted(chosen, key=lambda pool: pool.key):
+        history = pool_demand_history(
+            pool=pool,
+            members=members.get(pool.pk, {}),
+            peaks=peaks.get(pool.pk, {}),
+            hot=hot.get(pool.datacenter_id, default_hot),
+            now=now,
+            step=step,
+            since=since,
+        )
+        room = headrooms.get(pool.key)  # none: the pool has no IP yet
+        outlook = forecast.pool_forecast(
+            history=history,
+            capacity=room.slots_total if room else 0,
+            slots_per_ip=room.slots_per_ip if room else USABLE_PORT_COUNT // pool.slice_size,
+            now=now,
+            horizon=timedelta(days=settings.FORECAST_HORIZON_DAYS),
+            min_span=timedelta(seconds=settings.FORECAST_MIN_HISTORY_SECONDS),
+        )
+        result.append((pool, outlook))
+    return result
+
+
+RECENT_OUTLOOKS_KEY = "portslice:pool-outlooks"
+
+
+def pool_outlooks_recent(
+    *, headroom: list[alloc.PoolHeadroom] | None = None
+) -> list[tuple[EgressPool, forecast.PoolForecast]]:
+    """:func:`pool_outlooks` of every pool, reused for one forecast step (at most a
+    minute): it reads the whole usage history, and a scrape every 15 seconds or each
+    overview need not, since a new demand point comes once a step."""
+    found: list[tuple[EgressPool, forecast.PoolForecast]] | None = cache.get(RECENT_OUTLOOKS_KEY)
+    if found is None:
+        found = pool_outlooks(headroom=headroom)
+        cache.set(RECENT_OUTLOOKS_KEY, found, timeout=min(settings.FORECAST_STEP_SECONDS, 60))
+    return found
+
+
+def pool_outlook(*, pool: EgressPool, now: datetime | None = None) -> forecast.PoolForecast:
+    """The exhaustion forecast of one pool."""
+    ((_, outlook),) = pool_outlooks(pools=EgressPool.objects.filter(pk=pool.pk), now=now)
+    return outlook
+
+
+def pools_running_out(
+    *, now: datetime | None = None
+) -> list[tuple[EgressPool, forecast.PoolForecast]]:
+    """Pools out of free slots now or forecast to run out within ``FORECAST_HORIZON_DAYS``,
+    soonest first."""
+    found = [
+        (pool, outlook)
+        for pool, outlook in pool_outlooks_recent()
+        if outlook.exhausts_at is not None
+        and outlook.horizon_at is not None
+        and outlook.exhausts_at <= outlook.horizon_at
+    ]
+    return sorted(found, key=lambda item: (item[1].exhausts_at, item[0].key))
+
+
+# Saturation: what the alert rules (deploy/prometheus/alerts.yml) watch.
+
+
+def pool_high_water(*, now: datetime | None = None) -> dict[str, float]:
+    """Per pool key: the highest utilization any machine reached in it over its
+    datacenter's rebalance window (the high-water mark rebalance grows by)."""
+    now = now or timezone.now()
+    windows = dict(RebalancePolicy.objects.values_list("datacenter_id", "window_minutes"))
+    default = RebalancePolicy().window_minutes
+    peaks: dict[str, float] = {}
+    for datacenter in Datacenter.objects.order_by("code"):
+        window = timedelta(minutes=windows.get(datacenter.pk, default))
+        levels = usage_high_water(datacenter=datacenter, since=now - window)
+        for (_, pool), level in levels.items():
+            peaks[pool] = max(level, peaks.get(pool, 0.0))
+    return peaks
+
+
+def pool_slices_hot() -> dict[str, int]:
+    """Per pool key: live slices whose latest report is above their datacenter's ``hot``."""
+    hot = _hot_thresholds()
+    default = RebalancePolicy().hot
+    counts = {pool.key: 0 for pool in EgressPool.objects.select_related("datacenter")}
+    rows = PortSlice.objects.filter(usage__isnull=False).values_list(
+        "lo",
+        "hi",
+        "usage__tcp",
+        "usage__udp",
+        "ip__pool__datacenter_id",
+        "ip__pool__datacenter__code",
+        "ip__pool__purpose",
+        "ip__pool__country",
+        "ip__pool__region",
+        "ip__pool__city",
+    )
+    for lo, hi, tcp, udp, dc_id, *key in rows:
+        if (tcp + udp) / (hi - lo + 1) > hot.get(dc_id, default):
+            pool = "/".join(part for part in key if part)
+            counts[pool] = counts.get(pool, 0) + 1
+    return counts
+
+
+def bundle_oldest_unapplied(*, now: datetime | None = None) -> dict[str, float]:
+    """Per datacenter code: seconds since the oldest bundle signed and not yet applied
+    by its (not retired) machine was signed; absent when every agent is current."""
+    now = now or timezone.now()
+    rows = (
+        ConfigBundle.objects.filter(serial__gt=F("machine__applied_serial"))
+        .exclude(machine__state=MachineState.RETIRED)
+        .exclude(status=BundleStatus.APPLIED)
+        .values_list("machine__datacenter__code")
+        .annotate(oldest=Min("created_at"))
+        .order_by()
+    )
+    return {code: (now - oldest).total_seconds() for code, oldest in rows}
+
+
+def gateway_revision_lag() -> list[tuple[str, str, int]]:
+    """Each gateway (datacenter code, name) and how many revisions it runs behind
+    the datacenter's newest applied one."""
+    newest = dict(
+        PlanRevision.objects.filter(applied_at__isnull=False)
+        .values_list("datacenter_id")
+        .annotate(n=Max("number"))
+        .order_by()
+    )
+    return [
+        (gateway.datacenter.code, gateway.name, max(newest.get(dc, 0) - gateway.revision, 0))
+        for gateway in gateways()
+        for dc in [gateway.datacenter_id]
+    ]
+
+
+def machines_never_seen_count() -> dict[str, int]:
+    """Machines (not retired) whose agent has never reported, per datacenter code."""
+    rows = (
+        Machine.objects.filter(last_seen__isnull=True)
+        .exclude(state=MachineState.RETIRED)
+        .values_list("datacenter__code")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    return dict(rows)
+
+
+def reconcile_backlog() -> dict[str, int]:
+    """Bundles reconcile would resend now, per datacenter code."""
+    rows = bundles_due().values_list("machine__datacenter__code").annotate(n=Count("id")).order_by()
+    return dict(rows)

@@ -249,6 +249,12 @@ AGENT_STALE_MINUTES = envint("AGENT_STALE_MINUTES", 10)
 # The quick start without root only (make run sets it): egress IPs in 127.0.0.0/8, which
 # Linux answers on without privilege. Off, a loopback address is refused as ever.
 DEMO_LOOPBACK_EGRESS = envbool("DEMO_LOOPBACK_EGRESS")
+# The exhaustion forecast (planner/forecast.py): one demand point per step over the
+# usage history, no forecast from less than the minimum history, and IPs needed
+# counted at the horizon (the alert rules' default horizon too).
+FORECAST_STEP_SECONDS = envint("FORECAST_STEP_SECONDS", 3600)
+FORECAST_MIN_HISTORY_SECONDS = envint("FORECAST_MIN_HISTORY_SECONDS", 86400)
+FORECAST_HORIZON_DAYS = envint("FORECAST_HORIZON_DAYS", 7)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -114,3 +114,19 @@ def test_docker_compose_accepts_the_file(compose: str) -> None:
         [compose, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, cwd=ROOT
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_prometheus_scrapes_web_and_every_agent_with_the_rules_mounted() -> None:
+    prometheus = _services()["prometheus"]
+    assert "./deploy/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    assert config["rule_files"] == ["alerts.yml"]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    targets = {
+        name: {t for group in job["static_configs"] for t in group["targets"]}
+        for name, job in jobs.items()
+    }
+    assert targets["portslice-planner"] == {"web:8000"}
+    agents = {name for name, s in _ours().items() if s["command"][:3] == ["python", "-m", "agent"]}
+    agents = {name for name in agents if _ours()[name]["command"][3] == "run"}
+    assert targets["portslice-agent"] == {f"{name}:9465" for name in agents}

@@ -11,6 +11,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from planner.choices import AgentStatus, BundleStatus
+from planner.forecast import Outlook
 from planner.models import (
     Datacenter,
     EgressIP,
@@ -256,3 +257,32 @@ class GatewaySerializer(serializers.ModelSerializer[Gateway]):
             "name", "datacenter", "revision", "etag", "status", "detail", "slices",
             "applied_at", "last_seen",
         ]  # fmt: skip
+
+
+class PoolForecastSerializer(serializers.Serializer[Any]):
+    """A pool's exhaustion forecast (:func:`planner.forecast.pool_forecast`)."""
+
+    pool = serializers.CharField(help_text="the pool's key")
+    outlook = serializers.ChoiceField(
+        choices=[outlook.value for outlook in Outlook],
+        help_text="not_enough_history, exhausted (no free slot now), runs_out (within the "
+        "look-ahead) or steady",
+    )
+    now = serializers.DateTimeField()
+    capacity = serializers.IntegerField(help_text="slots of the pool's active IPs")
+    demand_now = serializers.FloatField(
+        allow_null=True, help_text="slices its machines need now, on the fitted line"
+    )
+    growth_per_day = serializers.FloatField(allow_null=True, help_text="slices a day")
+    exhausts_at = serializers.DateTimeField(allow_null=True, help_text="the line reaches capacity")
+    seconds_left = serializers.FloatField(
+        allow_null=True, help_text="until exhausts_at; null when steady or not enough history"
+    )
+    earliest = serializers.DateTimeField(allow_null=True, help_text="the band's early edge")
+    latest = serializers.DateTimeField(
+        allow_null=True, help_text="the band's late edge; null: not within a year"
+    )
+    horizon_at = serializers.DateTimeField(allow_null=True)
+    ips_needed = serializers.IntegerField(help_text="more IPs the pool needs by horizon_at")
+    points = serializers.IntegerField(help_text="demand points the fit used")
+    summary = serializers.CharField(help_text="the forecast in one sentence")

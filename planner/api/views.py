@@ -330,6 +330,15 @@ class EgressPoolViewSet(InventoryViewSet):
     filterset_class = EgressPoolFilter
     ordering_fields = ["id", "purpose", "country"]
 
+    @extend_schema(request=None, responses={200: s.PoolForecastSerializer})
+    @action(detail=True, methods=["get"])
+    def forecast(self, request: Request, pk: str) -> Response:
+        """When the pool runs out of free slots and how many IPs it needs by the horizon,
+        from its usage history and its machines' joins (docs/design.md)."""
+        pool = self.get_object()
+        outlook = selectors.pool_outlook(pool=pool)
+        return Response(s.PoolForecastSerializer({"pool": pool.key, **outlook.as_dict()}).data)
+
 
 class EgressIPViewSet(InventoryViewSet):
     queryset = EgressIP.objects.all()

@@ -11,6 +11,7 @@ from django.core.validators import (
     ProhibitNullCharactersValidator,
 )
 from django.db import models
+from django.utils import timezone
 
 from planner import constants
 from planner.choices import IPState, MachineState
@@ -257,6 +258,11 @@ class Machine(NulFreeText):
     )
     weight = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
     pools = models.ManyToManyField(EgressPool, related_name="machines", blank=True)
+    joined_at = models.DateTimeField(
+        default=timezone.now,
+        editable=False,
+        help_text="When the machine entered the inventory: the forecast's growth history",
+    )
     last_seen = models.DateTimeField(null=True, blank=True)
     applied_serial = models.PositiveBigIntegerField(default=0)
     enforcement = models.JSONField(

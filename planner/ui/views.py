@@ -71,7 +71,8 @@ def page(
 
 @viewer_required
 def overview(request: HttpRequest) -> HttpResponse:
-    return page(request, "ui/overview.html", {"cards": dashboard.overview_cards()})
+    context = {"cards": dashboard.overview_cards(), "running_out": selectors.pools_running_out()}
+    return page(request, "ui/overview.html", context)
 
 
 @gzip_page
@@ -350,6 +351,7 @@ def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
     ips = list(pool.ips.order_by("address"))
     query = f.HeatmapQuery({"pool": pk, "collapse": "1"})
     query.is_valid()
+    outlook = selectors.pool_outlook(pool=pool)
     context = {
         "pool": pool,
         "ips": ips,
@@ -360,6 +362,8 @@ def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "heatmap": heatmap_controls(
             pool.datacenter, query, pools=[pool], fixed={"pool": pk, "collapse": "1"}
         ),
+        "forecast": outlook,
+        "forecast_figure": charts.forecast_figure(outlook),
         "history": _history(
             Q(model="planner.EgressPool", object_pk=str(pool.pk))
             | Q(model="planner.EgressIP", object_pk__in=[str(ip.pk) for ip in ips])

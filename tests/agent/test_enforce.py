@@ -70,6 +70,7 @@ ENFORCE = netlab.bundle_script_prelude() + (
 COUNTERS = (
     "import json; from agent.enforce import read_counters; print(json.dumps(read_counters()))"
 )
+DROPS = "import json; from agent.enforce import read_drops_by_address as r; print(json.dumps(r()))"
 
 
 def _enforce(ns: Netns, bundle: Bundle, **flags: bool) -> dict:
@@ -85,6 +86,10 @@ def _enforce(ns: Netns, bundle: Bundle, **flags: bool) -> dict:
 
 def _counters(ns: Netns) -> dict[str, list[int]]:
     return json.loads(ns.python(COUNTERS).stdout)
+
+
+def _drops(ns: Netns) -> dict[str, int]:
+    return json.loads(ns.python(DROPS).stdout)
 
 
 @pytest.fixture
@@ -159,6 +164,8 @@ def test_it_drops_egress_outside_the_slices_and_counts_it(lab) -> None:
     assert counters["dropped_tcp"][0] == 2  # one SYN each, never retransmitted
     assert counters[counter_name(MIXED.slices[0])][0] >= 2
     assert counters[counter_name(MIXED.slices[1])][0] == 1
+    # Per shared address too: what the GuardDrops alert names.
+    assert _drops(host) == {SHARED_V4: 2, SHARED_V6: 2}
 
 
 def test_it_leaves_other_addresses_alone(lab) -> None:
@@ -169,6 +176,7 @@ def test_it_leaves_other_addresses_alone(lab) -> None:
     )
     assert outcome == ["sent"]
     assert _counters(host)["dropped_udp"][0] == 0
+    assert _drops(host) == {}
 
 
 def test_a_refused_script_leaves_the_previous_ruleset(lab) -> None:
@@ -267,6 +275,7 @@ def test_a_host_without_slices_may_send_from_no_shared_ip(lab) -> None:
     assert netlab.peer_log(log) == []
     counters = _counters(host)
     assert counters["dropped_udp"][0] == 3 and counters["dropped_tcp"][0] == 2
+    assert _drops(host) == {SHARED_V4: 2, NEIGHBOUR_V4: 2, SHARED_V6: 1}
 
 
 MISSING_V4 = "198.51.100.9"

@@ -34,3 +34,18 @@ def test_the_enforcement_enum_has_the_addresses_part() -> None:
         in text
     )
     assert "portslice_agent_applied_serial 3.0" in text  # applied, as the ack says
+
+
+def test_the_guard_starts_each_shared_address_at_zero_its_own_first_and_bounded() -> None:
+    from dataclasses import replace
+
+    from agent import enforce
+
+    bundle = replace(_bundle("198.51.100.7"), shared=("198.51.100.4/30", "2001:db8::/127"))
+    assert enforce.guarded_addresses(bundle) == [
+        "198.51.100.7", "198.51.100.4", "198.51.100.5", "198.51.100.6",
+        "2001:db8::", "2001:db8::1",
+    ]  # fmt: skip
+    huge = replace(bundle, shared=("10.0.0.0/8",))
+    found = enforce.guarded_addresses(huge)
+    assert len(found) == enforce.ZERO_DROPS_LIMIT and found[0] == "198.51.100.7"

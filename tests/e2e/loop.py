@@ -123,7 +123,12 @@ class Loop:
     namespaces: list[str] = field(default_factory=list)
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     netns_of: dict[str, str] = field(default_factory=dict)
+    #: ``address:port`` of each agent's metrics endpoint (the rest have it off).
+    metrics_addresses: dict[str, str] = field(default_factory=dict)
     _sender: Celery | None = None
+    _link_net: str = field(
+        default_factory=lambda: f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(250)}"
+    )
 
     def send(self, task: str, *args: Any, queue: str = contract.PLANNER_QUEUE) -> None:
         """Put a task on the broker by name, as the planner and the agents do."""
@@ -152,9 +157,8 @@ class Loop:
         self.processes.append(process)
         return process
 
-    def planner_worker(self, name: str = "planner", processes: int = 0) -> subprocess.Popen[bytes]:
-        """A planner worker: the solo pool, or ``processes`` prefork children."""
-        log = self.folder / f"{name}.log"
+    def _planner_env(self) -> dict[str, str]:
+        """The planner's environment: the test database, this loop's broker and keys."""
         settings_dict = connection.settings_dict
         env = {
             **os.environ,
@@ -165,6 +169,40 @@ class Loop:
         }
         if self.broker_folder is not None:  # settings put the broker under var/broker
             env["PORTSLICE_VAR_DIR"] = str(self.broker_folder.parent)
+        return env
+
+    def planner_web(self, port: int, **environment: str) -> subprocess.Popen[bytes]:
+        """The planner's web (gunicorn, one worker) on 127.0.0.1:``port``; ``environment``
+        adds settings (``FORECAST_STEP_SECONDS="2"``)."""
+        log = self.folder / "web.log"
+        var = self.folder / "web-var"
+        env = {**self._planner_env(), "PORTSLICE_VAR_DIR": str(var), **environment}
+        argv = [sys.executable, "-m", "gunicorn", "planner.wsgi", "--bind", f"127.0.0.1:{port}",
+                "--workers", "1", "--access-logfile", "-"]  # fmt: skip
+        process = self._spawn(argv, log, env)
+        wait_for("web ready", lambda: _answers(port) or process.poll() is not None)
+        assert process.poll() is None, log.read_text()
+        return process
+
+    def expose_metrics(self, hostname: str, port: int = 9465) -> str:
+        """Link ``hostname``'s namespace to this one (a veth pair, gone with the
+        namespace) and serve its agent's metrics on the inner end; ``address:port``."""
+        ns = self._namespace(hostname)
+        n = len(self.metrics_addresses)
+        outer, inner = f"{self._link_net}.{4 * n + 1}", f"{self._link_net}.{4 * n + 2}"
+        name, peer = unique_name("o"), unique_name("i")
+        ip("link", "add", name, "type", "veth", "peer", "name", peer, "netns", ns)
+        ip("addr", "add", f"{outer}/30", "dev", name)
+        ip("link", "set", name, "up")
+        ip("-n", ns, "addr", "add", f"{inner}/30", "dev", peer)
+        ip("-n", ns, "link", "set", peer, "up")
+        self.metrics_addresses[hostname] = f"{inner}:{port}"
+        return self.metrics_addresses[hostname]
+
+    def planner_worker(self, name: str = "planner", processes: int = 0) -> subprocess.Popen[bytes]:
+        """A planner worker: the solo pool, or ``processes`` prefork children."""
+        log = self.folder / f"{name}.log"
+        env = self._planner_env()
         pool = ["--pool", "prefork", "-c", str(processes)] if processes else ["--pool", "solo"]
         argv = [sys.executable, "-m", "celery", "-A", "planner", "worker", "-Q", "planner",
                 *pool, "--without-gossip", "--without-mingle", "-l", "info",
@@ -244,7 +282,7 @@ class Loop:
             # The slices' egress addresses must be local, or the agent acks "failed".
             "add_addresses": True,
             "usage_interval": self.usage_interval,
-            "metrics_address": "off",
+            "metrics_address": self.metrics_addresses.get(hostname, "off"),
             "socket_path": str(folder / "agent.sock"),
         }
         if self.broker_folder is not None:
