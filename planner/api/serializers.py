@@ -8,6 +8,7 @@ from django.core.validators import ProhibitNullCharactersValidator
 from django.db.models import Model
 from rest_framework import serializers
 
+from planner import constants
 from planner.models import (
     Datacenter,
     EgressIP,
@@ -77,7 +78,7 @@ class EgressIPSerializer(serializers.ModelSerializer[EgressIP]):
     reserved_ports = serializers.ListField(
         child=serializers.IntegerField(min_value=0, max_value=65535),
         required=False,
-        max_length=65536,
+        max_length=constants.MAX_RESERVED_PORTS,
     )
 
     class Meta:

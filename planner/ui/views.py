@@ -28,7 +28,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 import allocator as alloc
 from planner import charts, dashboard, heatmap
-from planner.api.permissions import OPERATOR, RANK, VIEWER, user_rank
+from planner.api.permissions import ADMIN, OPERATOR, RANK, VIEWER, user_rank
 from planner.choices import BundleStatus, MachineState, RevisionStatus
 from planner.inventory_io import InventoryError, parse_inventory
 from planner.models import AuditEntry, Datacenter, EgressIP, EgressPool, Machine, PlanRevision
@@ -286,17 +286,9 @@ def what_if_context(request: HttpRequest, datacenter: Datacenter) -> dict[str, A
     form = f.WhatIfForm(request.GET, datacenter=datacenter)
     if not form.is_valid():
         return {"what_if_form": form}
-    data = form.cleaned_data
-    pool = data["pool"]
-    question = dashboard.WhatIf(
-        pool=pool,
-        add_machines=data.get("add_machines") or 0,
-        add_ips=data.get("add_ips") or 0,
-        slice_size=data.get("slice_size"),
-        slices_per_machine=data.get("slices_per_machine"),
-    )
+    question = form.question()
     result = dashboard.what_if(datacenter=datacenter, question=question)
-    return {"what_if_form": form, "what_if": result, "what_if_pool": pool.key}
+    return {"what_if_form": form, "what_if": result, "what_if_pool": question.pool.key}
 
 
 # Machines, pools, IPs.
@@ -597,8 +589,10 @@ def _detail_url(kind: str, instance: Any) -> str:
 @operator_required
 @require_http_methods(["GET", "POST"])
 def inventory_import(request: HttpRequest) -> HttpResponse:
-    form = f.ImportForm(request.POST or None, request.FILES or None)
+    admin = user_rank(request.user) >= RANK[ADMIN]
+    form = f.ImportForm(request.POST or None, request.FILES or None, admin=admin)
     errors: list[InventoryError] = []
+    refused = ""
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         records = []
@@ -608,14 +602,28 @@ def inventory_import(request: HttpRequest) -> HttpResponse:
                 fmt=data["format"],
                 datacenter=data.get("datacenter") or "",
                 purpose=data.get("purpose") or "",
+                large_prefixes=bool(data.get("large_prefixes")),
             )
             counts = inventory.inventory_import(records=records)
         except InventoryError as error:
             # Refused whole; list every bad row, not only the first, so one fix round does.
-            errors = (records and inventory.inventory_import_check(records=records)) or [error]
+            errors = _import_errors(records) or [error]
+        except Conflict as error:  # another writer holds a datacenter: try again later
+            refused = str(error)
         else:
             written = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
             messages.success(request, f"Imported {written or 'nothing'}.")
             return redirect("inventory")
-    status = 400 if request.method == "POST" else 200
-    return page(request, "ui/import.html", {"form": form, "errors": errors}, status)
+    status = (409 if refused else 400) if request.method == "POST" else 200
+    context = {"form": form, "errors": errors, "refused": refused}
+    return page(request, "ui/import.html", context, status)
+
+
+def _import_errors(records: list[Any]) -> list[InventoryError]:
+    """Every bad record, or none when the check itself meets a busy datacenter."""
+    if not records:
+        return []
+    try:
+        return inventory.inventory_import_check(records=records)
+    except Conflict:
+        return []
