@@ -43,9 +43,9 @@ GEOFEED_FIELDS = ("ip_prefix", "alpha2code", "region", "city", "postal_code")
 # What one import may cost. The whole import is one transaction under the
 # datacenter's lock, so these bound how long it holds it as well as memory
 # (docs/benchmarks.md has the largest allowed import's time and peak memory).
-MAX_BYTES = 2 * 1024 * 1024
+MAX_BYTES = 1024 * 1024  # as MAX_REQUEST_BODY: the web would refuse more anyway
 MAX_LINES = 20_000
-MAX_RECORDS = 5_000
+MAX_RECORDS = 1_000
 # A geofeed prefix expands to at most this many addresses (a /24) unless an
 # admin opts in with large_prefixes; then MAX_RECORDS bounds it.
 PREFIX_ADDRESSES = 256
