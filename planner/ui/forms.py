@@ -53,11 +53,13 @@ class HeatmapQuery(forms.Form):
     def chosen_mode(self) -> str:
         return self.cleaned_data.get("mode") or OWNERSHIP
 
-    def error_text(self) -> str:
-        return "; ".join(
-            f"{name}: {' '.join(str(m) for m in messages)} (got {self.data.get(name)!r})"
+    def error_lines(self) -> list[str]:
+        """One line per wrong field, naming it and what was sent (cut to 100
+        characters); plain text for a template to escape."""
+        return [
+            f"{name}: {' '.join(str(m) for m in messages)} (got {str(self.data.get(name))[:100]!r})"
             for name, messages in self.errors.items()
-        )
+        ]
 
 
 class ApplyForm(forms.Form):

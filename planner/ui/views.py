@@ -19,7 +19,7 @@ from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db.models import ProtectedError, Q
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -70,6 +70,14 @@ def page(
     return render(request, template, context, status=status)
 
 
+def bad_request(
+    request: HttpRequest, *, what: str, problems: list[str], back: str = ""
+) -> HttpResponse:
+    """A 400 page: what was asked is shown through the template, escaped, never raw."""
+    context = {"what": what, "problems": problems, "back": back}
+    return page(request, "ui/bad_request.html", context, status=400)
+
+
 @viewer_required
 def overview(request: HttpRequest) -> HttpResponse:
     return page(request, "ui/overview.html", {"cards": dashboard.overview_cards()})
@@ -81,7 +89,12 @@ def datacenter_detail(request: HttpRequest, code: str) -> HttpResponse:
     datacenter = get_object_or_404(Datacenter, code=code)
     query = f.HeatmapQuery(request.GET)
     if not query.is_valid():
-        return HttpResponseBadRequest(query.error_text())
+        return bad_request(
+            request,
+            what=f"The heatmap of {datacenter.code}",
+            problems=query.error_lines(),
+            back=reverse("datacenter", kwargs={"code": datacenter.code}),
+        )
     pools = dashboard.pool_rows(datacenter=datacenter)
     context = {
         "datacenter": datacenter,
@@ -101,7 +114,8 @@ def heatmap_data(request: HttpRequest, code: str) -> HttpResponse:
     datacenter = get_object_or_404(Datacenter, code=code)
     query = f.HeatmapQuery(request.GET)
     if not query.is_valid():
-        return HttpResponseBadRequest(query.error_text())
+        # JSON, as the API's 400: the page's script reads it, and no browser renders it.
+        return JsonResponse(query.errors.get_json_data(), status=400)
     picture = heatmap.datacenter_heatmap(
         datacenter=datacenter, mode=query.chosen_mode(), filters=query.heatmap_filter()
     )
@@ -322,7 +336,12 @@ def machine_state(request: HttpRequest, hostname: str) -> HttpResponse:
     machine = get_object_or_404(Machine, hostname=hostname)
     state = request.POST.get("state", "")
     if state not in {MachineState.DRAINING, MachineState.ACTIVE}:
-        return HttpResponseBadRequest(f"state: expected draining or active, got {state!r}")
+        return bad_request(
+            request,
+            what=f"The state of {hostname}",
+            problems=[f"state: expected draining or active, got {state[:100]!r}"],
+            back=reverse("machine", kwargs={"hostname": hostname}),
+        )
     try:
         inventory.machine_save(machine=machine, values={"state": state})
     except ValidationError as error:
