@@ -249,8 +249,8 @@ for _folder in CELERY_BROKER_TRANSPORT_OPTIONS.values():
     if isinstance(_folder, str):
         Path(_folder).mkdir(parents=True, exist_ok=True)
 # Beat reads its schedule from the database (django-celery-beat), so operators
-# change intervals in the admin without a deploy; migration 0005 creates the
-# default entries (planner/schedules.py lists them).
+# change intervals in the admin without a deploy; migration 0006_live_loop
+# creates the default entries.
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
