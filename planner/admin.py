@@ -41,7 +41,7 @@ from planner.models import (
     SliceUsage,
     UsageSample,
 )
-from planner.services import inventory, keys, tokens
+from planner.services import inventory, keys, rebalance, tokens
 from planner.services.locks import Conflict
 
 # What an inventory service refuses with: field errors, and conflicts (an edit
@@ -333,8 +333,13 @@ class UsageSampleAdmin(ReadOnlyAdmin):
 
 
 @admin.register(RebalancePolicy)
-class RebalancePolicyAdmin(admin.ModelAdmin):
-    """Thresholds, window, interval and auto-apply of each datacenter's rebalance."""
+class RebalancePolicyAdmin(ServiceAdmin):
+    """Thresholds, window, interval and auto-apply of each datacenter's rebalance.
+
+    Saved through ``rebalance_policy_save`` as the API does: checked whole,
+    under the datacenter's lock, and audited. A policy is not deleted (a
+    datacenter without one runs on the defaults): switch it off instead.
+    """
 
     list_display = [
         "datacenter",
@@ -348,6 +353,13 @@ class RebalancePolicyAdmin(admin.ModelAdmin):
     ]
     list_editable = ["enabled", "auto_apply"]
     readonly_fields = ["last_run_at"]
+
+    def service_save(self, instance: Any, values: dict[str, Any], form: ModelForm) -> Any:
+        datacenter = values.pop("datacenter", None) or instance.datacenter
+        return rebalance.rebalance_policy_save(datacenter=datacenter, values=values)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 @admin.register(RebalanceRun)

@@ -137,10 +137,72 @@ def _m2m_changed(
         )
 
 
+# What a person's row may change that decides what they may do. Their password
+# hash and last login stay out of the trail.
+USER_FIELDS = ("username", "is_active", "is_staff", "is_superuser")
+
+
+def _user_before_save(sender: Any, instance: Any, **kwargs: Any) -> None:
+    old = sender._default_manager.filter(pk=instance.pk).values(*USER_FIELDS).first()
+    instance._audit_before = old if instance.pk else None
+
+
+def _user_after_save(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
+    after = {name: getattr(instance, name) for name in USER_FIELDS}
+    before = getattr(instance, "_audit_before", None)
+    if created or before is None:
+        audit_record(action=AuditAction.CREATE, instance=instance, changes=after)
+        return
+    changed = {k: [before[k], v] for k, v in after.items() if before[k] != v}
+    if changed:
+        audit_record(action=AuditAction.UPDATE, instance=instance, changes=changed)
+
+
+def _roles_changed(
+    sender: Any, instance: Any, action: str, reverse: bool, pk_set: set[Any] | None, **kwargs: Any
+) -> None:
+    """A role is a group: record who gained or lost which, by name, on the user's row."""
+    from django.contrib.auth.models import Group, User
+
+    if action not in {"pre_clear", "post_add", "post_remove"}:
+        return
+    if action == "pre_clear":  # after the clear, nothing says what was there
+        related = instance.user_set if reverse else instance.groups
+        action, pk_set = "post_remove", set(related.values_list("pk", flat=True))
+    verb = action.removeprefix("post_")
+    if reverse:  # group.user_set.add(...): one entry per user
+        for user in User.objects.filter(pk__in=pk_set or []):
+            audit_record(
+                action=AuditAction.UPDATE,
+                instance=user,
+                changes={"groups": {verb: [instance.name]}},
+            )
+        return
+    names = sorted(Group.objects.filter(pk__in=pk_set or []).values_list("name", flat=True))
+    if names:
+        audit_record(
+            action=AuditAction.UPDATE, instance=instance, changes={"groups": {verb: names}}
+        )
+
+
 def connect_audit_signals() -> None:
+    from django.contrib.auth.models import User
+
     from planner import models as m
 
-    for model in (m.Datacenter, m.EgressPool, m.EgressIP, m.Machine, m.PortSlice, m.PlanRevision):
+    pre_save.connect(_user_before_save, sender=User, dispatch_uid="audit-user-pre")
+    post_save.connect(_user_after_save, sender=User, dispatch_uid="audit-user-post")
+    m2m_changed.connect(_roles_changed, sender=User.groups.through, dispatch_uid="audit-roles")
+    models_audited = (
+        m.Datacenter,
+        m.EgressPool,
+        m.EgressIP,
+        m.Machine,
+        m.PortSlice,
+        m.PlanRevision,
+        m.RebalancePolicy,
+    )
+    for model in models_audited:
         uid = f"audit-{model._meta.label}"
         pre_save.connect(_before_save, sender=model, dispatch_uid=f"{uid}-pre")
         post_save.connect(_after_save, sender=model, dispatch_uid=f"{uid}-post")

@@ -9,6 +9,7 @@ served by the app itself (``planner/staticfinders.py``).
 
 from __future__ import annotations
 
+import html
 from datetime import datetime
 from typing import Any
 
@@ -90,6 +91,17 @@ UTILIZATION_SCALE = _utilization_scale()
 FONT = {"family": "system-ui, -apple-system, 'Segoe UI', sans-serif", "size": 13}
 
 
+def plotly_text(text: str) -> str:
+    """``text`` as Plotly shows it, never as markup.
+
+    Plotly reads a subset of HTML in every text it draws (labels, ticks, hover,
+    titles, legend names): a pool city ``<a href=...>`` would become a live link.
+    Escaped, it is drawn as the characters it is (Plotly decodes the entities).
+    Every string from the database goes through here on its way into a figure.
+    """
+    return html.escape(text, quote=False)
+
+
 def discrete_colorscale(colours: list[str]) -> list[list[Any]]:
     """A colour scale that maps integer code i (0..n-1) to ``colours[i]`` exactly."""
     steps = len(colours)
@@ -107,7 +119,7 @@ def row_height(rows: int) -> int:
 
 def heatmap_figure(heatmap: hm.Heatmap) -> dict[str, Any]:
     """The heatmap as a Plotly figure: one heatmap trace, legend swatches, drain marks."""
-    labels = [row["label"] for row in heatmap.rows]
+    labels = [plotly_text(row["label"]) for row in heatmap.rows]
     trace: dict[str, Any] = {
         "type": "heatmap",
         "x": heatmap.edges,
@@ -116,7 +128,7 @@ def heatmap_figure(heatmap: hm.Heatmap) -> dict[str, Any]:
         "hoverinfo": "none",
         "xgap": 0,
         "ygap": 1 if len(labels) <= 60 else 0,
-        "name": heatmap.mode,
+        "name": plotly_text(heatmap.mode),
     }
     data = [trace, *_colours(trace, heatmap)]
     if heatmap.draining:
@@ -217,7 +229,7 @@ def _drain_marks(heatmap: hm.Heatmap, labels: list[str]) -> dict[str, Any]:
 def _layout(heatmap: hm.Heatmap, rows: int) -> dict[str, Any]:
     per_row = row_height(rows)
     return {
-        "uirevision": f"heatmap-{heatmap.datacenter}",
+        "uirevision": f"heatmap-{plotly_text(heatmap.datacenter)}",
         # Room for the colour bar's labels even with a single row.
         "height": max(320, rows * per_row + 150),
         "margin": {"l": 10, "r": 20, "t": 60, "b": 60},
@@ -255,10 +267,12 @@ def usage_figure(series: list[tuple[str, list[datetime], list[float]]]) -> dict[
             {
                 "type": "scatter",
                 "mode": "lines+markers",
-                "name": name,
+                "name": plotly_text(name),
                 "x": [at.isoformat() for at in times],
                 "y": values,
-                "hovertemplate": "%{x|%Y-%m-%d %H:%M}<br>%{y:.1%}<extra>" + name + "</extra>",
+                "hovertemplate": "%{x|%Y-%m-%d %H:%M}<br>%{y:.1%}<extra>"
+                + plotly_text(name)
+                + "</extra>",
             }
             for name, times, values in series
         ],

@@ -8,6 +8,8 @@ USABLE_LO = 1024  # 0-1023 are never handed out
 USABLE_HI = 65535
 # A count; allocator.USABLE_PORTS is the range itself (a PortRange).
 USABLE_PORT_COUNT = USABLE_HI - USABLE_LO + 1  # 64,512
+# Reserved ports of one IP: listeners and health checks, not a range to give away.
+MAX_RESERVED_PORTS = 4096
 
 ERR_COUNTRY = "%(value)r is not an ISO 3166-1 alpha-2 country code."
 ERR_REGION = "%(value)r is not an ISO 3166-2 subdivision code."
@@ -16,6 +18,7 @@ ERR_HOSTNAME = "%(value)r is not an RFC 1123 host name."
 ERR_HOST_ADDRESS = "%(value)r is not a usable host address (%(why)s)."
 ERR_USABLE_BOUNDS = "Usable ports must lie within %(lo)d-%(hi)d; got %(value)d."
 ERR_USABLE_ORDER = "usable_lo %(lo)d is above usable_hi %(hi)d."
+ERR_RESERVED_COUNT = "%(count)d reserved ports; at most %(limit)d per IP."
 ERR_RESERVED = "Reserved port %(value)r is outside the usable range %(lo)d-%(hi)d."
 ERR_SLICE_ORDER = "lo %(lo)d is above hi %(hi)d."
 ERR_SLICE_RANGE = "Slice %(lo)d-%(hi)d is outside %(ip)s's usable range %(ulo)d-%(uhi)d."

@@ -18,6 +18,7 @@ from django.utils import timezone
 import allocator as alloc
 from allocator.capacity import typical_usable
 from planner.choices import AgentStatus, BundleStatus, MachineState, RevisionStatus
+from planner.constants import USABLE_PORT_COUNT
 from planner.models import (
     AuditEntry,
     ConfigBundle,
@@ -350,6 +351,52 @@ class WhatIfResult:
     @property
     def ips_needed(self) -> int:
         return sum(s.ips_needed for s in self.shortfalls if s.pool == self.question.pool.key)
+
+
+# What one what-if may ask. It plans the whole datacenter with the question's
+# machines and IPs added, so its cost grows with the slices the pool would
+# hold: the question may ask for at most what the pool (its IPs plus the ones
+# added) could ever hold, plus WHAT_IF_MARGIN_IPS more IPs' worth, and never
+# more than WHAT_IF_MAX_SLICES slices in the pool. docs/benchmarks.md has the
+# time and peak memory of the largest question allowed.
+WHAT_IF_MAX_ADD_MACHINES = 10_000
+WHAT_IF_MAX_ADD_IPS = 1_024
+WHAT_IF_MAX_SLICES = 50_000
+WHAT_IF_MARGIN_IPS = 64
+ERR_WHAT_IF_SLICES = (
+    "%(machines)s machines x %(per)s slices = %(slices)s slices in %(pool)s; a what-if may "
+    "ask for at most %(limit)s (%(why)s)."
+)
+
+
+def what_if_refusal(*, question: WhatIf) -> str:
+    """Why ``question`` is past the what-if's cost bounds, or '' when it may be planned."""
+    pool = question.pool
+    slice_size = question.slice_size or pool.slice_size
+    per_machine = question.slices_per_machine or pool.slices_per_machine
+    machines = question.add_machines + pool.machines.exclude(state=MachineState.RETIRED).count()
+    ips = question.add_ips + pool.ips.count()
+    slices = machines * per_machine
+    slots_per_ip = USABLE_PORT_COUNT // slice_size
+    could_hold = (ips + WHAT_IF_MARGIN_IPS) * slots_per_ip
+    if slices > WHAT_IF_MAX_SLICES:
+        limit, why = WHAT_IF_MAX_SLICES, "the most a what-if plans"
+    elif slices > could_hold:
+        limit = could_hold
+        why = (
+            f"{ips:,} IPs, plus {WHAT_IF_MARGIN_IPS} more, of {slots_per_ip:,} slots each; "
+            f"ask with add_ips of at least {-(-slices // slots_per_ip) - pool.ips.count():,}"
+        )
+    else:
+        return ""
+    return ERR_WHAT_IF_SLICES % {
+        "machines": f"{machines:,}",
+        "per": f"{per_machine:,}",
+        "slices": f"{slices:,}",
+        "pool": pool.key,
+        "limit": f"{limit:,}",
+        "why": why,
+    }
 
 
 def what_if(*, datacenter: Datacenter, question: WhatIf, now: datetime | None = None) -> Any:

@@ -87,6 +87,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "csp",
     "django_celery_beat",
+    "axes",
     "planner",
 ]
 
@@ -103,6 +104,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
     "planner.audit.AuditActorMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its 429 answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "planner.urls"
@@ -172,6 +175,21 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "overview"
 LOGOUT_REDIRECT_URL = "login"
 
+# Login throttling (django-axes): after LOGIN_FAILURE_LIMIT wrong passwords for one
+# user name from one address, that pair is refused (429), the right password
+# included, until LOGIN_COOLOFF_MINUTES pass or an admin runs `manage.py axes_reset`
+# (docs/operations.md). The pair, not the name alone: a guesser elsewhere cannot
+# lock a person out. Failures are kept in the database (axes' own tables).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = envint("LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = envint("LOGIN_COOLOFF_MINUTES", 15) / 60  # hours
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
+
 # HTTPS in production (README "Production"): all off for the quick start on
 # http://127.0.0.1, all on behind TLS so that `manage.py check --deploy` is clean.
 SESSION_COOKIE_SECURE = envbool("SECURE_COOKIES")
@@ -231,8 +249,8 @@ for _folder in CELERY_BROKER_TRANSPORT_OPTIONS.values():
     if isinstance(_folder, str):
         Path(_folder).mkdir(parents=True, exist_ok=True)
 # Beat reads its schedule from the database (django-celery-beat), so operators
-# change intervals in the admin without a deploy; migration 0005 creates the
-# default entries (planner/schedules.py lists them).
+# change intervals in the admin without a deploy; migration 0006_live_loop
+# creates the default entries.
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -269,8 +287,8 @@ REST_FRAMEWORK = {
     # DRF's parsers, with a JSON one that answers deep nesting with 400.
     "DEFAULT_PARSER_CLASSES": [
         "planner.api.parsers.JSONParser",
-        "rest_framework.parsers.FormParser",
-        "rest_framework.parsers.MultiPartParser",
+        "planner.api.parsers.FormParser",
+        "planner.api.parsers.MultiPartParser",
     ],
     "DEFAULT_PAGINATION_CLASS": "planner.api.pagination.Pagination",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -278,6 +296,8 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {
         "bundle": os.environ.get("THROTTLE_BUNDLE", "600/min"),
         "steering": os.environ.get("THROTTLE_STEERING", "120/min"),
+        # Wrong or revoked API tokens per client address (planner.api.authentication).
+        "token_failures": os.environ.get("THROTTLE_TOKEN_FAILURES", "20/min"),
     },
     "EXCEPTION_HANDLER": "planner.api.exceptions.handle",
 }

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from rest_framework import authentication, exceptions
+from rest_framework import authentication, exceptions, throttling
 from rest_framework.request import Request
 
 from planner.choices import TokenKind
@@ -35,6 +35,38 @@ class ServicePrincipal:
         return f"{self.token.kind}:{bound}"
 
 
+class TokenFailureThrottle(throttling.SimpleRateThrottle):
+    """Wrong or revoked tokens per client address, at the ``token_failures`` rate.
+
+    DRF's own throttles run after authentication, so they never see a failed
+    one: this counts failures only, and once the rate is reached the address
+    is answered 429 before any token is looked up, the right one included,
+    until the window has passed.
+    """
+
+    scope = "token_failures"
+    num_requests: int  # set from the rate by SimpleRateThrottle.__init__
+    duration: int
+
+    def get_cache_key(self, request: Any, view: Any) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+    def check(self, request: Request) -> None:
+        """Raise :class:`~rest_framework.exceptions.Throttled` while the address is held back."""
+        self.key = self.get_cache_key(request, None)
+        self.history = self.cache.get(self.key, [])
+        self.now = self.timer()
+        while self.history and self.history[-1] <= self.now - self.duration:
+            self.history.pop()
+        if len(self.history) >= self.num_requests:
+            raise exceptions.Throttled(self.wait())
+
+    def record_failure(self) -> None:
+        """Count one failure (after :meth:`check`, which read the history)."""
+        self.history.insert(0, self.now)
+        self.cache.set(self.key, self.history, self.duration)
+
+
 class ApiTokenAuthentication(authentication.BaseAuthentication):
     """``Authorization: Bearer <key>`` (``Token <key>`` also accepted)."""
 
@@ -44,7 +76,10 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
         header = authentication.get_authorization_header(request).split()
         if not header or header[0].decode(errors="replace").lower() not in self.keywords:
             return None
+        throttle = TokenFailureThrottle()
+        throttle.check(request)
         if len(header) != 2:
+            throttle.record_failure()
             raise exceptions.AuthenticationFailed("Authorization: expected 'Bearer <token>'.")
         key = header[1].decode(errors="replace")
         token = (
@@ -53,6 +88,7 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
             .first()
         )
         if token is None:
+            throttle.record_failure()
             raise exceptions.AuthenticationFailed("Invalid or revoked token.")
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
         if token.kind == TokenKind.USER:

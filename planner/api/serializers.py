@@ -10,6 +10,7 @@ from django.db.models import Model
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from planner import constants
 from planner.choices import AgentStatus, BundleStatus
 from planner.forecast import Outlook
 from planner.models import (
@@ -81,7 +82,7 @@ class EgressIPSerializer(serializers.ModelSerializer[EgressIP]):
     reserved_ports = serializers.ListField(
         child=serializers.IntegerField(min_value=0, max_value=65535),
         required=False,
-        max_length=65536,
+        max_length=constants.MAX_RESERVED_PORTS,
     )
 
     class Meta:

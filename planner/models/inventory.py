@@ -230,6 +230,16 @@ class EgressIP(NulFreeText):
         ports: Any = self.reserved_ports
         if not isinstance(ports, list):
             raise ValidationError({"reserved_ports": "Expected a list of port numbers."})
+        if len(ports) > constants.MAX_RESERVED_PORTS:
+            raise ValidationError(
+                {
+                    "reserved_ports": ValidationError(
+                        constants.ERR_RESERVED_COUNT,
+                        code="reserved_count",
+                        params={"count": len(ports), "limit": constants.MAX_RESERVED_PORTS},
+                    )
+                }
+            )
         for port in ports:
             if not (isinstance(port, int) and self.usable_lo <= port <= self.usable_hi):
                 raise ValidationError(

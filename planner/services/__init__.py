@@ -1,7 +1,8 @@
 """Every write to the planner's tables goes through this package.
 
-One module per topic: ``inventory``, ``plans``, ``bundles``, ``keys``,
-``reports``, ``rebalance`` and ``tokens``. Services are keyword-only, typed, named
+One module per topic: ``inventory``, ``plans``, ``rebalance``, ``bundles``,
+``keys``, ``reports``, ``steering`` and ``tokens``, and ``locks``, the datacenter
+lock they share. Services are keyword-only, typed, named
 ``<entity>_<action>``, and run inside one transaction: they apply whole or not
 at all. Reads live in :mod:`planner.selectors`.
 """

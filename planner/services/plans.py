@@ -53,6 +53,10 @@ class PlanConflict(Conflict):
     drain that ended): nothing was written. ``details["preview"]`` is a fresh one."""
 
 
+class DraftNotWaiting(PlanConflict):
+    """The draft being approved was superseded or applied meanwhile: nothing was written."""
+
+
 @dataclass(frozen=True)
 class PlanPreview:
     """What applying now would do, computed without writing anything.
@@ -209,6 +213,8 @@ def plan_apply(
     now = now or timezone.now()
     with transaction.atomic():
         datacenter_lock(datacenter.pk, code=datacenter.code)
+        if draft is not None:
+            _check_still_draft(datacenter, draft)
         if change is None:
             inputs = planner_inputs(datacenter=datacenter)
         else:
@@ -222,6 +228,17 @@ def plan_apply(
             action=AuditAction.PLAN_APPLY, instance=revision, changes=revision.diff_summary
         )
     return revision
+
+
+def _check_still_draft(datacenter: Datacenter, draft: PlanRevision) -> None:
+    """Read under the lock: a rebalance that superseded the draft while this
+    approval waited for the lock wins, and the approval is refused."""
+    status = PlanRevision.objects.filter(pk=draft.pk).values_list("status", flat=True).first()
+    if status != RevisionStatus.DRAFT:
+        raise DraftNotWaiting(
+            constants.ERR_NOT_DRAFT
+            % {"number": draft.number, "datacenter": datacenter.code, "status": status or "gone"}
+        )
 
 
 def _check_digest(

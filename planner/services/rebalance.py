@@ -44,8 +44,9 @@ from planner.selectors import (
     usage_high_water,
 )
 from planner.services.inventory import model_save
-from planner.services.locks import Conflict
+from planner.services.locks import Conflict, datacenter_lock
 from planner.services.plans import (
+    DraftNotWaiting,
     PlanConflict,
     PlanPreview,
     plan_apply,
@@ -271,10 +272,14 @@ def plan_digest(plan: alloc.Plan) -> str:
 
 
 def _supersede_drafts(datacenter: Datacenter, keep: PlanRevision | None = None) -> int:
-    drafts = PlanRevision.objects.filter(datacenter=datacenter, status=RevisionStatus.DRAFT)
-    if keep is not None:
-        drafts = drafts.exclude(pk=keep.pk)
-    return drafts.update(status=RevisionStatus.SUPERSEDED)
+    """Under the datacenter's lock, as an approval checks the draft's status: one
+    of the two goes first and the other sees what it did."""
+    with transaction.atomic():
+        datacenter_lock(datacenter.pk, code=datacenter.code)
+        drafts = PlanRevision.objects.filter(datacenter=datacenter, status=RevisionStatus.DRAFT)
+        if keep is not None:
+            drafts = drafts.exclude(pk=keep.pk)
+        return drafts.update(status=RevisionStatus.SUPERSEDED)
 
 
 def revision_draft(
@@ -301,6 +306,7 @@ def revision_draft(
         "diff_summary": summary,
     }
     with transaction.atomic():
+        datacenter_lock(datacenter.pk, code=datacenter.code)
         waiting = PlanRevision.objects.filter(
             datacenter=datacenter,
             status=RevisionStatus.DRAFT,
@@ -339,8 +345,10 @@ def revision_approve(
     Raises ``PlanRevision.DoesNotExist`` for an unknown number.
     """
     draft = PlanRevision.objects.get(datacenter=datacenter, number=number)
-    if draft.status != RevisionStatus.DRAFT:
-        raise PlanConflict(
+    if (
+        draft.status != RevisionStatus.DRAFT
+    ):  # early and cheap; plan_apply checks again under the lock
+        raise DraftNotWaiting(
             constants.ERR_NOT_DRAFT
             % {"number": number, "datacenter": datacenter.code, "status": draft.status}
         )
@@ -354,6 +362,8 @@ def revision_approve(
             usage=_from_json(draft.usage.get("planned_with", [])),
             draft=draft,
         )
+    except DraftNotWaiting:
+        raise
     except PlanConflict as error:
         raise PlanConflict(
             constants.ERR_DRAFT_STALE % {"number": number}, **error.details

@@ -7,9 +7,14 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
-from planner import constants
+from planner import constants, dashboard
 from planner.heatmap import BUCKET_MAX, BUCKET_MIN, MODES, OWNERSHIP, HeatmapFilter
-from planner.inventory_io import InventoryError, _parse_port_list
+from planner.inventory_io import (
+    MAX_RECORDS,
+    PREFIX_ADDRESSES,
+    InventoryError,
+    parse_port_list,
+)
 from planner.models import Datacenter, EgressIP, EgressPool, Machine
 
 COLLAPSE_CHOICES = [("auto", "automatic"), ("1", "one row per pool"), ("0", "one row per IP")]
@@ -48,11 +53,13 @@ class HeatmapQuery(forms.Form):
     def chosen_mode(self) -> str:
         return self.cleaned_data.get("mode") or OWNERSHIP
 
-    def error_text(self) -> str:
-        return "; ".join(
-            f"{name}: {' '.join(str(m) for m in messages)} (got {self.data.get(name)!r})"
+    def error_lines(self) -> list[str]:
+        """One line per wrong field, naming it and what was sent (cut to 100
+        characters); plain text for a template to escape."""
+        return [
+            f"{name}: {' '.join(str(m) for m in messages)} (got {str(self.data.get(name))[:100]!r})"
             for name, messages in self.errors.items()
-        )
+        ]
 
 
 class ApplyForm(forms.Form):
@@ -70,10 +77,18 @@ class ApplyForm(forms.Form):
 class WhatIfForm(forms.Form):
     pool = forms.ModelChoiceField(queryset=EgressPool.objects.none(), empty_label=None)
     add_machines = forms.IntegerField(
-        min_value=0, max_value=100_000, initial=0, required=False, label="Add machines"
+        min_value=0,
+        max_value=dashboard.WHAT_IF_MAX_ADD_MACHINES,
+        initial=0,
+        required=False,
+        label="Add machines",
     )
     add_ips = forms.IntegerField(
-        min_value=0, max_value=100_000, initial=0, required=False, label="Add IPs"
+        min_value=0,
+        max_value=dashboard.WHAT_IF_MAX_ADD_IPS,
+        initial=0,
+        required=False,
+        label="Add IPs",
     )
     slice_size = forms.IntegerField(
         min_value=1, max_value=constants.USABLE_PORT_COUNT, required=False, label="New slice size"
@@ -88,6 +103,26 @@ class WhatIfForm(forms.Form):
         self.fields["pool"].queryset = pools  # type: ignore[attr-defined]
         self.fields["pool"].label_from_instance = lambda pool: pool.key  # type: ignore[attr-defined]
 
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if self.errors:
+            return data
+        refusal = dashboard.what_if_refusal(question=self.question())
+        if refusal:
+            # Named on the field that grows the pool most often; the text says which figures.
+            self.add_error("add_machines", refusal)
+        return data
+
+    def question(self) -> dashboard.WhatIf:
+        data = self.cleaned_data
+        return dashboard.WhatIf(
+            pool=data["pool"],
+            add_machines=data.get("add_machines") or 0,
+            add_ips=data.get("add_ips") or 0,
+            slice_size=data.get("slice_size"),
+            slices_per_machine=data.get("slices_per_machine"),
+        )
+
 
 class ReservedPortsField(forms.CharField):
     """``1080, 3128, 5000-5002`` <-> a list of ports."""
@@ -100,7 +135,7 @@ class ReservedPortsField(forms.CharField):
     def to_python(self, value: Any) -> list[int]:  # type: ignore[override]
         text = (super().to_python(value) or "").replace(",", ";")
         try:
-            return _parse_port_list("form", text)
+            return parse_port_list("form", text)
         except InventoryError as error:
             raise ValidationError(f"{error.value!r}: {error.message}") from None
 
@@ -190,6 +225,19 @@ class ImportForm(forms.Form):
     format = forms.ChoiceField(choices=IMPORT_FORMATS, initial="auto")
     datacenter = forms.SlugField(required=False, help_text="geofeed only: datacenter code")
     purpose = forms.SlugField(required=False, help_text="geofeed only: pool purpose")
+    large_prefixes = forms.BooleanField(
+        required=False,
+        label="Allow large prefixes (admins only)",
+        help_text=(
+            f"geofeed only: a prefix may stand for up to {MAX_RECORDS:,} addresses "
+            f"instead of {PREFIX_ADDRESSES}"
+        ),
+    )
+
+    def __init__(self, *args: Any, admin: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not admin:  # an operator's import cannot expand a /16 into 65,536 rows
+            del self.fields["large_prefixes"]
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}

@@ -19,7 +19,7 @@ from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db.models import ProtectedError, Q
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.gzip import gzip_page
@@ -27,7 +27,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 import allocator as alloc
 from planner import charts, dashboard, heatmap, selectors
-from planner.api.permissions import OPERATOR, RANK, VIEWER, user_rank
+from planner.api.permissions import ADMIN, OPERATOR, RANK, VIEWER, user_rank
 from planner.choices import AgentStatus, MachineState, RevisionStatus
 from planner.inventory_io import InventoryError, parse_inventory
 from planner.models import AuditEntry, Datacenter, EgressIP, EgressPool, Machine, PlanRevision
@@ -69,6 +69,14 @@ def page(
     return render(request, template, context, status=status)
 
 
+def bad_request(
+    request: HttpRequest, *, what: str, problems: list[str], back: str = ""
+) -> HttpResponse:
+    """A 400 page: what was asked is shown through the template, escaped, never raw."""
+    context = {"what": what, "problems": problems, "back": back}
+    return page(request, "ui/bad_request.html", context, status=400)
+
+
 @viewer_required
 def overview(request: HttpRequest) -> HttpResponse:
     context = {"cards": dashboard.overview_cards(), "running_out": selectors.pools_running_out()}
@@ -81,7 +89,12 @@ def datacenter_detail(request: HttpRequest, code: str) -> HttpResponse:
     datacenter = get_object_or_404(Datacenter, code=code)
     query = f.HeatmapQuery(request.GET)
     if not query.is_valid():
-        return HttpResponseBadRequest(query.error_text())
+        return bad_request(
+            request,
+            what=f"The heatmap of {datacenter.code}",
+            problems=query.error_lines(),
+            back=reverse("datacenter", kwargs={"code": datacenter.code}),
+        )
     pools = dashboard.pool_rows(datacenter=datacenter)
     context = {
         "datacenter": datacenter,
@@ -101,7 +114,8 @@ def heatmap_data(request: HttpRequest, code: str) -> HttpResponse:
     datacenter = get_object_or_404(Datacenter, code=code)
     query = f.HeatmapQuery(request.GET)
     if not query.is_valid():
-        return HttpResponseBadRequest(query.error_text())
+        # JSON, as the API's 400: the page's script reads it, and no browser renders it.
+        return JsonResponse(query.errors.get_json_data(), status=400)
     picture = heatmap.datacenter_heatmap(
         datacenter=datacenter, mode=query.chosen_mode(), filters=query.heatmap_filter()
     )
@@ -286,17 +300,9 @@ def what_if_context(request: HttpRequest, datacenter: Datacenter) -> dict[str, A
     form = f.WhatIfForm(request.GET, datacenter=datacenter)
     if not form.is_valid():
         return {"what_if_form": form}
-    data = form.cleaned_data
-    pool = data["pool"]
-    question = dashboard.WhatIf(
-        pool=pool,
-        add_machines=data.get("add_machines") or 0,
-        add_ips=data.get("add_ips") or 0,
-        slice_size=data.get("slice_size"),
-        slices_per_machine=data.get("slices_per_machine"),
-    )
+    question = form.question()
     result = dashboard.what_if(datacenter=datacenter, question=question)
-    return {"what_if_form": form, "what_if": result, "what_if_pool": pool.key}
+    return {"what_if_form": form, "what_if": result, "what_if_pool": question.pool.key}
 
 
 # Machines, pools, IPs.
@@ -328,7 +334,12 @@ def machine_state(request: HttpRequest, hostname: str) -> HttpResponse:
     machine = get_object_or_404(Machine, hostname=hostname)
     state = request.POST.get("state", "")
     if state not in {MachineState.DRAINING, MachineState.ACTIVE}:
-        return HttpResponseBadRequest(f"state: expected draining or active, got {state!r}")
+        return bad_request(
+            request,
+            what=f"The state of {hostname}",
+            problems=[f"state: expected draining or active, got {state[:100]!r}"],
+            back=reverse("machine", kwargs={"hostname": hostname}),
+        )
     try:
         inventory.machine_save(machine=machine, values={"state": state})
     except ValidationError as error:
@@ -598,8 +609,10 @@ def _detail_url(kind: str, instance: Any) -> str:
 @operator_required
 @require_http_methods(["GET", "POST"])
 def inventory_import(request: HttpRequest) -> HttpResponse:
-    form = f.ImportForm(request.POST or None, request.FILES or None)
+    admin = user_rank(request.user) >= RANK[ADMIN]
+    form = f.ImportForm(request.POST or None, request.FILES or None, admin=admin)
     errors: list[InventoryError] = []
+    refused = ""
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         records = []
@@ -609,14 +622,28 @@ def inventory_import(request: HttpRequest) -> HttpResponse:
                 fmt=data["format"],
                 datacenter=data.get("datacenter") or "",
                 purpose=data.get("purpose") or "",
+                large_prefixes=bool(data.get("large_prefixes")),
             )
             counts = inventory.inventory_import(records=records)
         except InventoryError as error:
             # Refused whole; list every bad row, not only the first, so one fix round does.
-            errors = (records and inventory.inventory_import_check(records=records)) or [error]
+            errors = _import_errors(records) or [error]
+        except Conflict as error:  # another writer holds a datacenter: try again later
+            refused = str(error)
         else:
             written = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
             messages.success(request, f"Imported {written or 'nothing'}.")
             return redirect("inventory")
-    status = 400 if request.method == "POST" else 200
-    return page(request, "ui/import.html", {"form": form, "errors": errors}, status)
+    status = (409 if refused else 400) if request.method == "POST" else 200
+    context = {"form": form, "errors": errors, "refused": refused}
+    return page(request, "ui/import.html", context, status)
+
+
+def _import_errors(records: list[Any]) -> list[InventoryError]:
+    """Every bad record, or none when the check itself meets a busy datacenter."""
+    if not records:
+        return []
+    try:
+        return inventory.inventory_import_check(records=records)
+    except Conflict:
+        return []

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from django.contrib.auth import authenticate, get_user_model
 from django.core.management import call_command
+from django.test import RequestFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -18,6 +19,8 @@ def test_it_creates_one_admin_with_a_password_only_in_var(settings: object, tmp_
     password = (tmp_path / "admin-password").read_text().strip()
     assert stat.S_IMODE((tmp_path / "admin-password").stat().st_mode) == 0o600
     assert password not in out.getvalue()
-    assert authenticate(username="admin", password=password) is not None
+    # A login always has its request: django-axes counts failures per address.
+    login = RequestFactory().post("/login/")
+    assert authenticate(login, username="admin", password=password) is not None
     call_command("ensure_admin", stdout=io.StringIO())
     assert get_user_model().objects.filter(is_superuser=True).count() == 1

@@ -6,8 +6,14 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from planner.audit import acting_as
-from planner.inventory_io import InventoryError, parse_inventory
+from planner.inventory_io import (
+    MAX_RECORDS,
+    PREFIX_ADDRESSES,
+    InventoryError,
+    parse_inventory,
+)
 from planner.services.inventory import inventory_import
+from planner.services.locks import Conflict
 
 
 class Command(BaseCommand):
@@ -25,6 +31,14 @@ class Command(BaseCommand):
         )
         parser.add_argument("--datacenter", default="", help="geofeed only: datacenter code")
         parser.add_argument("--purpose", default="", help="geofeed only: pool purpose")
+        parser.add_argument(
+            "--large-prefixes",
+            action="store_true",
+            help=(
+                f"geofeed only: let a prefix stand for up to {MAX_RECORDS:,} addresses "
+                f"(default at most {PREFIX_ADDRESSES})"
+            ),
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         path: Path = options["file"]
@@ -38,10 +52,11 @@ class Command(BaseCommand):
                 fmt=options["format"],
                 datacenter=options["datacenter"],
                 purpose=options["purpose"],
+                large_prefixes=options["large_prefixes"],
             )
             with acting_as("system:import_inventory"):
                 counts = inventory_import(records=records)
-        except InventoryError as error:
+        except (InventoryError, Conflict) as error:
             raise CommandError(f"{path}: {error}; nothing was imported") from None
         summary = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
         self.stdout.write(f"imported {summary or 'nothing'} from {path}")
