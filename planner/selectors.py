@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -265,20 +266,44 @@ def bundle_slices(*, machine_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
 def shared_prefixes(*, datacenter_ids: Iterable[int]) -> dict[int, list[str]]:
     """Each datacenter's egress addresses (every state: a drained IP is still someone's
     address) collapsed into prefixes, IPv4 first: what every host's guard covers."""
-    addresses: dict[int, list[Any]] = {}  # Any: collapse_addresses takes one version at a time
-    rows = EgressIP.objects.filter(pool__datacenter_id__in=list(datacenter_ids)).values_list(
-        "pool__datacenter_id", "address"
+    addresses: dict[int, list[str]] = {}
+    rows = (
+        EgressIP.objects.filter(pool__datacenter_id__in=list(datacenter_ids))
+        .order_by()
+        .values_list("pool__datacenter_id", "address")
     )
     for dc, address in rows:
-        addresses.setdefault(dc, []).append(ipaddress.ip_network(address))
-    return {
-        dc: [
-            str(prefix)
-            for version in (4, 6)
-            for prefix in ipaddress.collapse_addresses(n for n in nets if n.version == version)
-        ]
-        for dc, nets in addresses.items()
-    }
+        addresses.setdefault(dc, []).append(address)
+    return {dc: collapsed_prefixes(found) for dc, found in addresses.items()}
+
+
+def collapsed_prefixes(addresses: Iterable[str]) -> list[str]:
+    """The fewest prefixes covering exactly ``addresses``, IPv4 first, each family in
+    order: what ``ipaddress.collapse_addresses`` gives, from integers rather than one
+    address object per address (a bundle for a datacenter of 10,000 IPs paid 0.7 s
+    for those). Each run of consecutive addresses is summarized on its own."""
+    addresses = list(addresses)
+    prefixes = []
+    for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
+        make = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+        numbers = sorted(
+            {
+                int.from_bytes(socket.inet_pton(family, address), "big")
+                for address in addresses
+                if (":" in address) == (version == 6)
+            }
+        )
+        runs: list[list[int]] = []
+        for number in numbers:
+            if runs and runs[-1][1] == number - 1:
+                runs[-1][1] = number
+            else:
+                runs.append([number, number])
+        for first, last in runs:
+            prefixes += [
+                str(net) for net in ipaddress.summarize_address_range(make(first), make(last))
+            ]
+    return prefixes
 
 
 def bundle_claims(
