@@ -115,16 +115,13 @@ def planner_inputs(
                 address, keys[pool_id], alloc.PortRange(lo, hi), frozenset(reserved), state
             )
         )
+    memberships = Machine.pools.through.objects.filter(egresspool_id__in=list(keys)).order_by()
     served: dict[int, set[str]] = {}
-    for machine_id, pool_id in (
-        Machine.pools.through.objects.filter(egresspool_id__in=list(keys))
-        .order_by()
-        .values_list("machine_id", "egresspool_id")
-    ):
+    for machine_id, pool_id in memberships.values_list("machine_id", "egresspool_id"):
         served.setdefault(machine_id, set()).add(keys[pool_id])
     machine_rows = Machine.objects.filter(datacenter=datacenter).order_by()
-    if pool_ids is not None:
-        machine_rows = machine_rows.filter(pk__in=list(served))
+    if pool_ids is not None:  # a semi-join: thousands of ids are no list to send
+        machine_rows = machine_rows.filter(pk__in=memberships.values("machine_id"))
     names: dict[int, str] = {}
     machines = []
     for pk, hostname, weight, state in machine_rows.values_list(
