@@ -25,7 +25,7 @@ from allocator.model import (
     Slice,
     validate_policy,
 )
-from allocator.planning import DEFAULT_DRAIN, Plan, plan
+from allocator.planning import DEFAULT_DRAIN, Plan, collector_paused, plan
 from allocator.ports import USABLE_PORTS, PortRange
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "PortRange",
     "Shortfall",
     "Slice",
+    "collector_paused",
     "headroom",
     "ips_needed",
     "misfits",

@@ -80,18 +80,19 @@ def plan(
     """
     if drain_for < timedelta(0):
         raise ValueError(f"drain_for={drain_for} must not be negative")
-    with _collector_paused():
+    with collector_paused():
         inventory = Inventory.build(ips, machines, policies)
         return _plan(inventory, previous, now=now, drain_until=now + drain_for, usage=usage)
 
 
 @contextmanager
-def _collector_paused() -> Iterator[None]:
+def collector_paused() -> Iterator[None]:
     """Pause CPython's cyclic garbage collector while planning.
 
     A plan allocates a few hundred thousand small objects, none in a reference
     cycle; as they pile up the collector rescans the whole heap again and again,
     which more than doubled a re-plan of 100,000 slices (see docs/benchmarks.md).
+    The planner pauses it the same way while it reads a plan's inputs.
     """
     was_enabled = gc.isenabled()
     gc.disable()

@@ -204,7 +204,9 @@ def stored_slices(
     addresses = {row.ip for row in rows}
     if not addresses:
         return []
-    queryset = PortSlice.objects.filter(ip__pool__datacenter=datacenter)
+    # No ORDER BY: the grid sorts each IP's slices itself, and sorting 80,000 rows
+    # in the database spilled to disk.
+    queryset = PortSlice.objects.filter(ip__pool__datacenter=datacenter).order_by()
     if len(addresses) < 500:
         queryset = queryset.filter(ip__address__in=addresses)
     names = dict(Machine.objects.filter(datacenter=datacenter).values_list("pk", "hostname"))
@@ -299,9 +301,12 @@ def build_heatmap(
         cells.sort(key=lambda cell: cell.lo)
     machines = sorted({cell.machine for cell in slices})
     machine_index = {name: index for index, name in enumerate(machines)}
-    # A pool row only counts owned cells, so one code does for every machine there.
+    # A pool row only counts owned cells, so one code does for every machine there;
+    # only the ownership grid shows machine colours (0.3 s at 80,000 slices to pick).
     colour: dict[tuple[int, str], int] = (
-        defaultdict(lambda: MACHINE_BASE) if collapse else _machine_colours(rows, by_ip)
+        defaultdict(lambda: MACHINE_BASE)
+        if collapse or mode != OWNERSHIP
+        else _machine_colours(rows, by_ip)
     )
     z: list[list[Any]] = []
     hover: list[list[Any]] = []

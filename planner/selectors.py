@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+import socket
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,7 +17,7 @@ from django.utils import timezone
 
 import allocator as alloc
 from planner import forecast, signing
-from planner.choices import AgentStatus, BundleStatus, MachineState, RevisionStatus
+from planner.choices import AgentStatus, BundleStatus, MachineState, RevisionStatus, SliceState
 from planner.constants import USABLE_PORT_COUNT
 from planner.inventory_io import GeofeedEntry
 from planner.models import (
@@ -31,6 +32,7 @@ from planner.models import (
     RebalancePolicy,
     RebalanceRun,
     UsageSample,
+    pool_key,
 )
 from planner.steering import SteeringRow
 
@@ -78,30 +80,111 @@ def current_revision(*, datacenter: Datacenter) -> int:
     return latest or 0
 
 
-def planner_inputs(*, datacenter: Datacenter) -> PlannerInputs:
-    pools = {p.pk: p for p in EgressPool.objects.filter(datacenter=datacenter)}
-    for pool in pools.values():
-        pool.datacenter = datacenter  # key needs the code; spare a query per pool
-    ips = tuple(
-        _alloc_ip(ip, pools[ip.pool_id])
-        for ip in EgressIP.objects.filter(pool__datacenter=datacenter)
-    )
-    served: dict[int, set[str]] = {}
-    for machine_id, pool_id in Machine.pools.through.objects.filter(
-        machine__datacenter=datacenter, egresspool__datacenter=datacenter
-    ).values_list("machine_id", "egresspool_id"):
-        served.setdefault(machine_id, set()).add(pools[pool_id].key)
-    machines = tuple(
-        alloc.Machine(
-            name=hostname, pools=frozenset(served.get(pk, ())), weight=weight, state=state
+def planner_inputs(
+    *, datacenter: Datacenter, pool_ids: Collection[int] | None = None
+) -> PlannerInputs:
+    """The allocator's inputs for the datacenter, or for the pools ``pool_ids`` only.
+
+    Scoped, a machine appears with the pools of the scope it serves, and the
+    slices are those on the scope's IPs: pools share nothing in the allocator,
+    so the plan of these inputs is the full plan's for these pools.
+
+    Read lean, as a plan reads 100,000 slices: tuples rather than model
+    instances, no default ordering (the allocator sorts), ids rather than
+    joins, each pool's key computed once.
+    """
+    pools = EgressPool.objects.filter(datacenter=datacenter).order_by()
+    if pool_ids is not None:
+        pools = pools.filter(pk__in=list(pool_ids))
+    keys: dict[int, str] = {}
+    policies: dict[str, alloc.PoolPolicy] = {}
+    for pk, purpose, country, region, city, size, base, ceiling in pools.values_list(
+        "pk", *POOL_NAME_FIELDS, "slice_size", "slices_per_machine", "max_slices_per_machine"
+    ):
+        keys[pk] = pool_key(datacenter.code, purpose, country, region, city)
+        policies[keys[pk]] = alloc.PoolPolicy(size, base, ceiling)
+    addresses: dict[int, str] = {}
+    ips = []
+    for pk, address, pool_id, lo, hi, reserved, state in (
+        EgressIP.objects.filter(pool_id__in=list(keys))
+        .order_by()
+        .values_list(
+            "pk", "address", "pool_id", "usable_lo", "usable_hi", "reserved_ports", "state"
         )
-        for pk, hostname, weight, state in Machine.objects.filter(
-            datacenter=datacenter
-        ).values_list("pk", "hostname", "weight", "state")
+    ):
+        addresses[pk] = address
+        ips.append(
+            alloc.EgressIP(
+                address, keys[pool_id], alloc.PortRange(lo, hi), frozenset(reserved), state
+            )
+        )
+    memberships = Machine.pools.through.objects.filter(egresspool_id__in=list(keys)).order_by()
+    served: dict[int, set[str]] = {}
+    for machine_id, pool_id in memberships.values_list("machine_id", "egresspool_id"):
+        served.setdefault(machine_id, set()).add(keys[pool_id])
+    machine_rows = Machine.objects.filter(datacenter=datacenter).order_by()
+    if pool_ids is not None:  # a semi-join: thousands of ids are no list to send
+        machine_rows = machine_rows.filter(pk__in=memberships.values("machine_id"))
+    names: dict[int, str] = {}
+    machines = []
+    for pk, hostname, weight, state in machine_rows.values_list(
+        "pk", "hostname", "weight", "state"
+    ):
+        names[pk] = hostname
+        machines.append(alloc.Machine(hostname, frozenset(served.get(pk, ())), weight, state))
+    previous = _scope_slices(addresses, names)
+    return PlannerInputs(tuple(ips), tuple(machines), previous, policies)
+
+
+# The fields a pool's key is made of, after its datacenter's code.
+POOL_NAME_FIELDS = ("purpose", "country", "region", "city")
+
+
+def _scope_slices(addresses: dict[int, str], names: dict[int, str]) -> tuple[alloc.Slice, ...]:
+    """The live slices on the IPs ``addresses`` (id -> address); ``names`` maps the
+    machine ids known so far to hostnames, and learns those of owners it lacks
+    (a machine that left the scope's pools still owns its draining slices)."""
+    rows = list(
+        PortSlice.objects.filter(ip_id__in=list(addresses))
+        .order_by()
+        .values_list("ip_id", "lo", "hi", "machine_id", "state", "drain_until")
     )
-    previous = _alloc_slices(live_slices(datacenter=datacenter))
-    policies = {pool.key: _alloc_policy(pool) for pool in pools.values()}
-    return PlannerInputs(ips, machines, previous, policies)
+    unknown = {row[3] for row in rows} - names.keys()
+    if unknown:
+        names.update(Machine.objects.filter(pk__in=unknown).values_list("pk", "hostname"))
+    return tuple(
+        alloc.Slice(addresses[ip], lo, hi, names[machine], state, until)
+        for ip, lo, hi, machine, state, until in rows
+    )
+
+
+def plan_scope(
+    *, datacenter: Datacenter, now: datetime, pool_keys: Collection[str] = ()
+) -> set[int]:
+    """The pools a scoped plan covers: those an inventory change marked dirty, those
+    holding a drain that has ended at ``now``, and those named in ``pool_keys``
+    (the pools the usage given to the allocator speaks of)."""
+    dirty = set(
+        EgressPool.objects.filter(datacenter=datacenter, plan_dirty=True).values_list(
+            "pk", flat=True
+        )
+    )
+    ended = PortSlice.objects.filter(
+        state=SliceState.DRAINING,
+        drain_until__lte=now,
+        ip__pool__datacenter=datacenter,
+    ).values_list("ip__pool_id", flat=True)
+    dirty.update(ended.order_by().distinct())
+    if pool_keys:
+        wanted = set(pool_keys)
+        for pk, purpose, country, region, city in (
+            EgressPool.objects.filter(datacenter=datacenter)
+            .order_by()
+            .values_list("pk", *POOL_NAME_FIELDS)
+        ):
+            if pool_key(datacenter.code, purpose, country, region, city) in wanted:
+                dirty.add(pk)
+    return dirty
 
 
 def slice_fit_inputs(
@@ -183,20 +266,44 @@ def bundle_slices(*, machine_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
 def shared_prefixes(*, datacenter_ids: Iterable[int]) -> dict[int, list[str]]:
     """Each datacenter's egress addresses (every state: a drained IP is still someone's
     address) collapsed into prefixes, IPv4 first: what every host's guard covers."""
-    addresses: dict[int, list[Any]] = {}  # Any: collapse_addresses takes one version at a time
-    rows = EgressIP.objects.filter(pool__datacenter_id__in=list(datacenter_ids)).values_list(
-        "pool__datacenter_id", "address"
+    addresses: dict[int, list[str]] = {}
+    rows = (
+        EgressIP.objects.filter(pool__datacenter_id__in=list(datacenter_ids))
+        .order_by()
+        .values_list("pool__datacenter_id", "address")
     )
     for dc, address in rows:
-        addresses.setdefault(dc, []).append(ipaddress.ip_network(address))
-    return {
-        dc: [
-            str(prefix)
-            for version in (4, 6)
-            for prefix in ipaddress.collapse_addresses(n for n in nets if n.version == version)
-        ]
-        for dc, nets in addresses.items()
-    }
+        addresses.setdefault(dc, []).append(address)
+    return {dc: collapsed_prefixes(found) for dc, found in addresses.items()}
+
+
+def collapsed_prefixes(addresses: Iterable[str]) -> list[str]:
+    """The fewest prefixes covering exactly ``addresses``, IPv4 first, each family in
+    order: what ``ipaddress.collapse_addresses`` gives, from integers rather than one
+    address object per address (a bundle for a datacenter of 10,000 IPs paid 0.7 s
+    for those). Each run of consecutive addresses is summarized on its own."""
+    addresses = list(addresses)
+    prefixes = []
+    for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
+        make = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+        numbers = sorted(
+            {
+                int.from_bytes(socket.inet_pton(family, address), "big")
+                for address in addresses
+                if (":" in address) == (version == 6)
+            }
+        )
+        runs: list[list[int]] = []
+        for number in numbers:
+            if runs and runs[-1][1] == number - 1:
+                runs[-1][1] = number
+            else:
+                runs.append([number, number])
+        for first, last in runs:
+            prefixes += [
+                str(net) for net in ipaddress.summarize_address_range(make(first), make(last))
+            ]
+    return prefixes
 
 
 def bundle_claims(

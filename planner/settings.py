@@ -232,6 +232,24 @@ PLAN_LOCK_WAIT_SECONDS = envint("PLAN_LOCK_WAIT_SECONDS", 10)
 # How long a slice taken from its machine keeps steering to it (make-before-break).
 DRAIN_SECONDS = envint("DRAIN_SECONDS", int(DEFAULT_DRAIN.total_seconds()))
 
+# One cache for every web process (the datacenter page's headroom, keyed by
+# the newest write): with a cache per gunicorn worker, the view after a write
+# lands on a worker that computes it again. Redis in production; the quick
+# start's single process does with local memory.
+CACHE_URL = os.environ.get("CACHE_URL", "locmem://")
+
+
+def cache_backend(url: str) -> dict[str, str]:
+    """Django's cache settings for ``CACHE_URL``: ``redis://…`` or ``locmem://``."""
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url}
+    if url == "locmem://":
+        return {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    raise ValueError(f"CACHE_URL={url!r} is not redis://… or locmem://")
+
+
+CACHES = {"default": cache_backend(CACHE_URL)}
+
 # The quick start needs no broker server: kombu's filesystem transport passes
 # messages through folders under var/ (and keeps its exchange tables there, not
 # in a control/ folder of whatever directory a process started in). Production

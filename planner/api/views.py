@@ -74,6 +74,14 @@ PLAN_PARAMETERS = [
     ),
     OpenApiParameter("inputs_digest", str, description="with plan=apply: the preview's digest"),
 ]
+SCOPE = OpenApiParameter(
+    "scope",
+    str,
+    enum=["changed", "full"],
+    description="`changed` (the default) plans only the pools an inventory change or an "
+    "ended drain left dirty; `full` plans every pool of the datacenter. Preview and apply "
+    "must use the same scope: the digest covers the scope's inputs.",
+)
 PLANNED_RESPONSES = {
     200: OpenApiResponse(
         description="with ?plan: `{preview}` for plan=preview, `{revision}` for plan=apply"
@@ -160,12 +168,22 @@ class DatacenterViewSet(InventoryViewSet):
     ordering_fields = ["code", "name", "country"]
     roles = {"plan_apply": OPERATOR, "plan_preview": OPERATOR, "revision_approve": OPERATOR}
 
-    @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT}, parameters=[SCOPE])
     @action(detail=True, methods=["post"], url_path="plan/preview")
     def plan_preview(self, request: Request, code: str) -> Response:
-        """The diff and the capacity per pool a plan would give now; writes nothing."""
-        preview = plans.plan_preview(datacenter=self.get_object())
+        """The diff and the capacity per pool a plan would give now; writes nothing.
+
+        Plans the pools an inventory change or an ended drain left dirty, or every
+        pool with ``?scope=full``.
+        """
+        preview = plans.plan_preview(datacenter=self.get_object(), full=self._full_scope())
         return Response(preview.as_dict())
+
+    def _full_scope(self) -> bool:
+        scope = self.request.query_params.get("scope", "changed")
+        if scope not in {"changed", "full"}:
+            raise ValidationError({"scope": f"{scope[:40]!r} is not 'changed' or 'full'."})
+        return scope == "full"
 
     @extend_schema(
         request=s.PlanApplySerializer,
@@ -177,6 +195,7 @@ class DatacenterViewSet(InventoryViewSet):
             ),
             422: OpenApiResponse(description="a pool lacks IPs: the shortfall per pool"),
         },
+        parameters=[SCOPE],
     )
     @action(detail=True, methods=["post"], url_path="plan/apply")
     def plan_apply(self, request: Request, code: str) -> Response:
@@ -191,6 +210,7 @@ class DatacenterViewSet(InventoryViewSet):
             inputs_digest=body.validated_data["inputs_digest"],
             reason=body.validated_data["reason"],
             user=request.user,
+            full=self._full_scope(),
         )
         return Response(s.PlanRevisionSerializer(revision).data, status=status.HTTP_201_CREATED)
 

@@ -2,7 +2,7 @@
 
 from planner.models.audit import AuditEntry
 from planner.models.gateways import Gateway
-from planner.models.inventory import Datacenter, EgressIP, EgressPool, Machine
+from planner.models.inventory import Datacenter, EgressIP, EgressPool, Machine, pool_key
 from planner.models.loop import RebalancePolicy, RebalanceRun, ReportRejection
 from planner.models.signing import ConfigBundle, SigningKey
 from planner.models.slices import PlanRevision, PortSlice
@@ -26,4 +26,5 @@ __all__ = [
     "RebalancePolicy",
     "RebalanceRun",
     "ReportRejection",
+    "pool_key",
 ]

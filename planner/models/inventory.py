@@ -109,6 +109,12 @@ class Datacenter(GeoFields):
         return self.code
 
 
+def pool_key(code: str, purpose: str, country: str, region: str, city: str) -> str:
+    """A pool's name from its fields: what :attr:`EgressPool.key` says, for rows read
+    with ``values_list`` (no model instance, no datacenter fetched per pool)."""
+    return "/".join([code, purpose, country, *(part for part in (region, city) if part)])
+
+
 class EgressPool(GeoFields):
     """The egress IPs of one datacenter for one purpose and one geolocation.
 
@@ -127,6 +133,13 @@ class EgressPool(GeoFields):
     )
     max_slices_per_machine = models.PositiveSmallIntegerField(
         null=True, blank=True, validators=[MinValueValidator(1)]
+    )
+    # Set by every inventory write that may change this pool's plan, cleared by
+    # the apply that plans it: a scoped plan covers only such pools (docs/design.md).
+    plan_dirty = models.BooleanField(
+        default=True,
+        editable=False,
+        help_text="An inventory change since its last plan: the next scoped plan covers it",
     )
 
     class Meta:
@@ -153,9 +166,7 @@ class EgressPool(GeoFields):
     @property
     def key(self) -> str:
         """The pool's name as the allocator and the bundles know it."""
-        parts = [self.datacenter.code, self.purpose, self.country]
-        parts += [part for part in (self.region, self.city) if part]
-        return "/".join(parts)
+        return pool_key(self.datacenter.code, self.purpose, self.country, self.region, self.city)
 
     def clean(self) -> None:
         super().clean()

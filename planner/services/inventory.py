@@ -30,7 +30,7 @@ from planner.models import (
 from planner.selectors import slice_fit_inputs
 from planner.services.bundles import bundles_build
 from planner.services.locks import Conflict, datacenter_lock
-from planner.services.plans import PlanPreview, plan_apply, plan_preview
+from planner.services.plans import Change, PlanPreview, plan_apply, plan_preview
 from planner.signing import SigningKeyMissing
 
 POOL_KEY_FIELDS = ("purpose", "country", "region", "city")
@@ -197,8 +197,20 @@ class InventoryChange:
         """Write it, or refuse it whole when it would displace live slices."""
         return _guarded(self)
 
+    def pool_ids(self) -> set[int]:
+        """The pools whose plan this write may change, as stored now and as written."""
+        pools = _pools_of(self.instance)
+        if isinstance(self.values.get("pool"), EgressPool):
+            pools.add(self.values["pool"].pk)
+        pools.update(pool.pk for pool in self.pools or ())
+        return pools
+
     def write(self, *, planned: bool) -> models.Model:
-        """Make the write (under the caller's lock and transaction)."""
+        """Make the write (under the caller's lock and transaction).
+
+        The database marks the pools it affects dirty (triggers of migration
+        0007), whoever writes: the next scoped plan covers them.
+        """
         instance = self.instance
         if self.delete:
             _delete(instance, planned=planned)
@@ -218,6 +230,24 @@ class InventoryChange:
         if self.pools is not None and isinstance(instance, Machine):
             _set_pools(instance, self.pools)
         return instance
+
+
+def _pools_of(instance: models.Model) -> set[int]:
+    """The stored pools a plan of ``instance`` depends on: a machine's, an IP's, a pool
+    itself, a datacenter's."""
+    if instance.pk is None:
+        return set()
+    if isinstance(instance, Machine):
+        found = EgressPool.objects.filter(machines=instance)
+    elif isinstance(instance, EgressIP):
+        found = EgressPool.objects.filter(ips=instance)
+    elif isinstance(instance, EgressPool):
+        found = EgressPool.objects.filter(pk=instance.pk)
+    elif isinstance(instance, Datacenter):
+        found = EgressPool.objects.filter(datacenter=instance)
+    else:
+        return set()
+    return set(found.order_by().values_list("pk", flat=True))
 
 
 def _delete(instance: models.Model, *, planned: bool) -> None:
@@ -373,9 +403,7 @@ def inventory_delete(*, instance: models.Model) -> None:
 
 def inventory_plan_preview(*, change: InventoryChange, now: datetime | None = None) -> PlanPreview:
     """The plan as it would be with ``change`` written; nothing stays written."""
-    return plan_preview(
-        datacenter=_datacenter_of(change), now=now, change=lambda: change.write(planned=True)
-    )
+    return plan_preview(datacenter=_datacenter_of(change), now=now, change=_planned(change))
 
 
 def inventory_plan_apply(
@@ -394,8 +422,12 @@ def inventory_plan_apply(
         user=user,
         reason=reason or f"inventory change: {change.instance}",
         now=now,
-        change=lambda: change.write(planned=True),
+        change=_planned(change),
     )
+
+
+def _planned(change: InventoryChange) -> Change:
+    return Change(write=lambda: change.write(planned=True), pools=change.pool_ids)
 
 
 def _datacenter_of(change: InventoryChange) -> Datacenter:

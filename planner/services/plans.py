@@ -1,4 +1,5 @@
-"""Plans: preview a datacenter's allocation, apply it whole, free ended drains."""
+"""Plans: preview a datacenter's allocation (the pools a change touched, or all), apply it
+whole, free ended drains."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 import allocator as alloc
@@ -24,15 +26,18 @@ from planner.choices import (
 from planner.models import (
     Datacenter,
     EgressIP,
+    EgressPool,
     Machine,
     PlanRevision,
     PortSlice,
+    pool_key,
 )
 from planner.selectors import (
+    POOL_NAME_FIELDS,
     PlannerInputs,
     current_revision,
-    live_slices,
     next_revision_number,
+    plan_scope,
     planner_inputs,
 )
 from planner.services.bundles import bundles_build
@@ -44,8 +49,20 @@ _BATCH = 2000
 
 # What the allocator is told about usage: (machine, pool) -> utilization 0-1.
 Usage = Mapping[tuple[str, str], float]
-# An inventory write to plan with (see planner.services.inventory): runs under the lock.
-Change = Callable[[], object]
+
+
+@dataclass(frozen=True)
+class Change:
+    """An inventory write to plan with (see planner.services.inventory), run under the lock.
+
+    ``pools`` names, read before ``write`` runs, the ids of the pools the write
+    affects (``write`` marks the same ones dirty): a scoped plan reads their
+    slices from before the write, so slices the write deletes (a removed IP's)
+    show in the diff as freed rather than silently gone.
+    """
+
+    write: Callable[[], object]
+    pools: Callable[[], set[int]]
 
 
 class PlanConflict(Conflict):
@@ -70,6 +87,9 @@ class PlanPreview:
     inputs_digest: str
     plan: alloc.Plan | None
     shortfalls: tuple[alloc.Shortfall, ...] = field(default=())
+    #: The pools planned (their keys); every pool of the datacenter when ``full``.
+    scope: tuple[str, ...] = ()
+    full: bool = False
 
     @property
     def ok(self) -> bool:
@@ -82,6 +102,8 @@ class PlanPreview:
             "base_revision": self.base_revision,
             "inputs_digest": self.inputs_digest,
             "ok": self.ok,
+            "scope": "full" if self.full else "changed",
+            "pools_planned": list(self.scope),
             "shortfalls": shortfalls_as_list(self.shortfalls),
         }
         if self.plan is not None:
@@ -109,27 +131,28 @@ def inputs_digest(inputs: PlannerInputs, *, now: datetime, usage: Usage | None =
     of these differ, the plan may differ, and so does the digest.
     """
     at = now.timestamp()
-    canonical = (
-        sorted(
-            (ip.address, ip.pool, ip.usable.lo, ip.usable.hi, sorted(ip.reserved), ip.state)
-            for ip in inputs.ips
-        ),
-        sorted((m.name, sorted(m.pools), m.weight, m.state) for m in inputs.machines),
-        sorted(
-            (
-                s.ip,
-                s.lo,
-                s.hi,
-                s.machine,
-                s.state,
-                s.drain_until.timestamp() if s.drain_until else 0.0,
-                bool(s.drain_until and s.drain_until.timestamp() <= at),
-            )
-            for s in inputs.previous
-        ),
-        sorted((pool, astuple(policy)) for pool, policy in inputs.policies.items()),
-        sorted((owner, round(value, 4)) for owner, value in (usage or {}).items()),
-    )
+    with alloc.collector_paused():  # a tuple per slice, none in a cycle
+        canonical = (
+            sorted(
+                (ip.address, ip.pool, ip.usable.lo, ip.usable.hi, sorted(ip.reserved), ip.state)
+                for ip in inputs.ips
+            ),
+            sorted((m.name, sorted(m.pools), m.weight, m.state) for m in inputs.machines),
+            sorted(
+                (
+                    s.ip,
+                    s.lo,
+                    s.hi,
+                    s.machine,
+                    s.state,
+                    s.drain_until.timestamp() if s.drain_until else 0.0,
+                    bool(s.drain_until and s.drain_until.timestamp() <= at),
+                )
+                for s in inputs.previous
+            ),
+            sorted((pool, astuple(policy)) for pool, policy in inputs.policies.items()),
+            sorted((owner, round(value, 4)) for owner, value in (usage or {}).items()),
+        )
     return hashlib.sha256(repr(canonical).encode()).hexdigest()
 
 
@@ -139,40 +162,76 @@ def plan_preview(
     now: datetime | None = None,
     usage: Usage | None = None,
     change: Change | None = None,
+    full: bool = False,
 ) -> PlanPreview:
     """The diff and capacity of a plan from the current inventory, or its shortfalls.
 
-    With ``change``, the plan as it would be right after that inventory write:
-    the write is made, planned with, and rolled back; nothing stays written.
+    Plans the pools in scope (:func:`planner.selectors.plan_scope`), or every
+    pool of the datacenter when ``full``. With ``change``, the plan as it would
+    be right after that inventory write: the write is made, planned with, and
+    rolled back; nothing stays written.
     """
     now = now or timezone.now()
     if change is None:
-        return _preview(datacenter, planner_inputs(datacenter=datacenter), now, usage)
+        inputs = _inputs(datacenter, now, usage, full)
+        return _preview(datacenter, inputs, now, usage, full)
     with transaction.atomic():
         datacenter_lock(datacenter.pk, code=datacenter.code)
-        preview = _preview(datacenter, _inputs_after(datacenter, change), now, usage)
+        inputs = _inputs_after(datacenter, change, now, usage, full)
+        preview = _preview(datacenter, inputs, now, usage, full)
         transaction.set_rollback(True)
     return preview
 
 
+def _scope(
+    datacenter: Datacenter, now: datetime, usage: Usage | None, full: bool
+) -> set[int] | None:
+    """The ids of the pools to plan; None for all of them."""
+    if full:
+        return None
+    pools = {pool for _, pool in usage or {}}
+    return plan_scope(datacenter=datacenter, now=now, pool_keys=pools)
+
+
+def _inputs(
+    datacenter: Datacenter, now: datetime, usage: Usage | None, full: bool
+) -> PlannerInputs:
+    scope = _scope(datacenter, now, usage, full)
+    with alloc.collector_paused():  # 100,000 slices read as objects, none in a cycle
+        return planner_inputs(datacenter=datacenter, pool_ids=scope)
+
+
 def _preview(
-    datacenter: Datacenter, inputs: PlannerInputs, now: datetime, usage: Usage | None
+    datacenter: Datacenter,
+    inputs: PlannerInputs,
+    now: datetime,
+    usage: Usage | None,
+    full: bool,
 ) -> PlanPreview:
     base = current_revision(datacenter=datacenter)
     digest = inputs_digest(inputs, now=now, usage=usage)
+    scope = tuple(sorted(inputs.policies))
     try:
         plan = _compute_plan(inputs, now, usage)
     except alloc.CapacityError as error:
-        return PlanPreview(datacenter.code, base, digest, None, error.shortfalls)
-    return PlanPreview(datacenter.code, base, digest, plan)
+        return PlanPreview(datacenter.code, base, digest, None, error.shortfalls, scope, full)
+    return PlanPreview(datacenter.code, base, digest, plan, (), scope, full)
 
 
-def _inputs_after(datacenter: Datacenter, change: Change) -> PlannerInputs:
+def _inputs_after(
+    datacenter: Datacenter, change: Change, now: datetime, usage: Usage | None, full: bool
+) -> PlannerInputs:
     """The inventory after ``change``, with the live slices from before it: a removed
     IP's slices then show in the diff as freed rather than silently gone."""
-    before = planner_inputs(datacenter=datacenter).previous
-    change()
-    return replace(planner_inputs(datacenter=datacenter), previous=before)
+    scope = _scope(datacenter, now, usage, full)
+    if scope is not None:
+        scope |= change.pools()
+    with alloc.collector_paused():
+        before = planner_inputs(datacenter=datacenter, pool_ids=scope).previous
+    change.write()
+    with alloc.collector_paused():
+        after = planner_inputs(datacenter=datacenter, pool_ids=scope)
+    return replace(after, previous=before)
 
 
 def _compute_plan(inputs: PlannerInputs, now: datetime, usage: Usage | None) -> alloc.Plan:
@@ -183,8 +242,16 @@ def _compute_plan(inputs: PlannerInputs, now: datetime, usage: Usage | None) -> 
         policies=inputs.policies,
         now=now,
         drain_for=timedelta(seconds=settings.DRAIN_SECONDS),
-        usage=usage,
+        usage=_in_scope(usage, inputs),
     )
+
+
+def _in_scope(usage: Usage | None, inputs: PlannerInputs) -> Usage | None:
+    """Usage of the pools planned: figures of other pools would ask the allocator for
+    pools it has no IPs of."""
+    if not usage:
+        return usage
+    return {owner: level for owner, level in usage.items() if owner[1] in inputs.policies}
 
 
 def plan_apply(
@@ -197,6 +264,7 @@ def plan_apply(
     usage: Usage | None = None,
     change: Change | None = None,
     draft: PlanRevision | None = None,
+    full: bool = False,
 ) -> PlanRevision:
     """Apply the plan a preview showed: whole, or nothing.
 
@@ -204,11 +272,12 @@ def plan_apply(
     becomes the applied revision instead of a new one.
 
     Takes the datacenter's lock (:mod:`planner.services.locks`; inventory
-    writes take it too), re-reads every input under it, and refuses with
-    :class:`PlanConflict` (and a fresh preview) unless they still give
-    ``inputs_digest``. With ``change``, that inventory write is made first in
-    the same transaction (the preview must have been made with it too).
-    Raises :class:`allocator.CapacityError` when a pool is short.
+    writes take it too), re-reads the inputs of the scope (every pool when
+    ``full``) under it, and refuses with :class:`PlanConflict` (and a fresh
+    preview) unless they still give ``inputs_digest``. Writes the plan's diff
+    and clears the planned pools' dirty marks. With ``change``, that inventory
+    write is made first in the same transaction (the preview must have been
+    made with it too). Raises :class:`allocator.CapacityError` when a pool is short.
     """
     now = now or timezone.now()
     with transaction.atomic():
@@ -216,13 +285,14 @@ def plan_apply(
         if draft is not None:
             _check_still_draft(datacenter, draft)
         if change is None:
-            inputs = planner_inputs(datacenter=datacenter)
+            inputs = _inputs(datacenter, now, usage, full)
         else:
-            inputs = _inputs_after(datacenter, change)
-        _check_digest(datacenter, inputs, inputs_digest, now, usage)
+            inputs = _inputs_after(datacenter, change, now, usage, full)
+        _check_digest(datacenter, inputs, inputs_digest, now, usage, full)
         plan = _compute_plan(inputs, now, usage)
         revision = _record_revision(datacenter, plan, user, reason, now, draft)
-        _write_slices(datacenter, plan, revision)
+        _write_slices(plan, inputs.previous, revision)
+        _mark_planned(datacenter, inputs)
         _sign_touched(datacenter, plan, revision, now)
         audit_record(
             action=AuditAction.PLAN_APPLY, instance=revision, changes=revision.diff_summary
@@ -242,31 +312,54 @@ def _check_still_draft(datacenter: Datacenter, draft: PlanRevision) -> None:
 
 
 def _check_digest(
-    datacenter: Datacenter, inputs: PlannerInputs, given: str, now: datetime, usage: Usage | None
+    datacenter: Datacenter,
+    inputs: PlannerInputs,
+    given: str,
+    now: datetime,
+    usage: Usage | None,
+    full: bool,
 ) -> None:
     if inputs_digest(inputs, now=now, usage=usage) == given:
         return
-    fresh = _preview(datacenter, inputs, now, usage)
+    fresh = _preview(datacenter, inputs, now, usage, full)
     raise PlanConflict(
         constants.ERR_STALE_DIGEST % {"datacenter": datacenter.code},
         preview=fresh.as_dict(),
     )
 
 
+def _mark_planned(datacenter: Datacenter, inputs: PlannerInputs) -> None:
+    """The pools just planned wait for no plan any more, until the next change."""
+    planned = [
+        pk
+        for pk, purpose, country, region, city in EgressPool.objects.filter(
+            datacenter=datacenter, plan_dirty=True
+        ).values_list("pk", *POOL_NAME_FIELDS)
+        if pool_key(datacenter.code, purpose, country, region, city) in inputs.policies
+    ]
+    EgressPool.objects.filter(pk__in=planned).update(plan_dirty=False)
+
+
 def plan_apply_current(
-    *, datacenter: Datacenter, reason: str, now: datetime | None = None, user: Any = None
+    *,
+    datacenter: Datacenter,
+    reason: str,
+    now: datetime | None = None,
+    user: Any = None,
+    full: bool = False,
 ) -> PlanRevision:
     """Preview and apply at once, for callers with no operator in between (the
     quick start's seed, freeing ended drains). A change that slips in between
     the two gives :class:`PlanConflict`, as for anyone."""
     now = now or timezone.now()
-    preview = plan_preview(datacenter=datacenter, now=now)
+    preview = plan_preview(datacenter=datacenter, now=now, full=full)
     return plan_apply(
         datacenter=datacenter,
         inputs_digest=preview.inputs_digest,
         reason=reason,
         now=now,
         user=user,
+        full=full,
     )
 
 
@@ -343,30 +436,35 @@ def _record_revision(
     )
 
 
-def _write_slices(datacenter: Datacenter, plan: alloc.Plan, revision: PlanRevision) -> None:
-    """Turn the stored slices into ``plan.slices``: delete, then update, then insert.
+def _write_slices(
+    plan: alloc.Plan, previous: Iterable[alloc.Slice], revision: PlanRevision
+) -> None:
+    """Write ``plan.diff`` over the stored slices it was planned from (``previous``):
+    delete the freed, update those whose state or drain changed, insert the added.
 
+    The diff names every change, so the stored slices are not read back, and the
+    slices it keeps are not touched (their revision stays the one that made them).
     Deleting first frees ports a new slice may take in the same plan; the
     exclusion constraint checks each statement, so the order matters.
     """
-    stored = {
-        (ip, lo, hi, machine): (pk, state, until)
-        for pk, ip, lo, hi, machine, state, until in live_slices(datacenter=datacenter).values_list(
-            "pk", "ip__address", "lo", "hi", "machine__hostname", "state", "drain_until"
-        )
-    }
-    wanted = {(s.ip, s.lo, s.hi, s.machine): s for s in plan.slices}
-    gone = [pk for key, (pk, _, _) in stored.items() if key not in wanted]
-    for start in range(0, len(gone), _BATCH):
-        PortSlice.objects.filter(pk__in=gone[start : start + _BATCH]).delete()
+    diff = plan.diff
+    was_draining = {s for s in previous if s.state == SliceState.DRAINING}
     changed = [
-        PortSlice(pk=stored[key][0], state=s.state, drain_until=s.drain_until, revision=revision)
-        for key, s in wanted.items()
-        if key in stored and stored[key][1:] != (s.state, s.drain_until)
+        *diff.draining,
+        *diff.revived,
+        *(s for s in diff.still_draining if s not in was_draining),
     ]
-    PortSlice.objects.bulk_update(changed, ["state", "drain_until", "revision"], batch_size=_BATCH)
-    ip_ids = dict(EgressIP.objects.filter(pool__datacenter=datacenter).values_list("address", "pk"))
-    machine_ids = dict(Machine.objects.filter(datacenter=datacenter).values_list("hostname", "pk"))
+    ip_ids, machine_ids = _row_ids([*diff.freed, *changed, *diff.added])
+    for start in range(0, len(diff.freed), _BATCH):
+        _slices_at(diff.freed[start : start + _BATCH], ip_ids).delete()
+    by_change: dict[tuple[str, datetime | None], list[alloc.Slice]] = {}
+    for slice_ in changed:
+        by_change.setdefault((slice_.state, slice_.drain_until), []).append(slice_)
+    for (state, until), slices in by_change.items():
+        for start in range(0, len(slices), _BATCH):
+            _slices_at(slices[start : start + _BATCH], ip_ids).update(
+                state=state, drain_until=until, revision=revision
+            )
     PortSlice.objects.bulk_create(
         [
             PortSlice(
@@ -378,17 +476,41 @@ def _write_slices(datacenter: Datacenter, plan: alloc.Plan, revision: PlanRevisi
                 drain_until=s.drain_until,
                 revision=revision,
             )
-            for key, s in wanted.items()
-            if key not in stored
+            for s in diff.added
         ],
         batch_size=_BATCH,
     )
 
 
+def _row_ids(slices: list[alloc.Slice]) -> tuple[dict[str, int], dict[str, int]]:
+    """The row ids of the IPs and machines ``slices`` name, in two queries."""
+    addresses = {s.ip for s in slices}
+    hostnames = {s.machine for s in slices}
+    ip_ids = dict(EgressIP.objects.filter(address__in=addresses).values_list("address", "pk"))
+    machine_ids = dict(Machine.objects.filter(hostname__in=hostnames).values_list("hostname", "pk"))
+    return ip_ids, machine_ids
+
+
+def _slices_at(slices: Iterable[alloc.Slice], ip_ids: Mapping[str, int]) -> QuerySet[PortSlice]:
+    """The stored slices at the places (IP, first port) of ``slices``; two live slices
+    never share one (the exclusion constraint). A freed slice's IP may be gone."""
+    los: dict[int, list[int]] = {}
+    for slice_ in slices:
+        if slice_.ip in ip_ids:
+            los.setdefault(ip_ids[slice_.ip], []).append(slice_.lo)
+    if not los:
+        return PortSlice.objects.none()
+    where = Q()
+    for ip_id, starts in los.items():
+        where |= Q(ip_id=ip_id, lo__in=starts)
+    return PortSlice.objects.filter(where)
+
+
 def drains_expire(*, now: datetime | None = None) -> list[PlanRevision]:
     """Re-plan each datacenter holding a drain that has ended, so its ports are freed.
 
-    This applies the whole current plan of that datacenter, as a scheduled
+    This applies the current plan of that datacenter's pools in scope (those
+    drains' pools, and any an inventory change left dirty), as a scheduled
     rebalance would; a datacenter that cannot be planned (short pool, another
     apply running) is logged and left for the next run.
     """
@@ -396,6 +518,7 @@ def drains_expire(*, now: datetime | None = None) -> list[PlanRevision]:
     codes = (
         PortSlice.objects.filter(state=SliceState.DRAINING, drain_until__lte=now)
         .values_list("ip__pool__datacenter", flat=True)
+        .order_by()
         .distinct()
     )
     revisions = []

@@ -30,7 +30,15 @@ from planner import charts, dashboard, heatmap, selectors
 from planner.api.permissions import ADMIN, OPERATOR, RANK, VIEWER, user_rank
 from planner.choices import AgentStatus, MachineState, RevisionStatus
 from planner.inventory_io import InventoryError, parse_inventory
-from planner.models import AuditEntry, Datacenter, EgressIP, EgressPool, Machine, PlanRevision
+from planner.models import (
+    AuditEntry,
+    Datacenter,
+    EgressIP,
+    EgressPool,
+    Machine,
+    PlanRevision,
+    pool_key,
+)
 from planner.services import inventory, plans, rebalance
 from planner.services.locks import Conflict
 from planner.ui import forms as f
@@ -266,6 +274,14 @@ def capacity_rows(datacenter: Datacenter, preview: plans.PlanPreview) -> list[di
 def diff_context(datacenter: Datacenter, plan: alloc.Plan) -> dict[str, Any]:
     """The diff as a picture (the proposed heatmap) and as a table per machine."""
     rows, pools = heatmap.ip_rows(datacenter=datacenter, filters=heatmap.HeatmapFilter())
+    # A scoped plan speaks for its pools only: other pools' rows would look emptied.
+    planned = {
+        pk
+        for pk, pool in pools.items()
+        if pool_key(datacenter.code, pool.purpose, pool.country, pool.region, pool.city)
+        in plan.capacity
+    }
+    rows = [row for row in rows if row.pool_id in planned]
     cells = heatmap.plan_slices(plan)
     shown = len(rows)
     if len(rows) > heatmap.COLLAPSE_ABOVE:

@@ -16,12 +16,43 @@ def test_a_preview_shows_diff_and_capacity_and_writes_nothing(
     clients: dict[str, APIClient], site: Site
 ) -> None:
     before = PortSlice.objects.count()
-    response = clients["bob"].post("/api/v1/datacenters/fra1/plan/preview")
+    response = clients["bob"].post("/api/v1/datacenters/fra1/plan/preview?scope=full")
     body = response.json()
     assert response.status_code == 200 and body["ok"] and body["base_revision"] == 1
-    assert body["diff"]["kept"] == before
+    assert body["diff"]["kept"] == before and body["scope"] == "full"
     assert body["capacity"]["fra1/warp/DE"]["machines_served"] == 3
     assert PortSlice.objects.count() == before
+
+
+def test_a_preview_plans_only_changed_pools_unless_asked_for_all(
+    clients: dict[str, APIClient], site: Site
+) -> None:
+    body = clients["bob"].post("/api/v1/datacenters/fra1/plan/preview").json()
+    assert body["scope"] == "changed" and body["pools_planned"] == []
+    assert body["diff"]["kept"] == 0
+    make_machine("edge9.fra1.example.net", datacenter=site.datacenter).pools.add(
+        site.datacenter.pools.get()
+    )
+    body = clients["bob"].post("/api/v1/datacenters/fra1/plan/preview").json()
+    assert body["pools_planned"] == ["fra1/warp/DE"] and body["diff"]["added"] == 1
+
+
+def test_a_full_apply_refuses_a_scoped_preview_digest_once_they_differ(
+    clients: dict[str, APIClient], site: Site
+) -> None:
+    scoped = clients["alice"].post("/api/v1/datacenters/fra1/plan/preview").json()
+    response = clients["alice"].post(
+        "/api/v1/datacenters/fra1/plan/apply?scope=full",
+        {"inputs_digest": scoped["inputs_digest"]},
+        format="json",
+    )
+    assert response.status_code == 409
+    assert response.json()["preview"]["scope"] == "full"
+
+
+def test_an_unknown_scope_is_refused_naming_it(clients: dict[str, APIClient], site: Site) -> None:
+    response = clients["bob"].post("/api/v1/datacenters/fra1/plan/preview?scope=some")
+    assert response.status_code == 400 and "'some'" in response.json()["scope"]
 
 
 def _digest(client: APIClient) -> str:

@@ -7,7 +7,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from planner.models import EgressIP, PlanRevision, PortSlice
+from planner.models import EgressIP, Machine, PlanRevision, PortSlice
 from tests.planner.factories import make_datacenter, make_ip, make_machine, make_pool
 
 pytestmark = pytest.mark.django_db
@@ -39,10 +39,22 @@ def test_apply_writes_and_json_is_parseable() -> None:
     _site(machines=1)
     _run("lhr1", "--apply")
     assert PlanRevision.objects.get().number == 1
-    data = json.loads(_run("lhr1", "--json"))
+    data = json.loads(_run("lhr1", "--full", "--json"))
     assert data["base_revision"] == 1 and data["diff"]["kept"] == 1
+    assert data["scope"] == "full" and data["pools_planned"] == ["lhr1/warp/GB"]
     assert len(data["inputs_digest"]) == 64
     assert data["capacity"]["lhr1/warp/GB"]["slots_free"] == 0
+
+
+def test_it_plans_only_the_changed_pools_unless_full() -> None:
+    _site(machines=1)
+    _run("lhr1", "--apply")
+    assert json.loads(_run("lhr1", "--json"))["pools_planned"] == []
+    assert "planned: 0 changed pool(s)" in _run("lhr1")
+    assert "planned: every pool" in _run("lhr1", "--full")
+    Machine.objects.filter(hostname="h0.example.net").update(state="retired")
+    data = json.loads(_run("lhr1", "--json"))
+    assert data["pools_planned"] == ["lhr1/warp/GB"] and data["diff"]["draining"] == 1
 
 
 def test_apply_with_an_old_digest_is_refused_when_the_inputs_moved() -> None:

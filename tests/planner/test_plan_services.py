@@ -106,7 +106,8 @@ def test_each_input_of_a_plan_changes_the_digest() -> None:
         lambda: EgressIP.objects.filter(address="192.0.2.9").update(usable_lo=4096),
         lambda: EgressPool.objects.update(slice_size=8192),
         lambda: EgressPool.objects.update(city="Offenbach"),
-        lambda: make_machine("m7.example.net", datacenter=dc),
+        # A machine counts once it serves a pool: a scoped plan covers only pools.
+        lambda: make_machine("m7.example.net", datacenter=dc).pools.add(pool),
         lambda: PortSlice.objects.filter(machine__hostname="m1.example.net").update(
             state="draining", drain_until=NOW + timedelta(minutes=5)
         ),

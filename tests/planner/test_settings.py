@@ -6,11 +6,13 @@ import os
 import stat
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
 from planner.settings import envbool, envint, envsecret
+from tests.support import need_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,7 +46,7 @@ def _settings_in_subprocess(env: dict[str, str], expression: str) -> str:
     code = (
         f"import django, os; django.setup(); from django.conf import settings; print({expression})"
     )
-    unset = {"DATABASE_URL", "SECRET_KEY", "DEBUG", "CELERY_BROKER_URL"}
+    unset = {"DATABASE_URL", "SECRET_KEY", "DEBUG", "CELERY_BROKER_URL", "CACHE_URL"}
     base = {k: v for k, v in os.environ.items() if k not in unset}
     result = subprocess.run(
         [sys.executable, "-c", code],
@@ -103,7 +105,7 @@ def test_the_quick_start_broker_keeps_its_state_under_the_var_dir(tmp_path: Path
         "app.send_task('planner.reconcile', queue='planner'); "
         "app.send_task('agent.apply_bundle', args=['t'], queue='agent.m1.example.net')"
     )
-    unset = {"DATABASE_URL", "SECRET_KEY", "DEBUG", "CELERY_BROKER_URL"}
+    unset = {"DATABASE_URL", "SECRET_KEY", "DEBUG", "CELERY_BROKER_URL", "CACHE_URL"}
     env = {k: v for k, v in os.environ.items() if k not in unset}
     env.update(
         DJANGO_SETTINGS_MODULE="planner.settings", PORTSLICE_VAR_DIR=str(var), PYTHONPATH=str(ROOT)
@@ -113,3 +115,27 @@ def test_the_quick_start_broker_keeps_its_state_under_the_var_dir(tmp_path: Path
     assert len(list((var / "broker").glob("*.msg"))) == 2
     tables = sorted(p.name for p in (var / "broker-control").iterdir())
     assert tables == ["agent.m1.example.net.exchange", "planner.exchange"]
+
+
+def test_it_shares_one_cache_from_cache_url_and_names_a_bad_one() -> None:
+    from planner.settings import cache_backend
+
+    assert cache_backend("redis://redis:6379/1") == {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": "redis://redis:6379/1",
+    }
+    assert cache_backend("locmem://")["BACKEND"].endswith("LocMemCache")
+    with pytest.raises(ValueError, match="CACHE_URL='memcached://x'"):
+        cache_backend("memcached://x")
+
+
+def test_it_shares_the_cache_between_web_processes_on_redis() -> None:
+    need_redis()
+    key = f"portslice-test-shared-{uuid.uuid4().hex}"
+    env = {"CACHE_URL": "redis://127.0.0.1:6379/0"}
+    cache = "__import__('django.core.cache').core.cache.cache"
+    try:
+        _settings_in_subprocess(env, f"{cache}.set({key!r}, 'seen', 60)")
+        assert _settings_in_subprocess(env, f"{cache}.get({key!r})") == "seen"
+    finally:
+        _settings_in_subprocess(env, f"{cache}.delete({key!r})")

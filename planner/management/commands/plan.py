@@ -1,4 +1,8 @@
-"""manage.py plan CODE [--apply [--digest HEX]] [--json]: preview a datacenter's plan, or apply it.
+"""manage.py plan CODE [--full] [--apply [--digest HEX]] [--json]: preview a datacenter's plan,
+or apply it.
+
+It plans the pools an inventory change or an ended drain left dirty; ``--full``
+plans every pool of the datacenter.
 
 ``--apply`` writes exactly the plan just shown; with ``--digest`` (the
 ``inputs_digest`` of an earlier preview, e.g. from ``--json``) it writes only if
@@ -25,6 +29,9 @@ class Command(BaseCommand):
         parser.add_argument("datacenter", help="datacenter code, e.g. fra1")
         parser.add_argument("--apply", action="store_true", help="write the plan")
         parser.add_argument(
+            "--full", action="store_true", help="plan every pool, not only the changed ones"
+        )
+        parser.add_argument(
             "--digest", help="apply only if the inputs still match this earlier preview"
         )
         parser.add_argument("--reason", default="manage.py plan")
@@ -35,7 +42,7 @@ class Command(BaseCommand):
         datacenter = Datacenter.objects.filter(code=code).first()
         if datacenter is None:
             raise CommandError(f"datacenter: no datacenter with code {code!r}")
-        preview = plan_preview(datacenter=datacenter)
+        preview = plan_preview(datacenter=datacenter, full=options["full"])
         self._show(preview, as_json=options["json"])
         if not preview.ok:
             raise CommandError(f"{code}: not enough IPs; nothing applied")
@@ -46,6 +53,7 @@ class Command(BaseCommand):
                         datacenter=datacenter,
                         inputs_digest=options["digest"] or preview.inputs_digest,
                         reason=options["reason"],
+                        full=options["full"],
                     )
             except (PlanConflict, alloc.CapacityError) as error:
                 raise CommandError(f"{code}: {error}") from None
@@ -60,6 +68,8 @@ class Command(BaseCommand):
             f"datacenter {preview.datacenter}, based on revision {preview.base_revision}, "
             f"inputs digest {preview.inputs_digest}"
         )
+        scope = "every pool" if preview.full else f"{len(preview.scope)} changed pool(s)"
+        self.stdout.write(f"  planned: {scope}")
         if preview.plan is None:
             for shortfall in preview.shortfalls:
                 self.stdout.write(f"  SHORT {shortfall}")
