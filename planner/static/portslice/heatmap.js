@@ -86,7 +86,15 @@
     // Same uirevision across modes: switching ownership/utilization keeps the zoom.
     layout.uirevision = [payload.collapsed, p.get("pool"), p.get("purpose"),
                          p.get("country"), p.get("ip")].join("|");
+    // The same rows again (a refresh, the other mode): keep the x range the operator
+    // chose, which the server's fitted range would otherwise replace.
+    var shown = this.plot._fullLayout && this.plot.layout;
+    if (shown && shown.uirevision === layout.uirevision && shown.xaxis && shown.xaxis.range) {
+      layout.xaxis.range = shown.xaxis.range.slice();
+    }
     Plotly.react(this.plot, payload.figure.data, layout, CONFIG);
+    this.root.dataset.fit = payload.fit ? payload.fit.join("-") : "";
+    this.syncWhole();
     this.root.dataset.rows = String(payload.rows.length);
     this.root.dataset.mode = payload.mode;
     this.root.dataset.collapsed = String(payload.collapsed);
@@ -103,6 +111,11 @@
     self.plot.on("plotly_hover", function (event) { self.hover(event); });
     self.plot.on("plotly_unhover", function () { self.tip.hidden = true; });
     self.plot.on("plotly_click", function (event) { self.click(event); });
+    self.plot.on("plotly_relayout", function () { self.syncWhole(); });
+    var whole = self.root.querySelector(".heatmap-whole");
+    if (whole) {
+      whole.addEventListener("click", function () { self.toggleWhole(whole); });
+    }
     if (self.form) {
       self.form.addEventListener("change", function () { self.changed(); });
       self.form.addEventListener("submit", function (event) {
@@ -110,6 +123,28 @@
         self.changed();
       });
     }
+  };
+
+  // The button names the view it leads to, whatever zoomed last (a drag, a reset, a click).
+  Heatmap.prototype.syncWhole = function () {
+    var button = this.root.querySelector(".heatmap-whole");
+    var p = this.payload;
+    if (!button || !p) { return; }
+    // Nothing to fit (no slice, or they fill the axis): the whole space is the view.
+    button.hidden = !p.fit;
+    var range = (this.plot._fullLayout && this.plot._fullLayout.xaxis.range) || [];
+    var isWhole = range[0] <= p.whole[0] && range[1] >= p.whole[1];
+    button.textContent = isWhole ? "Fit to the slices" : "Whole port space";
+    button.setAttribute("aria-pressed", String(isWhole));
+  };
+
+  // One click between the whole port space and the fitted view the page opened on.
+  Heatmap.prototype.toggleWhole = function (button) {
+    var p = this.payload;
+    if (!p) { return; }
+    var showingWhole = button.getAttribute("aria-pressed") === "true";
+    var target = showingWhole && p.fit ? p.fit : p.whole;
+    Plotly.relayout(this.plot, { "xaxis.range": target.slice() });
   };
 
   Heatmap.prototype.changed = function () {
@@ -137,9 +172,10 @@
     var value = p.figure.data[0].z[row][column];
     var ports = "ports " + number(lo) + "–" + number(hi);
     if (p.collapsed) {
-      var share = value === null ? "nothing usable here" :
-        (p.mode === "utilization" ? "use " + percent(value) :
-         percent(value) + " of its " + info.ips + " IPs handed out");
+      var share = value === null ? "free: nothing handed out here" :
+        (value < 0 ? this.nobody(value) :
+         (p.mode === "utilization" ? "use " + percent(value) :
+          percent(value) + " of its " + info.ips + " IPs handed out"));
       return [info.pool_label + " (" + info.ips + " IPs)", ports, share, "click: show its IPs"];
     }
     var found = this.slicesAt(row, lo, hi);
@@ -158,15 +194,21 @@
                  "use " + percent(s[6]) + " of the slice, " + percent(value) + " here");
     }
     if (s[7]) { lines.push("plan: " + (KINDS[s[7]] || s[7])); }
-    if (found.length > 1) { lines.push("and " + (found.length - 1) + " more slice(s) in this column"); }
+    if (found.length > 1) {
+      var more = found.length - 1;
+      lines.push("and " + more + " more slice" + (more === 1 ? "" : "s") + " in this column");
+    }
     if (p.mode !== "diff" || s[7] !== "freed") { lines.push("click: open the machine"); }
     return lines;
   };
 
   Heatmap.prototype.nobody = function (value) {
-    if (this.payload.mode === "utilization") {
-      return value === null ? "free" : (value < -0.2 ? "unusable" : "reserved");
+    if (this.payload.mode === "utilization" || this.payload.collapsed) {
+      if (value === null || value === undefined) { return "free"; }
+      return value < -0.2 ? "unusable (outside the usable range or the slot grid)" :
+        (value < -0.1 ? "reserved" : "no report yet");
     }
+    if (value === 0) { return "unusable (outside the usable range or the slot grid)"; }
     return ["unusable", "reserved", "free"][value] || "free";
   };
 

@@ -22,6 +22,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from planner.audit import acting_as
+from planner.management.commands.demo_agents import demo_datacenter_ensure
 from planner.models import Datacenter, EgressIP, Machine, PlanRevision, PortSlice
 from planner.services.inventory import machine_save
 from planner.services.keys import signing_key_generate
@@ -369,3 +370,91 @@ def test_the_demo_datacenter_is_readable_at_1280_by_800(demo_tab: Session) -> No
     cards = demo_tab.page.locator("article.card")
     assert cards.count() == Datacenter.objects.count() == 3
     demo_tab.shot("demo-overview")
+
+
+@pytest.fixture
+def live_demo_tab(
+    browser: Any, live_server: Any, transactional_db: None, key_dir: Path
+) -> Iterator[Session]:
+    """The quick start's live datacenter ``demo1``: 64-port slices on two IPs, from port 1,024."""
+    signing_key_generate()
+    with acting_as("system:test"):
+        demo_datacenter_ensure(usable_lo=1024)
+    make_users()
+    session = Session(browser, live_server.url)
+    yield session
+    session.close()
+
+
+def _x_range(tab: Session) -> list[float]:
+    """The x range Plotly drew (its full layout, after any autorange)."""
+    shown: list[float] = tab.page.evaluate(
+        "() => document.querySelector('.heatmap-plot')._fullLayout.xaxis.range.slice()"
+    )
+    return shown
+
+
+def test_a_sparse_datacenter_opens_on_its_slices(live_demo_tab: Session) -> None:
+    tab = live_demo_tab
+    slices = list(PortSlice.objects.filter(ip__pool__datacenter__code="demo1"))
+    assert slices, "the demo datacenter has its first plan"
+    lo, end = min(s.lo for s in slices), max(s.hi for s in slices) + 1
+    tab.login("vera")
+    tab.open("/datacenters/demo1/")
+    tab.heatmap_drawn()
+    start, stop = _x_range(tab)
+    # Every slice in view, and they take at least a quarter of it (not a 1 px sliver).
+    assert start <= lo and stop >= end, (start, stop, lo, end)
+    assert stop - start <= 4 * (end - lo), (start, stop, lo, end)
+    own = slices[0]
+    row = _row_of(tab, own.ip.address)
+    assert f"machine {own.machine.hostname}" in tab.hover((own.lo + own.hi) / 2, row)
+    tab.page.mouse.move(5, 5)
+    tab.shot("sparse-heatmap")
+    # One click shows the whole port space, another brings the slices back.
+    button = tab.page.get_by_role("button", name="Whole port space")
+    button.click()
+    tab.page.wait_for_function(
+        "() => document.querySelector('.heatmap-plot')._fullLayout.xaxis.range[1] > 60000"
+    )
+    start, stop = _x_range(tab)
+    assert 0 <= start <= 1024 and stop == 65536
+    tab.page.get_by_role("button", name="Fit to the slices").click()
+    tab.page.wait_for_function(
+        "() => document.querySelector('.heatmap-plot')._fullLayout.xaxis.range[1] < 60000"
+    )
+    assert _x_range(tab)[0] <= lo
+
+
+def test_a_drain_next_to_the_lowest_usable_port_keeps_the_axis_in_the_port_space(
+    live_demo_tab: Session,
+) -> None:
+    tab = live_demo_tab
+    demo1 = Datacenter.objects.get(code="demo1")
+    lowest = PortSlice.objects.filter(ip__pool__datacenter=demo1).order_by("lo").first()
+    assert lowest is not None and lowest.lo == 1024
+    machine_save(machine=lowest.machine, values={"state": "draining"})
+    plan_apply_current(datacenter=demo1, reason="drain the machine at port 1,024")
+    assert PortSlice.objects.get(pk=lowest.pk).state == "draining"
+    tab.login("vera")
+    tab.open("/datacenters/demo1/")
+    tab.heatmap_drawn()
+    assert tab.page.locator(".heatmap-plot .scatterlayer .point").count() >= 1  # the × marks
+    for attempt in ("as opened", "whole", "autorange", "zoomed out past 0"):
+        if attempt == "autorange":
+            tab.page.evaluate(
+                "() => Plotly.relayout(document.querySelector('.heatmap-plot'),"
+                " {'xaxis.autorange': true})"
+            )
+        elif attempt == "whole":
+            tab.page.get_by_role("button", name="Whole port space").click()
+        elif attempt == "zoomed out past 0":
+            tab.page.evaluate(
+                "() => Plotly.relayout(document.querySelector('.heatmap-plot'),"
+                " {'xaxis.range': [-5000, 70000]})"
+            )
+        tab.page.wait_for_timeout(100)  # Plotly redraws in the next frame
+        start, stop = _x_range(tab)
+        # The axis is in ports: 65,536 is the right edge of port 65,535.
+        assert 0 <= start < stop <= 65536, (attempt, start, stop)
+    tab.shot("drain-at-1024")
