@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.cache import cache
+from django.db import connection
 from django.db.models import Count, F, Max, Sum
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
@@ -30,7 +31,7 @@ from planner.models import (
     SliceUsage,
     UsageSample,
 )
-from planner.selectors import planner_inputs, pool_headroom
+from planner.selectors import planner_inputs, pool_headroom, rebalance_policy
 
 # An agent that has said nothing for this long is shown as stale.
 STALE_AFTER = timedelta(minutes=5)
@@ -60,14 +61,16 @@ class DatacenterCard:
     machines: MachineHealth
     ips: int
     pools: int
-    sockets: int
+    sockets: int | None  # None: no agent of it has reported, which is not idle
     ports_handed_out: int
     short_pools: list[alloc.PoolHeadroom]
     last_revision: PlanRevision | None
 
     @property
-    def use(self) -> float:
-        return self.sockets / self.ports_handed_out if self.ports_handed_out else 0.0
+    def use(self) -> float | None:
+        if self.sockets is None or not self.ports_handed_out:
+            return None
+        return self.sockets / self.ports_handed_out
 
 
 def machine_status(machine: Machine, *, rejected: bool, now: datetime) -> str:
@@ -127,7 +130,7 @@ def overview_cards(*, now: datetime | None = None) -> list[DatacenterCard]:
                 machines=machine_health(datacenter=dc, now=now),
                 ips=ips.get(dc.pk, 0),
                 pools=pools.get(dc.pk, 0),
-                sockets=sockets.get(dc.pk) or 0,
+                sockets=sockets.get(dc.pk),
                 ports_handed_out=handed.get(dc.pk) or 0,
                 short_pools=[row for row in headroom[dc.code] if row.ips_needed],
                 last_revision=PlanRevision.objects.filter(
@@ -140,6 +143,47 @@ def overview_cards(*, now: datetime | None = None) -> list[DatacenterCard]:
     return cards
 
 
+@dataclass(frozen=True)
+class RebalanceOutlook:
+    """What scheduled rebalancing will do with an inventory change, in words."""
+
+    enabled: bool
+    auto_apply: bool
+    interval_minutes: int
+    last_run: datetime | None
+    next_run: datetime | None
+
+    @property
+    def sentence(self) -> str:
+        if not self.enabled:
+            return "Rebalancing is off: changes wait for a plan you apply."
+        every = f"every {self.interval_minutes} minute{'s' if self.interval_minutes != 1 else ''}"
+        if not self.auto_apply:
+            return (
+                f"Rebalancing runs {every} and leaves each plan as a draft for an operator "
+                "(auto-apply is off): changes wait for a plan you apply or approve."
+            )
+        when = f" (next after {self.next_run:%H:%M} UTC)" if self.next_run else ""
+        return (
+            f"Rebalancing runs {every}{when}: it applies on its own a plan that only adds "
+            "(new machines, growth, freed drains); a plan that drains a live slice waits "
+            "as a draft for an operator."
+        )
+
+
+def rebalance_outlook(*, datacenter: Datacenter) -> RebalanceOutlook:
+    """Whether, and when, rebalancing will apply the datacenter's pending changes itself."""
+    policy = rebalance_policy(datacenter=datacenter)
+    last = policy.last_run_at
+    return RebalanceOutlook(
+        enabled=policy.enabled,
+        auto_apply=policy.auto_apply,
+        interval_minutes=policy.interval_minutes,
+        last_run=last,
+        next_run=last + timedelta(minutes=policy.interval_minutes) if last else None,
+    )
+
+
 @dataclass
 class PoolRow:
     pool: EgressPool
@@ -147,13 +191,15 @@ class PoolRow:
     machines_served: int
     slices: int
     ports_handed_out: int
-    sockets: int
+    sockets: int | None  # None: none of its slices reported
     peak: float | None
     headroom: alloc.PoolHeadroom | None
 
     @property
     def use(self) -> float | None:
-        return self.sockets / self.ports_handed_out if self.ports_handed_out else None
+        if self.sockets is None or not self.ports_handed_out:
+            return None
+        return self.sockets / self.ports_handed_out
 
 
 def pool_rows(*, datacenter: Datacenter, now: datetime | None = None) -> list[PoolRow]:
@@ -204,7 +250,7 @@ def pool_rows(*, datacenter: Datacenter, now: datetime | None = None) -> list[Po
             machines_served=served.get(pool.pk, 0),
             slices=slices.get(pool.pk, (0, 0))[0],
             ports_handed_out=slices.get(pool.pk, (0, 0))[1] or 0,
-            sockets=sockets.get(pool.pk) or 0,
+            sockets=sockets.get(pool.pk),
             peak=peaks.get(pool.pk),
             headroom=headroom.get(pool.key),
         )
@@ -240,24 +286,43 @@ def datacenter_headroom(*, datacenter: Datacenter) -> dict[str, alloc.PoolHeadro
 def _pool_peaks(
     datacenter: Datacenter, slices: dict[int, tuple[int, int]], now: datetime
 ) -> dict[int, float]:
-    """The highest pool-wide use of any minute in the last ``PEAK_WINDOW``."""
+    """The highest pool-wide use of any minute in the last ``PEAK_WINDOW``.
+
+    Per slice the high-water of the minute (an agent may report several times a
+    minute: summing them counted one socket six times), capped at the slice's
+    size, then summed over the pool; divided by the larger of the ports handed
+    out now and the ports of the slices sampled that minute (a slice drained
+    since still counts its ports). So a peak is never above 100 %.
+    """
     pool_of = dict(
         EgressIP.objects.filter(pool__datacenter=datacenter).values_list("address", "pool_id")
     )
-    per_minute: dict[tuple[int, datetime], int] = defaultdict(int)
-    for ip, minute, sockets in (
+    highs = (
         UsageSample.objects.filter(machine__datacenter=datacenter, at__gte=now - PEAK_WINDOW)
         .annotate(minute=TruncMinute("at"))
-        .values_list("ip", "minute")
-        .annotate(n=Sum("sockets"))
+        .values_list("ip", "lo", "hi", "minute")
+        .annotate(high=Max("sockets"))
         .order_by()
-        .values_list("ip", "minute", "n")
-    ):
-        if ip in pool_of:
-            per_minute[(pool_of[ip], minute)] += sockets
+    )
+    inner, params = highs.query.sql_with_params()
+    # The second GROUP BY in SQL: one row per IP and minute, not per slice and minute.
+    per_ip = (
+        "SELECT ip, minute,"
+        " SUM(CASE WHEN high < hi - lo + 1 THEN high ELSE hi - lo + 1 END),"
+        " SUM(hi - lo + 1)"
+        f" FROM ({inner}) AS highs GROUP BY ip, minute"
+    )
+    per_minute: dict[tuple[int, Any], list[int]] = defaultdict(lambda: [0, 0])
+    with connection.cursor() as cursor:
+        cursor.execute(per_ip, params)
+        for ip, minute, sockets, ports in cursor.fetchall():
+            if str(ip) in pool_of:  # psycopg may load inet as an address object
+                total = per_minute[(pool_of[str(ip)], minute)]
+                total[0] += sockets
+                total[1] += ports
     peaks: dict[int, float] = {}
-    for (pool_id, _), sockets in per_minute.items():
-        ports = slices.get(pool_id, (0, 0))[1]
+    for (pool_id, _), (sockets, sampled) in per_minute.items():
+        ports = max(slices.get(pool_id, (0, 0))[1] or 0, sampled)
         if ports:
             peaks[pool_id] = max(peaks.get(pool_id, 0.0), sockets / ports)
     return peaks

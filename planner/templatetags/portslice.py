@@ -18,6 +18,12 @@ def percent(value: Any, digits: int = 1) -> str:
 
 
 @register.filter
+def use(value: Any) -> str:
+    """A measured use: 0.5 -> "50.0 %"; None -> "no report" (no agent said; not 0 %)."""
+    return "no report" if value is None else percent(value)
+
+
+@register.filter
 def thousands(value: Any) -> str:
     if value is None or value == "":
         return "–"

@@ -451,12 +451,15 @@ KINDS: dict[str, tuple[type[Any], type[Any], str]] = {
     "ip": (EgressIP, f.EgressIPForm, "address"),
     "machine": (Machine, f.MachineForm, "hostname"),
 }
+# What a kind is called in a title or a message ("New egress IP", not "New ip").
+KIND_NAMES = {"ip": "egress IP"}
 
 
 @viewer_required
 def inventory_index(request: HttpRequest) -> HttpResponse:
+    datacenters = list(Datacenter.objects.all())
     context = {
-        "datacenters": Datacenter.objects.all(),
+        "datacenters": [(dc, dashboard.rebalance_outlook(datacenter=dc)) for dc in datacenters],
         "pools": EgressPool.objects.select_related("datacenter").order_by(
             "datacenter__code", "purpose", "country"
         ),
@@ -475,7 +478,8 @@ def inventory_edit(request: HttpRequest, kind: str, key: str = "") -> HttpRespon
     initial = {name: request.GET[name] for name in ("datacenter", "pool") if name in request.GET}
     form = form_class(request.POST or None, instance=instance, initial=initial)
     f.fix_identity(form)
-    title = f"Edit {kind} {instance}" if key else f"New {kind}"
+    noun = KIND_NAMES.get(kind, kind)
+    title = f"Edit {noun} {instance}" if key else f"New {noun}"
     context: dict[str, Any] = {"form": form, "title": title}
     if request.method == "POST" and form.is_valid():
         change = _change(form, kind)
@@ -487,7 +491,7 @@ def inventory_edit(request: HttpRequest, kind: str, key: str = "") -> HttpRespon
         elif mode == "preview":
             _preview_with_plan(change, context)
         elif _save(form, change, context):
-            messages.success(request, f"Saved {kind} {form.instance}.")
+            messages.success(request, f"Saved {noun} {form.instance}.")
             return redirect(_detail_url(kind, form.instance))
     status = 400 if request.method == "POST" and "preview" not in context else 200
     return page(request, "ui/inventory_form.html", context, status)
