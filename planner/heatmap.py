@@ -275,6 +275,29 @@ def plan_slices(plan: alloc.Plan) -> list[CellSlice]:
     return cells
 
 
+def plan_heatmap(*, datacenter: Datacenter, plan: alloc.Plan) -> tuple[Heatmap, int]:
+    """The picture of what ``plan`` does, and how many IPs the datacenter has.
+
+    On a datacenter too large for one row per IP, only the IPs the plan changes.
+    """
+    rows, pools = ip_rows(datacenter=datacenter, filters=HeatmapFilter())
+    cells = plan_slices(plan)
+    shown = len(rows)
+    if len(rows) > COLLAPSE_ABOVE:
+        changed = {c.ip for c in cells if c.kind not in ("kept", "still_draining")}
+        rows = [row for row in rows if row.ip in changed]
+    kept = {row.ip for row in rows}
+    picture = build_heatmap(
+        datacenter=datacenter,
+        mode=DIFF,
+        rows=rows,
+        pools=pools,
+        slices=[c for c in cells if c.ip in kept],
+        filters=HeatmapFilter(collapse=False),
+    )
+    return picture, shown
+
+
 def datacenter_heatmap(
     *, datacenter: Datacenter, mode: str = OWNERSHIP, filters: HeatmapFilter | None = None
 ) -> Heatmap:

@@ -23,12 +23,14 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadReque
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.gzip import gzip_page
 from django.views.decorators.http import require_http_methods, require_POST
 
 import allocator as alloc
 from planner import charts, dashboard, heatmap
 from planner.api.permissions import OPERATOR, RANK, VIEWER, user_rank
+from planner.attention import datacenter_attention, revision_counts
 from planner.choices import BundleStatus, MachineState, RevisionStatus
 from planner.inventory_io import InventoryError, parse_inventory
 from planner.models import AuditEntry, Datacenter, EgressIP, EgressPool, Machine, PlanRevision
@@ -40,6 +42,7 @@ View = Callable[..., HttpResponse]
 PAGE_SIZE = 50
 # A plan page lists this many machines; the rest are counted.
 MACHINES_LISTED = 200
+ERR_APPROVE_UNCONFIRMED = "tick the box to confirm you looked at the draft before approving it."
 
 
 def role_required(role: str) -> Callable[[View], View]:
@@ -72,7 +75,15 @@ def page(
 
 @viewer_required
 def overview(request: HttpRequest) -> HttpResponse:
-    return page(request, "ui/overview.html", {"cards": dashboard.overview_cards()})
+    cards = dashboard.overview_cards()
+    waiting = [datacenter_attention(datacenter=card.datacenter) for card in cards]
+    context = {
+        "cards": cards,
+        # The strip lists only the datacenters that need someone; the cards show them all.
+        "attention": [item for item in waiting if not item.quiet],
+        "next": reverse("overview"),
+    }
+    return page(request, "ui/overview.html", context)
 
 
 @gzip_page
@@ -89,6 +100,8 @@ def datacenter_detail(request: HttpRequest, code: str) -> HttpResponse:
         "health": dashboard.machine_health(datacenter=datacenter),
         "heatmap": heatmap_controls(datacenter, query, pools=[row.pool for row in pools]),
         "ip_count": sum(row.ips for row in pools),
+        "attention": datacenter_attention(datacenter=datacenter),
+        "next": reverse("datacenter", kwargs={"code": datacenter.code}),
     }
     return page(request, "ui/datacenter.html", context)
 
@@ -172,8 +185,17 @@ def plan_apply(request: HttpRequest, datacenter: Datacenter) -> HttpResponse:
 @operator_required
 @require_POST
 def draft_approve(request: HttpRequest, code: str, number: int) -> HttpResponse:
-    """Apply a rebalance draft as it was planned, unless its inputs moved since."""
+    """Apply a rebalance draft as it was planned, unless its inputs moved since.
+
+    Only with the confirmation box ticked (the form asks for it; the server checks).
+    """
     datacenter = get_object_or_404(Datacenter, code=code)
+    back = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}):
+        back = reverse("plan", kwargs={"code": code})
+    if request.POST.get("confirm") != "on":
+        messages.error(request, f"Draft r{number} was not applied: {ERR_APPROVE_UNCONFIRMED}")
+        return redirect(back)
     try:
         revision = rebalance.revision_approve(
             datacenter=datacenter, number=number, user=request.user
@@ -188,12 +210,11 @@ def draft_approve(request: HttpRequest, code: str, number: int) -> HttpResponse:
             f"Draft r{number} approved: revision {revision.number} of {code} applied "
             f"({_counts(revision.diff_summary)}).",
         )
-    return redirect("plan", code=code)
+    return redirect(back)
 
 
 def _counts(summary: dict[str, Any]) -> str:
-    kinds = ("added", "draining", "freed", "revived")
-    return ", ".join(f"{summary.get(kind, 0)} {kind}" for kind in kinds)
+    return revision_counts(summary)
 
 
 def plan_page(
@@ -251,20 +272,7 @@ def capacity_rows(datacenter: Datacenter, preview: plans.PlanPreview) -> list[di
 
 def diff_context(datacenter: Datacenter, plan: alloc.Plan) -> dict[str, Any]:
     """The diff as a picture (the proposed heatmap) and as a table per machine."""
-    rows, pools = heatmap.ip_rows(datacenter=datacenter, filters=heatmap.HeatmapFilter())
-    cells = heatmap.plan_slices(plan)
-    shown = len(rows)
-    if len(rows) > heatmap.COLLAPSE_ABOVE:
-        changed = {c.ip for c in cells if c.kind not in ("kept", "still_draining")}
-        rows = [row for row in rows if row.ip in changed]
-    picture = heatmap.build_heatmap(
-        datacenter=datacenter,
-        mode=heatmap.DIFF,
-        rows=rows,
-        pools=pools,
-        slices=[c for c in cells if c.ip in {row.ip for row in rows}],
-        filters=heatmap.HeatmapFilter(collapse=False),
-    )
+    picture, shown = heatmap.plan_heatmap(datacenter=datacenter, plan=plan)
     per_machine: dict[str, Counter[str]] = {}
     for kind in ("added", "draining", "freed", "revived"):
         for slice_ in getattr(plan.diff, kind):
@@ -272,7 +280,7 @@ def diff_context(datacenter: Datacenter, plan: alloc.Plan) -> dict[str, Any]:
     machines = sorted(per_machine.items())
     return {
         "diff_payload": charts.heatmap_payload(picture),
-        "diff_rows": len(rows),
+        "diff_rows": len(picture.rows),
         "diff_rows_total": shown,
         "summary": plan.diff.summary(),
         "machines_changed": machines[:MACHINES_LISTED],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
@@ -30,6 +31,7 @@ from planner.services.plans import plan_apply_current, plan_preview
 from planner.services.reports import usage_record
 from tests.planner.factories import make_machine
 from tests.planner.ui.fixtures import PASSWORD, UiSite, build_ui_site, make_users
+from tests.planner.ui.test_attention import make_draft
 from tests.support import need
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -458,3 +460,42 @@ def test_a_drain_next_to_the_lowest_usable_port_keeps_the_axis_in_the_port_space
         # The axis is in ports: 65,536 is the right edge of port 65,535.
         assert 0 <= start < stop <= 65536, (attempt, start, stop)
     tab.shot("drain-at-1024")
+
+
+def test_the_attention_strip_lists_a_waiting_draft_and_approving_needs_a_confirmation(
+    tab: Session, site: UiSite
+) -> None:
+    draft = make_draft(site)
+    tab.login("bob")  # the overview opens on the strip
+    item = tab.page.locator(f"#draft-fra1-{draft.number}")
+    assert f"Draft r{draft.number} waits for approval" in item.inner_text()
+    tab.heatmap_drawn(f"#draft-fra1-{draft.number} [data-heatmap]")  # its picture
+    tab.page.mouse.move(5, 5)
+    tab.shot("overview")
+    tab.open("/datacenters/fra1/")
+    item = tab.page.locator(f"#draft-fra1-{draft.number}")
+    tab.heatmap_drawn(f"#draft-fra1-{draft.number} [data-heatmap]")
+    button = item.get_by_role("button", name=f"Approve r{draft.number}")
+    button.click()  # not confirmed: the browser keeps the form, nothing is posted
+    tab.page.wait_for_timeout(300)
+    assert tab.page.url.endswith("/datacenters/fra1/")
+    assert not item.locator("input[name=confirm]").evaluate("box => box.validity.valid")
+    draft.refresh_from_db()
+    assert draft.status == "draft"
+    tab.shot("attention")
+    item.locator("input[name=confirm]").check()
+    button.click()
+    tab.page.wait_for_selector(".messages")
+    assert f"Draft r{draft.number} approved" in tab.page.locator(".messages").inner_text()
+    assert tab.page.url.endswith("/datacenters/fra1/")
+    draft.refresh_from_db()
+    assert draft.status == "applied"
+
+
+def test_a_viewer_sees_the_draft_but_no_approve(tab: Session, site: UiSite) -> None:
+    draft = make_draft(site)
+    tab.login("vera")
+    for path in ("/", "/datacenters/fra1/", "/datacenters/fra1/plan/"):
+        tab.open(path)
+        assert f"r{draft.number}" in tab.page.locator("main").inner_text()
+        assert tab.page.get_by_role("button", name=re.compile("Approve")).count() == 0, path
