@@ -54,6 +54,7 @@ urlpatterns = [
         views.inventory_edit,
         name="inventory-new",
     ),
+    path("search/", views.search, name="search"),
     path("revisions/", views.revisions, name="revisions"),
     path("audit/", views.audit, name="audit"),
 ]

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
@@ -34,6 +35,7 @@ from planner.attention import datacenter_attention, revision_counts
 from planner.choices import BundleStatus, MachineState, RevisionStatus
 from planner.inventory_io import InventoryError, parse_inventory
 from planner.models import AuditEntry, Datacenter, EgressIP, EgressPool, Machine, PlanRevision
+from planner.search import search_resolve
 from planner.services import inventory, plans, rebalance
 from planner.services.locks import Conflict
 from planner.ui import forms as f
@@ -94,16 +96,31 @@ def datacenter_detail(request: HttpRequest, code: str) -> HttpResponse:
     if not query.is_valid():
         return HttpResponseBadRequest(query.error_text())
     pools = dashboard.pool_rows(datacenter=datacenter)
+    controls = heatmap_controls(datacenter, query, pools=[row.pool for row in pools])
+    wanted = request.GET.get("highlight", "").strip()[:200]
+    controls["highlight"] = wanted
     context = {
+        "search": search_resolve(query=wanted) if wanted else None,
         "datacenter": datacenter,
         "pools": pools,
         "health": dashboard.machine_health(datacenter=datacenter),
-        "heatmap": heatmap_controls(datacenter, query, pools=[row.pool for row in pools]),
+        "heatmap": controls,
         "ip_count": sum(row.ips for row in pools),
         "attention": datacenter_attention(datacenter=datacenter),
         "next": reverse("datacenter", kwargs={"code": datacenter.code}),
     }
     return page(request, "ui/datacenter.html", context)
+
+
+@viewer_required
+def search(request: HttpRequest) -> HttpResponse:
+    """The search box: straight to the datacenter with the machine, IP or port highlighted,
+    else the machines whose names match, or why nothing does."""
+    answer = search_resolve(query=request.GET.get("q", "")[:200])
+    if answer.datacenter and not answer.error:
+        url = reverse("datacenter", kwargs={"code": answer.datacenter})
+        return redirect(f"{url}?{urlencode({'highlight': answer.highlight}, safe=':')}")
+    return page(request, "ui/search.html", {"answer": answer}, status=404 if answer.error else 200)
 
 
 @gzip_page

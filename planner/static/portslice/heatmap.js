@@ -95,6 +95,7 @@
     Plotly.react(this.plot, payload.figure.data, layout, CONFIG);
     this.root.dataset.fit = payload.fit ? payload.fit.join("-") : "";
     this.syncWhole();
+    this.highlight();
     this.root.dataset.rows = String(payload.rows.length);
     this.root.dataset.mode = payload.mode;
     this.root.dataset.collapsed = String(payload.collapsed);
@@ -123,6 +124,96 @@
         self.changed();
       });
     }
+  };
+
+  // Search: a host name highlights its slices (the rest dimmed), an IP its row, and
+  // ip:port also says who owns the port. The query comes from the form or ?highlight=.
+  Heatmap.prototype.query = function () {
+    var field = this.form && this.form.elements.highlight;
+    var value = field ? field.value : new URLSearchParams(window.location.search).get("highlight");
+    return (value || "").trim();
+  };
+
+  Heatmap.prototype.highlight = function () {
+    var p = this.payload, q = this.query();
+    var answer = this.root.querySelector(".heatmap-answer");
+    var found = q ? this.find(q) : null;
+    var shapes = [];
+    if (found) {
+      var trace = p.figure.data[0];
+      var self = this;
+      found.slices.forEach(function (s) {
+        shapes.push(self.outline(s[0], s[1], s[2] + 1, trace));
+      });
+      found.rows.forEach(function (row) {
+        shapes.push(self.outline(row, p.whole[0], p.whole[1], null));
+      });
+    }
+    Plotly.relayout(this.plot, { shapes: shapes });
+    Plotly.restyle(this.plot, { opacity: found && shapes.length ? 0.35 : 1 }, [0]);
+    this.root.dataset.highlighted = String(found ? found.slices.length + found.rows.length : 0);
+    if (answer) {
+      answer.textContent = !q ? "" : (found ? found.text : (p.collapsed ?
+        "One row per pool shows no slices: choose Rows “one per IP” to see “" + q + "”." :
+        "“" + q + "” is not on this picture."));
+      answer.hidden = !q;
+    }
+  };
+
+  Heatmap.prototype.outline = function (row, x0, x1, trace) {
+    var fill = "rgba(0,0,0,0)";
+    if (trace && this.payload.mode === "ownership") {
+      // The slice keeps its own colour at full strength while the rest is dimmed.
+      var column = Math.max(0, this.payload.edges.findIndex(function (e) { return e > x0; }) - 1);
+      var code = trace.z[row][column];
+      var scale = trace.colorscale;
+      if (typeof code === "number" && scale[code * 2]) { fill = scale[code * 2][1]; }
+    }
+    return { type: "rect", xref: "x", yref: "y", x0: x0, x1: x1, y0: row - 0.5, y1: row + 0.5,
+             fillcolor: fill, line: { color: "#111", width: 2 }, layer: "above" };
+  };
+
+  Heatmap.prototype.find = function (q) {
+    var p = this.payload;
+    if (p.collapsed) { return null; }
+    var match = /^\[?([0-9A-Fa-f:.]+?)\]?(?::(\d+))?$/.exec(q);
+    var ip = match ? match[1] : "", port = match && match[2] !== undefined ? Number(match[2]) : null;
+    var row = p.rows.findIndex(function (r) { return r.ip === ip; });
+    if (row >= 0 && port === null) {
+      return { slices: [], rows: [row], text: ip + ": its row is outlined." };
+    }
+    if (row >= 0) {
+      var held = (this.byRow[row] || []).filter(function (s) { return s[1] <= port && s[2] >= port; });
+      if (!held.length) {
+        var column = p.edges.findIndex(function (e) { return e > port; }) - 1;
+        var value = column >= 0 ? p.figure.data[0].z[row][column] : null;
+        return { slices: [], rows: [row],
+                 text: ip + ":" + port + " is not handed out: " + this.nobody(value) + "." };
+      }
+      var owner = p.machines[held[0][3]];
+      var mine = this.slicesOf(owner);
+      return { slices: mine, rows: [], text: ip + ":" + port + " belongs to " + owner +
+               " (ports " + number(held[0][1]) + "–" + number(held[0][2]) + ", " + STATES[held[0][4]] +
+               "); " + (mine.length === 1 ? "its slice is" : "its " + mine.length + " slices are") +
+               " outlined, the others dimmed." };
+    }
+    var lower = q.toLowerCase();
+    var names = p.machines.filter(function (m) { return m.toLowerCase() === lower; });
+    if (!names.length) {
+      names = p.machines.filter(function (m) { return m.toLowerCase().indexOf(lower) >= 0; });
+    }
+    if (names.length !== 1) {
+      return names.length ? { slices: [], rows: [], text: names.length + " machines match “" + q +
+        "”: type more of the name." } : null;
+    }
+    var slices = this.slicesOf(names[0]);
+    return { slices: slices, rows: [], text: names[0] + ": " + slices.length + " slice" +
+             (slices.length === 1 ? "" : "s") + " outlined, the others dimmed." };
+  };
+
+  Heatmap.prototype.slicesOf = function (name) {
+    var index = this.payload.machines.indexOf(name);
+    return this.payload.slices.filter(function (s) { return s[3] === index; });
   };
 
   // The button names the view it leads to, whatever zoomed last (a drag, a reset, a click).

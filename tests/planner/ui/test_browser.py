@@ -499,3 +499,38 @@ def test_a_viewer_sees_the_draft_but_no_approve(tab: Session, site: UiSite) -> N
         tab.open(path)
         assert f"r{draft.number}" in tab.page.locator("main").inner_text()
         assert tab.page.get_by_role("button", name=re.compile("Approve")).count() == 0, path
+
+
+def test_search_highlights_a_machines_slices_and_answers_an_ip_and_port(
+    tab: Session, site: UiSite
+) -> None:
+    tab.login("vera")
+    tab.page.fill("#site-search", "edge0.fra1")
+    tab.page.press("#site-search", "Enter")
+    tab.page.wait_for_url("**/datacenters/fra1/?highlight=edge0.fra1.example.net")
+    heatmap = tab.heatmap_drawn()
+    mine = PortSlice.objects.filter(machine__hostname="edge0.fra1.example.net").count()
+    assert heatmap.get_attribute("data-highlighted") == str(mine)
+    plot = ".heatmap-plot"
+    shapes = tab.page.evaluate(f"() => document.querySelector('{plot}').layout.shapes.length")
+    assert shapes == mine
+    dimmed = tab.page.evaluate(f"() => document.querySelector('{plot}').data[0].opacity")
+    assert dimmed < 1
+    assert (
+        "edge0.fra1.example.net: 2 slices outlined"
+        in tab.page.locator(".heatmap-answer").inner_text()
+    )
+    tab.page.mouse.move(5, 5)
+    tab.shot("search-machine")
+    # ip:port, typed in the heatmap's own box: who owns it, and that machine's slices.
+    own = site.slice_of("edge1.fra1.example.net", site.warp)
+    query = f"{own.ip.address}:{own.lo + 100}"
+    tab.page.fill("input[name=highlight]", query)
+    tab.page.press("input[name=highlight]", "Enter")
+    answer = tab.page.locator(".heatmap-answer")
+    tab.page.wait_for_function(
+        "(q) => document.querySelector('.heatmap-answer').textContent.includes(q)", arg=query
+    )
+    assert f"belongs to edge1.fra1.example.net (ports {own.lo:,}–{own.hi:,}" in answer.inner_text()
+    assert f"highlight={query}" in tab.page.url.replace("%3A", ":")
+    assert heatmap.get_attribute("data-highlighted") == "1"
