@@ -40,6 +40,18 @@ def count(value: Any) -> int:
 
 
 @register.filter
+def plain(value: Any) -> str:
+    """A reported value as words: lists joined, mappings as "key value", never a repr."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ", ".join(plain(item) for item in value) or "none"
+    if isinstance(value, dict):
+        return "; ".join(f"{key} {plain(item)}" for key, item in value.items()) or "none"
+    return "–" if value is None else str(value)
+
+
+@register.filter
 def thousands(value: Any) -> str:
     if value is None or value == "":
         return "–"

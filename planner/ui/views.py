@@ -33,6 +33,7 @@ from planner import charts, dashboard, heatmap
 from planner.api.permissions import OPERATOR, RANK, VIEWER, user_rank
 from planner.attention import datacenter_attention, revision_counts
 from planner.choices import BundleStatus, MachineState, RevisionStatus
+from planner.history import ReadableEntry, readable_entries
 from planner.inventory_io import InventoryError, parse_inventory
 from planner.models import AuditEntry, Datacenter, EgressIP, EgressPool, Machine, PlanRevision
 from planner.search import search_resolve
@@ -412,8 +413,9 @@ def ip_detail(request: HttpRequest, address: str) -> HttpResponse:
     return page(request, "ui/ip.html", context)
 
 
-def _history(which: Q) -> list[AuditEntry]:
-    return list(AuditEntry.objects.filter(which).order_by("-at", "-id")[:PAGE_SIZE])
+def _history(which: Q) -> list[ReadableEntry]:
+    entries = AuditEntry.objects.filter(which).order_by("-at", "-id")[:PAGE_SIZE]
+    return readable_entries(entries=entries)
 
 
 # Revisions and the audit log.
@@ -460,9 +462,11 @@ def audit(request: HttpRequest) -> HttpResponse:
             queryset = queryset.filter(at__date__lte=data["until"])
     query = request.GET.copy()
     query.pop("page", None)
+    shown = Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
     context = {
         "form": form,
-        "page": Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page")),
+        "page": shown,
+        "rows": readable_entries(entries=shown.object_list),
         "query": query.urlencode(),
     }
     return page(request, "ui/audit.html", context)

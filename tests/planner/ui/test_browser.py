@@ -534,3 +534,20 @@ def test_search_highlights_a_machines_slices_and_answers_an_ip_and_port(
     assert f"belongs to edge1.fra1.example.net (ports {own.lo:,}–{own.hi:,}" in answer.inner_text()
     assert f"highlight={query}" in tab.page.url.replace("%3A", ":")
     assert heatmap.get_attribute("data-highlighted") == "1"
+
+
+def test_history_rows_show_names_never_braces_or_brackets(tab: Session, site: UiSite) -> None:
+    edge1 = site.machines[1]
+    machine_save(machine=edge1, values={"weight": 2}, pools=[site.warp, site.cdn])
+    tab.login("vera")
+    for path in ("/audit/", f"/machines/{edge1.hostname}/", f"/pools/{site.warp.pk}/"):
+        tab.open(path)
+        rows = tab.page.locator("tr[data-entry]").all_inner_texts()
+        assert rows, path
+        for row in rows:
+            assert "{" not in row and "[" not in row, (path, row)
+    tab.open("/audit/")
+    text = tab.page.locator("#audit").inner_text()
+    assert "weight: 1 → 2" in text.replace("\n", " ") or "weight:" in text
+    assert "pools added: fra1/cdn/FR" in text
+    tab.shot("audit")
