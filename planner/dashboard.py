@@ -171,6 +171,13 @@ class RebalanceOutlook:
         )
 
 
+def use_thresholds(*, datacenter: Datacenter) -> tuple[float, float]:
+    """Where a pool's use bar turns amber (the policy's hot threshold) and red (halfway
+    from there to full): the rebalancer grows machines above hot, so a pool there is busy."""
+    hot = rebalance_policy(datacenter=datacenter).hot
+    return hot, round(hot + (1 - hot) / 2, 4)
+
+
 def rebalance_outlook(*, datacenter: Datacenter) -> RebalanceOutlook:
     """Whether, and when, rebalancing will apply the datacenter's pending changes itself."""
     policy = rebalance_policy(datacenter=datacenter)

@@ -1,7 +1,7 @@
 """Views of the operator UI: thin. They check the role, read through selectors,
 write through services, and render a template.
 
-Roles as in the API (``planner.api.permissions``): viewers see every page;
+Roles as in the API (``planner.roles``): viewers see every page;
 operators and admins also edit the inventory, apply plans and drain machines.
 The server refuses those writes to viewers whatever the page showed them.
 """
@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db.models import ProtectedError, Q
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
@@ -30,12 +30,14 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 import allocator as alloc
 from planner import charts, dashboard, heatmap
-from planner.api.permissions import OPERATOR, RANK, VIEWER, user_rank
+from planner.api import filters
 from planner.attention import datacenter_attention, revision_counts
 from planner.choices import BundleStatus, MachineState, RevisionStatus
 from planner.history import ReadableEntry, readable_entries
 from planner.inventory_io import InventoryError, parse_inventory
 from planner.models import AuditEntry, Datacenter, EgressIP, EgressPool, Machine, PlanRevision
+from planner.queries import HeatmapQuery
+from planner.roles import OPERATOR, RANK, VIEWER, user_rank
 from planner.search import search_resolve
 from planner.services import inventory, plans, rebalance
 from planner.services.locks import Conflict
@@ -48,6 +50,14 @@ MACHINES_LISTED = 200
 ERR_APPROVE_UNCONFIRMED = "tick the box to confirm you looked at the draft before approving it."
 
 
+def forbidden(request: HttpRequest, reason: str) -> HttpResponse:
+    """The styled 403 page. Returned rather than raised: a viewer opening an edit page
+    is ordinary, and a raised PermissionDenied logs a full traceback for it."""
+    response = render(request, "403.html", {"reason": reason}, status=403)
+    response.reason_phrase = "Forbidden"
+    return response
+
+
 def role_required(role: str) -> Callable[[View], View]:
     """Anonymous users go to the login page; a role too low gets 403."""
 
@@ -57,7 +67,7 @@ def role_required(role: str) -> Callable[[View], View]:
             if not request.user.is_authenticated:
                 return redirect_to_login(request.get_full_path())
             if user_rank(request.user) < RANK[role]:
-                raise PermissionDenied(f"This needs the {role} role.")
+                return forbidden(request, f"This needs the {role} role.")
             return view(request, *args, **kwargs)
 
         return wrapped
@@ -93,7 +103,7 @@ def overview(request: HttpRequest) -> HttpResponse:
 @viewer_required
 def datacenter_detail(request: HttpRequest, code: str) -> HttpResponse:
     datacenter = get_object_or_404(Datacenter, code=code)
-    query = f.HeatmapQuery(request.GET)
+    query = HeatmapQuery(request.GET)
     if not query.is_valid():
         return HttpResponseBadRequest(query.error_text())
     pools = dashboard.pool_rows(datacenter=datacenter)
@@ -109,6 +119,7 @@ def datacenter_detail(request: HttpRequest, code: str) -> HttpResponse:
         "ip_count": sum(row.ips for row in pools),
         "attention": datacenter_attention(datacenter=datacenter),
         "next": reverse("datacenter", kwargs={"code": datacenter.code}),
+        "thresholds": dashboard.use_thresholds(datacenter=datacenter),
     }
     return page(request, "ui/datacenter.html", context)
 
@@ -130,7 +141,7 @@ def heatmap_data(request: HttpRequest, code: str) -> HttpResponse:
     """What the page's script draws: the same body as ``GET /api/v1/datacenters/{code}/heatmap``,
     gzipped (a 4,000-row grid is 6 MB of JSON, 0.3 MB compressed) and behind the session."""
     datacenter = get_object_or_404(Datacenter, code=code)
-    query = f.HeatmapQuery(request.GET)
+    query = HeatmapQuery(request.GET)
     if not query.is_valid():
         return HttpResponseBadRequest(query.error_text())
     picture = heatmap.datacenter_heatmap(
@@ -142,7 +153,7 @@ def heatmap_data(request: HttpRequest, code: str) -> HttpResponse:
 
 def heatmap_controls(
     datacenter: Datacenter,
-    query: f.HeatmapQuery,
+    query: HeatmapQuery,
     *,
     pools: list[EgressPool],
     fixed: dict[str, Any] | None = None,
@@ -377,7 +388,7 @@ def machine_state(request: HttpRequest, hostname: str) -> HttpResponse:
 def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
     pool = get_object_or_404(EgressPool.objects.select_related("datacenter"), pk=pk)
     ips = list(pool.ips.order_by("address"))
-    query = f.HeatmapQuery({"pool": pk, "collapse": "1"})
+    query = HeatmapQuery({"pool": pk, "collapse": "1"})
     query.is_valid()
     context = {
         "pool": pool,
@@ -400,7 +411,7 @@ def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @viewer_required
 def ip_detail(request: HttpRequest, address: str) -> HttpResponse:
     ip = get_object_or_404(EgressIP.objects.select_related("pool__datacenter"), address=address)
-    query = f.HeatmapQuery({"ip": address, "collapse": "0"})
+    query = HeatmapQuery({"ip": address, "collapse": "0"})
     query.is_valid()
     context = {
         "ip": ip,
@@ -426,50 +437,66 @@ def revisions(request: HttpRequest) -> HttpResponse:
     queryset = PlanRevision.objects.select_related("datacenter", "created_by").order_by(
         "-created_at", "-id"
     )
-    code = request.GET.get("datacenter", "")
-    if code:
-        queryset = queryset.filter(datacenter__code=code[:32])
-    status = request.GET.get("status", "")
-    if status in RevisionStatus.values:
-        queryset = queryset.filter(status=status)
-    context = {
-        "page": Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page")),
-        "datacenters": Datacenter.objects.all(),
-        "code": code,
-        "status": status,
-        "statuses": RevisionStatus.choices,
-    }
-    return page(request, "ui/revisions.html", context)
+    return filtered_list(
+        request,
+        "ui/revisions.html",
+        filters.PlanRevisionFilter(request.GET or None, queryset=queryset),
+    )
+
+
+def filtered_list(
+    request: HttpRequest,
+    template: str,
+    filterset: Any,
+    rows: Callable[[list[Any]], list[Any]] | None = None,
+) -> HttpResponse:
+    """A list page on the API's FilterSet: the same filters and the same errors (a bad
+    value is a 400 naming the field and the value), paginated."""
+    context: dict[str, Any] = {}
+    status = 200
+    queryset = filterset.queryset
+    if filterset.is_bound and not filterset.is_valid():
+        status = 400
+        context["filter_errors"] = [
+            f"{name}: {' '.join(errors)} (got “{filterset.data.get(name, '')}”)"
+            for name, errors in filterset.errors.items()
+        ]
+        queryset = queryset.none()
+    elif filterset.is_bound:
+        queryset = filterset.qs
+    query = request.GET.copy()
+    query.pop("page", None)
+    shown = Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
+    context.update(filter=filterset, page=shown, query=query.urlencode())
+    context["rows"] = rows(list(shown.object_list)) if rows else list(shown.object_list)
+    return page(request, template, context, status=status)
+
+
+@viewer_required
+def machine_list(request: HttpRequest) -> HttpResponse:
+    queryset = Machine.objects.select_related("datacenter").order_by("hostname")
+    return filtered_list(
+        request, "ui/machines.html", filters.MachineFilter(request.GET or None, queryset=queryset)
+    )
+
+
+@viewer_required
+def ip_list(request: HttpRequest) -> HttpResponse:
+    queryset = EgressIP.objects.select_related("pool__datacenter").order_by("address")
+    return filtered_list(
+        request, "ui/ips.html", filters.EgressIPFilter(request.GET or None, queryset=queryset)
+    )
 
 
 @viewer_required
 def audit(request: HttpRequest) -> HttpResponse:
-    form = f.AuditFilter(request.GET or None)
     queryset = AuditEntry.objects.order_by("-at", "-id")
-    if form.is_valid():
-        data = form.cleaned_data
-        if data["who"]:
-            queryset = queryset.filter(actor__icontains=data["who"])
-        if data["what"]:
-            queryset = queryset.filter(
-                Q(object_repr__icontains=data["what"]) | Q(model__icontains=data["what"])
-            )
-        if data["action"]:
-            queryset = queryset.filter(action=data["action"])
-        if data["since"]:
-            queryset = queryset.filter(at__date__gte=data["since"])
-        if data["until"]:
-            queryset = queryset.filter(at__date__lte=data["until"])
-    query = request.GET.copy()
-    query.pop("page", None)
-    shown = Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
-    context = {
-        "form": form,
-        "page": shown,
-        "rows": readable_entries(entries=shown.object_list),
-        "query": query.urlencode(),
-    }
-    return page(request, "ui/audit.html", context)
+    return filtered_list(
+        request,
+        "ui/audit.html",
+        filters.AuditEntryFilter(request.GET or None, queryset=queryset),
+        rows=lambda entries: readable_entries(entries=entries),
+    )
 
 
 # Inventory forms and import.

@@ -102,10 +102,15 @@ class Session:
         return self.page.locator(selector)
 
     def cell_point(self, port: float, row: int, plot: str = ".heatmap-plot") -> tuple[float, float]:
-        """Screen coordinates of (port, row) on the heatmap, from Plotly's own axes."""
+        """Screen coordinates of (port, row) on the heatmap, from Plotly's own axes,
+        scrolled into the middle of the viewport first (the attention strip above the
+        heatmap may push a low row out of the window)."""
         x, y = self.page.evaluate(
             """([plot, port, row]) => {
                 const gd = document.querySelector(plot);
+                const top = gd.getBoundingClientRect().top + gd._fullLayout._size.t
+                    + gd._fullLayout.yaxis.l2p(row);
+                window.scrollBy(0, top - window.innerHeight / 2);
                 const size = gd._fullLayout._size, box = gd.getBoundingClientRect();
                 return [box.left + size.l + gd._fullLayout.xaxis.l2p(port),
                         box.top + size.t + gd._fullLayout.yaxis.l2p(row)];
@@ -261,6 +266,7 @@ def test_an_operator_previews_a_new_machine_and_applies_it(tab: Session, site: U
 
 
 def test_a_viewer_gets_no_apply_control(tab: Session, site: UiSite) -> None:
+    make_machine("edge3.fra1.example.net", datacenter=site.datacenter).pools.add(site.warp)
     tab.login("vera")
     tab.open("/datacenters/fra1/plan/")
     tab.heatmap_drawn()
@@ -270,6 +276,7 @@ def test_a_viewer_gets_no_apply_control(tab: Session, site: UiSite) -> None:
 
 
 def test_a_stale_preview_is_refused_with_the_explanation(tab: Session, site: UiSite) -> None:
+    make_machine("edge4.fra1.example.net", datacenter=site.datacenter).pools.add(site.warp)
     tab.login("bob")
     tab.open("/datacenters/fra1/plan/")
     tab.heatmap_drawn()

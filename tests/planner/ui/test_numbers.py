@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from django.test import Client
 
 from planner.services.plans import plan_apply_current
@@ -57,3 +59,18 @@ def test_the_inventory_says_what_rebalancing_will_do_with_a_change(
 def test_titles_name_an_egress_ip_properly(clients: dict[str, Client], ui_site: UiSite) -> None:
     text = _text(clients["bob"].get("/inventory/new/ip/"))
     assert "New egress IP" in text and "New ip" not in text
+
+
+def test_each_pool_has_a_use_bar_that_warns_at_the_policy_thresholds(
+    clients: dict[str, Client], ui_site: UiSite
+) -> None:
+    rebalance_policy_save(datacenter=ui_site.datacenter, values={"hot": 0.6, "cold": 0.1})
+    html = clients["vera"].get("/datacenters/fra1/").content.decode()
+    meter = re.search(r"<meter[^>]*>", _row(html, f'data-pool="{ui_site.warp.pk}"'))
+    assert meter, "a bar for a pool with a reported use"
+    # Amber above the hot threshold, red halfway from there to full.
+    assert 'low="0.6"' in meter.group(0) and 'high="0.8"' in meter.group(0)
+    assert 'value="0.1666' in meter.group(0)
+    _silent_datacenter()
+    silent = clients["vera"].get("/datacenters/ams1/").content.decode()
+    assert "<meter" not in silent  # no report: no bar pretending to be empty

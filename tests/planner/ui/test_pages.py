@@ -109,6 +109,10 @@ def test_it_hides_edit_controls_from_viewers(clients: dict[str, Client], ui_site
         viewer = clients["vera"].get(url).content.decode()
         operator = clients["bob"].get(url).content.decode()
         assert "/edit/" not in viewer and "/edit/" in operator, url
+    # A plan that changes nothing offers nothing to apply, to anyone.
+    unchanged = clients["bob"].get("/datacenters/fra1/plan/").content.decode()
+    assert 'id="apply-form"' not in unchanged and "Nothing to apply" in unchanged
+    make_machine("edge3.fra1.example.net", datacenter=ui_site.datacenter).pools.add(ui_site.warp)
     plan_as_viewer = clients["vera"].get("/datacenters/fra1/plan/").content.decode()
     assert 'id="apply-form"' not in plan_as_viewer and "needs the operator" in plan_as_viewer
     assert 'id="apply-form"' in clients["bob"].get("/datacenters/fra1/plan/").content.decode()
@@ -206,6 +210,8 @@ def test_an_operator_applies_the_previewed_plan(
 def test_it_refuses_a_stale_preview_with_a_plain_reason_and_a_fresh_one(
     clients: dict[str, Client], ui_site: UiSite
 ) -> None:
+    # Something to apply (a plan that changes nothing offers no apply).
+    make_machine("edge4.fra1.example.net", datacenter=ui_site.datacenter).pools.add(ui_site.warp)
     stale = _digest(clients["bob"].get("/datacenters/fra1/plan/").content.decode())
     make_machine("edge3.fra1.example.net", datacenter=ui_site.datacenter).pools.add(ui_site.warp)
     response = clients["bob"].post(
@@ -216,13 +222,14 @@ def test_it_refuses_a_stale_preview_with_a_plain_reason_and_a_fresh_one(
     assert (
         "the preview you confirmed is out of date" in html and "changed since this preview" in html
     )
-    assert _digest(html) != stale and 'data-kind="added">1 slice' in html
+    assert _digest(html) != stale and 'data-kind="added">2 slices' in html
     assert PlanRevision.objects.count() == 1
 
 
 def test_it_needs_the_confirmation_and_refuses_viewers_the_apply(
     clients: dict[str, Client], users: dict[str, User], ui_site: UiSite
 ) -> None:
+    make_machine("edge4.fra1.example.net", datacenter=ui_site.datacenter).pools.add(ui_site.warp)
     digest = _digest(clients["bob"].get("/datacenters/fra1/plan/").content.decode())
     unconfirmed = clients["bob"].post("/datacenters/fra1/plan/", {"inputs_digest": digest})
     assert unconfirmed.status_code == 400 and "Tick the box" in unconfirmed.content.decode()
