@@ -94,6 +94,8 @@
     }
     Plotly.react(this.plot, payload.figure.data, layout, CONFIG);
     this.root.dataset.fit = payload.fit ? payload.fit.join("-") : "";
+    // When the picture was drawn, in ms since the page's navigation: how long it took to settle.
+    this.root.dataset.drawnMs = String(Math.round(performance.now()));
     this.syncWhole();
     this.highlight();
     this.root.dataset.rows = String(payload.rows.length);

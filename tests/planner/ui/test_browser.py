@@ -301,6 +301,8 @@ def test_the_other_pages_render_without_outside_requests(tab: Session, site: UiS
         (f"/pools/{site.warp.pk}/", "pool"),
         ("/ips/192.0.2.1/", "ip"),
         ("/audit/", "audit"),
+        ("/machines/", "machines"),
+        ("/ips/", "ips"),
         ("/inventory/import/", "import"),
         ("/inventory/new/machine/", "machine-form"),
         (f"/datacenters/fra1/plan/?pool={site.warp.pk}&add_machines=20#what-if", "what-if"),
