@@ -319,6 +319,36 @@ def usage_figure(series: list[tuple[str, list[datetime], list[float]]]) -> dict[
     }
 
 
+def use_over_time_figure(series: Any) -> dict[str, Any]:
+    """Pools by hour: the high-water utilization (viridis 0-100 %), blank where no report."""
+    return {
+        "data": [
+            {
+                "type": "heatmap",
+                "x": [hour.isoformat() for hour in series.hours],
+                "y": series.pools,
+                "z": series.use,
+                "zmin": 0,
+                "zmax": 1,
+                "colorscale": [[i / (len(VIRIDIS) - 1), c] for i, c in enumerate(VIRIDIS)],
+                "colorbar": _colorbar("high-water use", [0, 0.25, 0.5, 0.75, 1], PERCENTS),
+                "xgap": 1,
+                "ygap": 1,
+                "hoverongaps": False,
+                "hovertemplate": "%{y}<br>%{x|%H:00} UTC: %{z:.1%}<extra></extra>",
+            }
+        ],
+        "layout": {
+            "height": max(220, 48 * len(series.pools) + 120),
+            "margin": {"l": 10, "r": 20, "t": 20, "b": 50},
+            "font": FONT,
+            "plot_bgcolor": NO_REPORT_COLOUR,
+            "xaxis": {"title": {"text": "hour (UTC), last 24 h"}, "type": "date"},
+            "yaxis": {"automargin": True, "autorange": "reversed", "type": "category"},
+        },
+    }
+
+
 def heatmap_payload(heatmap: hm.Heatmap) -> dict[str, Any]:
     """What the page's script and ``GET .../heatmap`` get: the figure and the cells' slices."""
     return {**heatmap.as_dict(), "figure": heatmap_figure(heatmap)}

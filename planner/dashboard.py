@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.core.cache import cache
 from django.db import connection
 from django.db.models import Count, F, Max, Sum
-from django.db.models.functions import TruncMinute
+from django.db.models.functions import TruncHour, TruncMinute
 from django.utils import timezone
 
 import allocator as alloc
@@ -333,6 +333,86 @@ def _pool_peaks(
         if ports:
             peaks[pool_id] = max(peaks.get(pool_id, 0.0), sockets / ports)
     return peaks
+
+
+@dataclass
+class UseOverTime:
+    """Per pool and hour of the last ``HISTORY_WINDOW``: the high-water use, or None."""
+
+    hours: list[datetime]
+    pools: list[str]
+    use: list[list[float | None]]  # [pool][hour]
+
+
+def pool_use_over_time(*, datacenter: Datacenter, now: datetime | None = None) -> UseOverTime:
+    """Each pool's utilization per hour over the last 24 h, from the usage samples.
+
+    Per slice the high-water of the hour (capped at its size), summed over the
+    pool, divided by the larger of the ports handed out now and the ports of the
+    slices sampled that hour (as the peak): never above 100 %, and an hour
+    without a sample is None (no report), not 0 %.
+    """
+    now = now or timezone.now()
+    first = (now - HISTORY_WINDOW).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    hours = [first + timedelta(hours=n) for n in range(24)]
+    pools = list(
+        EgressPool.objects.filter(datacenter=datacenter)
+        .select_related("datacenter")
+        .order_by("purpose", "country", "region", "city", "pk")
+    )
+    pool_of = dict(
+        EgressIP.objects.filter(pool__datacenter=datacenter).values_list("address", "pool_id")
+    )
+    highs = (
+        UsageSample.objects.filter(machine__datacenter=datacenter, at__gte=first)
+        .annotate(hour=TruncHour("at"))
+        .values_list("ip", "lo", "hi", "hour")
+        .annotate(high=Max("sockets"))
+        .order_by()
+    )
+    inner, params = highs.query.sql_with_params()
+    per_ip = (
+        "SELECT ip, hour,"
+        " SUM(CASE WHEN high < hi - lo + 1 THEN high ELSE hi - lo + 1 END),"
+        " SUM(hi - lo + 1)"
+        f" FROM ({inner}) AS highs GROUP BY ip, hour"
+    )
+    totals: dict[tuple[int, datetime], list[int]] = defaultdict(lambda: [0, 0])
+    with connection.cursor() as cursor:
+        cursor.execute(per_ip, params)
+        for ip, hour, sockets, ports in cursor.fetchall():
+            if str(ip) in pool_of:
+                total = totals[(pool_of[str(ip)], _as_aware(hour))]
+                total[0] += sockets
+                total[1] += ports
+    # Over the ports handed out now, as the pools table's use and peak (or the ports
+    # that reported, if more: a slice since drained), so the three figures agree.
+    handed = dict(
+        PortSlice.objects.filter(ip__pool__datacenter=datacenter)
+        .values_list("ip__pool_id")
+        .annotate(ports=Sum(F("hi") - F("lo") + 1))
+        .order_by()
+    )
+    use = [
+        [
+            round(sockets / max(handed.get(pool.pk) or 0, sampled), 4)
+            if (pool.pk, hour) in totals
+            else None
+            for hour in hours
+            for sockets, sampled in [totals.get((pool.pk, hour), (0, 1))]
+        ]
+        for pool in pools
+    ]
+    return UseOverTime(hours=hours, pools=[pool.key for pool in pools], use=use)
+
+
+def _as_aware(moment: Any) -> datetime:
+    """A truncated hour from a raw query: SQLite gives naive UTC (or text), PostgreSQL aware."""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    if timezone.is_naive(moment):
+        moment = timezone.make_aware(moment, UTC)
+    return moment.astimezone(UTC)
 
 
 @dataclass

@@ -120,6 +120,9 @@ def datacenter_detail(request: HttpRequest, code: str) -> HttpResponse:
         "attention": datacenter_attention(datacenter=datacenter),
         "next": reverse("datacenter", kwargs={"code": datacenter.code}),
         "thresholds": dashboard.use_thresholds(datacenter=datacenter),
+        "use_over_time": charts.use_over_time_figure(
+            dashboard.pool_use_over_time(datacenter=datacenter)
+        ),
     }
     return page(request, "ui/datacenter.html", context)
 

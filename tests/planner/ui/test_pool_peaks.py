@@ -9,7 +9,7 @@ from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from planner.dashboard import _pool_peaks
+from planner.dashboard import _pool_peaks, pool_use_over_time
 from planner.models import PortSlice, UsageSample
 from tests.planner.ui.fixtures import UiSite
 
@@ -66,3 +66,31 @@ def test_reports_every_10_seconds_count_once_a_minute(ui_site: UiSite) -> None:
     pattern = [(0, ago, 1.0) for ago in (0, 10, 20, 30, 40, 50)]
     peak = _warp_peak(ui_site, pattern)
     assert peak is not None and abs(peak - 1 / live) < 1e-9, (peak, live)
+
+
+def test_use_over_time_takes_each_hours_high_water_and_leaves_silent_hours_blank(
+    ui_site: UiSite,
+) -> None:
+    UsageSample.objects.all().delete()
+    now = timezone.now()
+    own = PortSlice.objects.filter(ip__pool=ui_site.warp).select_related("ip", "machine")[0]
+    size = own.hi - own.lo + 1
+    # Three hours ago: reports of 25 %, 75 % and 50 % of one slice; nothing since.
+    at = now - timedelta(hours=3)
+    UsageSample.objects.bulk_create(
+        UsageSample(
+            machine=own.machine, ip=own.ip.address, lo=own.lo, hi=own.hi,
+            at=at.replace(minute=10 * n), sockets=size * share // 100,
+        )
+        for n, share in enumerate((25, 75, 50))
+    )  # fmt: skip
+    series = pool_use_over_time(datacenter=ui_site.datacenter, now=now)
+    assert len(series.hours) == 24 and series.hours[-1] <= now
+    warp = series.use[series.pools.index(ui_site.warp.key)]
+    hour = series.hours.index(at.replace(minute=0, second=0, microsecond=0))
+    handed = sum(s.hi - s.lo + 1 for s in PortSlice.objects.filter(ip__pool=ui_site.warp))
+    # The slice's high-water (75 %, not the sum 150 %), over the pool's ports, as the peak.
+    assert warp[hour] == round(size * 75 // 100 / handed, 4)
+    assert [v for i, v in enumerate(warp) if i != hour] == [None] * 23
+    cdn = series.use[series.pools.index(ui_site.cdn.key)]
+    assert all(v is None or 0 <= v <= 1 for v in cdn)
