@@ -486,6 +486,8 @@ class WhatIfResult:
     capacity: dict[str, alloc.PoolCapacity] = field(default_factory=dict)
     shortfalls: tuple[alloc.Shortfall, ...] = ()
     error: str = ""
+    plan: alloc.Plan | None = None  # the hypothetical plan, for its picture
+    usable: tuple[int, int] = (1024, 65535)  # of the what-if IPs (the pool's typical range)
 
     @property
     def ok(self) -> bool:
@@ -535,4 +537,6 @@ def what_if(*, datacenter: Datacenter, question: WhatIf, now: datetime | None = 
         result.error = str(error)
     else:
         result.capacity = dict(plan.capacity)
+        result.plan = plan
+        result.usable = (usable.lo, usable.hi)
     return result

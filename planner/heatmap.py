@@ -298,6 +298,36 @@ def plan_heatmap(*, datacenter: Datacenter, plan: alloc.Plan) -> tuple[Heatmap, 
     return picture, shown
 
 
+def what_if_heatmap(
+    *, datacenter: Datacenter, plan: alloc.Plan, pool: EgressPool, usable: tuple[int, int]
+) -> Heatmap:
+    """The picture of a what-if plan: the pool's IPs, the hypothetical ones after them.
+
+    The what-if IPs exist only in the plan (``what-if-ip-N``), so their rows are made
+    here with the pool's typical usable range; nothing is read from them or written.
+    """
+    rows, pools = ip_rows(datacenter=datacenter, filters=HeatmapFilter(pool=pool.pk))
+    known = {row.ip for row in rows}
+    label = rows[0].pool_label if rows else f"{pool.purpose} · {pool.country}"
+    extra = sorted(
+        {s.ip for s in plan.slices if s.ip.startswith("what-if-ip-") and s.ip not in known},
+        key=lambda ip: int(ip.rsplit("-", 1)[1]),
+    )
+    rows += [
+        IpRow(ip, pool.pk, label, usable[0], usable[1], (), "active", pool.slice_size)
+        for ip in extra
+    ]
+    shown = {row.ip for row in rows}
+    return build_heatmap(
+        datacenter=datacenter,
+        mode=DIFF,
+        rows=rows,
+        pools=pools,
+        slices=[cell for cell in plan_slices(plan) if cell.ip in shown],
+        filters=HeatmapFilter(collapse=False),
+    )
+
+
 def datacenter_heatmap(
     *, datacenter: Datacenter, mode: str = OWNERSHIP, filters: HeatmapFilter | None = None
 ) -> Heatmap:

@@ -336,7 +336,16 @@ def what_if_context(request: HttpRequest, datacenter: Datacenter) -> dict[str, A
         slices_per_machine=data.get("slices_per_machine"),
     )
     result = dashboard.what_if(datacenter=datacenter, question=question)
-    return {"what_if_form": form, "what_if": result, "what_if_pool": pool.key}
+    context: dict[str, Any] = {"what_if_form": form, "what_if": result, "what_if_pool": pool.key}
+    if result.plan is not None:
+        # Redraw the picture and the capacity table for the hypothetical inventory.
+        pool.datacenter = datacenter
+        picture = heatmap.what_if_heatmap(
+            datacenter=datacenter, plan=result.plan, pool=pool, usable=result.usable
+        )
+        context["what_if_payload"] = charts.heatmap_payload(picture)
+        context["what_if_capacity"] = sorted(result.capacity.values(), key=lambda c: c.pool)
+    return context
 
 
 # Machines, pools, IPs.

@@ -339,7 +339,9 @@
       return;
     }
     var found = this.slicesAt(cell.row, p.edges[cell.column], p.edges[cell.column + 1] - 1);
-    if (found.length && found[0][7] !== "freed") {
+    var name = found.length ? p.machines[found[0][3]] : "";
+    // A what-if machine exists only in the hypothetical plan: it has no page.
+    if (found.length && found[0][7] !== "freed" && name.indexOf("what-if-") !== 0) {
       window.location.assign("/machines/" + encodeURIComponent(p.machines[found[0][3]]) + "/");
     }
   };

@@ -257,6 +257,16 @@ def test_what_if_tells_the_ips_needed_and_writes_nothing(
     assert 'data-needed="2">2 more IPs needed' in html
     fits = clients["vera"].get(url + "&add_ips=2").content.decode()
     assert "It fits." in fits and "0 more IPs needed" in fits
+    # The picture and the capacity table are redrawn for the hypothetical inventory:
+    # the two what-if IPs are rows, holding added slices; the pool's slots grow.
+    data = re.search(r'id="what-if-data"[^>]*>(.*?)</script>', fits, re.S)
+    assert data, "a what-if picture"
+    picture = json.loads(data.group(1))
+    assert [r["ip"] for r in picture["rows"]][-2:] == ["what-if-ip-1", "what-if-ip-2"]
+    assert {s[7] for s in picture["slices"] if s[0] >= len(picture["rows"]) - 2} == {"added"}
+    table = fits[fits.index('id="what-if-capacity"') :]
+    row = _row(table, f'data-pool="{ui_site.warp.key}"')
+    assert re.search(r"<td class=\"num\">4</td>", row), row  # 2 IPs + 2 what-if IPs
     smaller = (
         clients["vera"]
         .get(f"/datacenters/fra1/plan/?pool={ui_site.warp.pk}&add_machines=20&slice_size=4096")
