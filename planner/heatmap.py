@@ -15,7 +15,7 @@ datacenter page and ``GET /api/v1/datacenters/{code}/heatmap`` both serve it.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -275,12 +275,21 @@ def plan_slices(plan: alloc.Plan) -> list[CellSlice]:
     return cells
 
 
-def plan_heatmap(*, datacenter: Datacenter, plan: alloc.Plan) -> tuple[Heatmap, int]:
+def plan_heatmap(
+    *,
+    datacenter: Datacenter,
+    plan: alloc.Plan,
+    edit: Callable[[IpRow], IpRow] | None = None,
+) -> tuple[Heatmap, int]:
     """The picture of what ``plan`` does, and how many IPs the datacenter has.
 
     On a datacenter too large for one row per IP, only the IPs the plan changes.
+    ``edit`` gives a row as an inventory edit not yet written would leave it (its
+    usable range, reserved ports, slice size), so the greys match the plan.
     """
     rows, pools = ip_rows(datacenter=datacenter, filters=HeatmapFilter())
+    if edit is not None:
+        rows = [edit(row) for row in rows]
     cells = plan_slices(plan)
     shown = len(rows)
     if len(rows) > COLLAPSE_ABOVE:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from functools import wraps
 from typing import Any
 from urllib.parse import urlencode
@@ -615,6 +616,40 @@ def _preview_with_plan(change: inventory.InventoryChange, context: dict[str, Any
     if preview.plan is not None:
         context["summary"] = preview.plan.diff.summary()
         context["machines_changed"] = sorted(preview.plan.diff.machines_touched())
+        datacenter = _datacenter_of(change.instance)
+        if datacenter is not None:
+            picture, _ = heatmap.plan_heatmap(
+                datacenter=datacenter, plan=preview.plan, edit=_edited_row(change)
+            )
+            context["diff_payload"] = charts.heatmap_payload(picture)
+
+
+def _datacenter_of(instance: Any) -> Datacenter | None:
+    if isinstance(instance, EgressIP):
+        return instance.pool.datacenter
+    if isinstance(instance, EgressPool | Machine):
+        return instance.datacenter
+    return instance if isinstance(instance, Datacenter) else None
+
+
+def _edited_row(change: inventory.InventoryChange) -> Callable[[Any], Any]:
+    """A heatmap row as the (unwritten) edit leaves it: an IP's range and reserved
+    ports, a pool's slice size; other rows as they are."""
+    values, instance = change.values, change.instance
+
+    def edit(row: Any) -> Any:
+        if isinstance(instance, EgressIP) and row.ip == instance.address:
+            return replace(
+                row,
+                usable_lo=values.get("usable_lo", row.usable_lo),
+                usable_hi=values.get("usable_hi", row.usable_hi),
+                reserved=tuple(values.get("reserved_ports", row.reserved) or ()),
+            )
+        if isinstance(instance, EgressPool) and row.pool_id == instance.pk:
+            return replace(row, slice_size=values.get("slice_size", row.slice_size))
+        return row
+
+    return edit
 
 
 def _apply_with_plan(

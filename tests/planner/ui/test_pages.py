@@ -441,6 +441,13 @@ def test_an_edit_that_displaces_a_slice_is_refused_then_applied_with_its_plan(
     preview = clients["bob"].post(url, {**data, "plan": "preview"})
     html = preview.content.decode()
     assert preview.status_code == 200 and "1 added, 1 start draining" in html
+    # The picture of that plan, drawn with the edited IP's new reserved port.
+    found = re.search(r'id="change-plan-data"[^>]*>(.*?)</script>', html, re.S)
+    assert found, "the change's plan as a picture"
+    picture = json.loads(found.group(1))
+    row = [r["ip"] for r in picture["rows"]].index(own.ip.address)
+    kinds = {s[7] for s in picture["slices"] if s[0] == row}
+    assert "draining" in kinds and picture["rows"][row]["reserved"] >= 1
     digest = _digest(html)
     applied = clients["bob"].post(
         url, {**data, "plan": "apply", "inputs_digest": digest, "confirm": "on"}
