@@ -560,3 +560,15 @@ def test_history_rows_show_names_never_braces_or_brackets(tab: Session, site: Ui
     assert "weight: 1 → 2" in text.replace("\n", " ") or "weight:" in text
     assert "pools added: fra1/cdn/FR" in text
     tab.shot("audit")
+
+
+def test_the_whole_port_space_button_hides_when_the_slices_fill_the_axis(
+    tab: Session, site: UiSite
+) -> None:
+    """fra1's slices span most of the axis: nothing to fit, so no button to fit with."""
+    tab.login("vera")
+    tab.open("/datacenters/fra1/")
+    tab.heatmap_drawn()
+    fit = tab.page.evaluate("() => document.querySelector('[data-heatmap]').heatmap.payload.fit")
+    button = tab.page.locator(".heatmap-whole")
+    assert button.is_visible() == (fit is not None)
