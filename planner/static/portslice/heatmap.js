@@ -151,8 +151,13 @@
         shapes.push(self.outline(row, p.whole[0], p.whole[1], null));
       });
     }
-    Plotly.relayout(this.plot, { shapes: shapes });
-    Plotly.restyle(this.plot, { opacity: found && shapes.length ? 0.35 : 1 }, [0]);
+    // Redraw only when there is something to outline or to clear: a picture without
+    // a search settles with the one draw.
+    if (shapes.length || this.outlined) {
+      Plotly.relayout(this.plot, { shapes: shapes });
+      Plotly.restyle(this.plot, { opacity: shapes.length ? 0.35 : 1 }, [0]);
+    }
+    this.outlined = shapes.length > 0;
     this.root.dataset.highlighted = String(found ? found.slices.length + found.rows.length : 0);
     if (answer) {
       answer.textContent = !q ? "" : (found ? found.text : (p.collapsed ?
