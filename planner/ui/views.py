@@ -591,8 +591,8 @@ def _save(form: Any, change: inventory.InventoryChange, context: dict[str, Any])
         slices = list(error.details.get("slices", []))  # type: ignore[call-overload]
         form.add_error(
             None,
-            f"Not saved: this change would leave {len(slices)} live slice(s) "
-            "outside what it allows.",
+            f"Not saved: this change would leave {len(slices)} live "
+            f"slice{'' if len(slices) == 1 else 's'} outside what it allows.",
         )
         context["displaced"] = slices
         return False

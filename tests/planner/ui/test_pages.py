@@ -436,7 +436,7 @@ def test_an_edit_that_displaces_a_slice_is_refused_then_applied_with_its_plan(
     }
     refused = clients["bob"].post(url, data)
     html = refused.content.decode()
-    assert refused.status_code == 400 and "1 live slice(s)" in html
+    assert refused.status_code == 400 and "would leave 1 live slice outside" in html
     assert f"{own.lo}-{own.hi}" in html and "edge0.fra1.example.net" in html
     preview = clients["bob"].post(url, {**data, "plan": "preview"})
     html = preview.content.decode()
