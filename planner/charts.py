@@ -48,7 +48,12 @@ DIFF_NAMES = {
     "revived": "back to its owner",
     "still_draining": "still draining",
 }
-BASE_LEGEND = [("free", FREE_COLOUR), ("reserved", RESERVED_COLOUR), ("unusable", UNUSABLE_COLOUR)]
+# The same three colours, with the same names, in every view and mode.
+BASE_LEGEND = [
+    ("free", FREE_COLOUR),
+    ("reserved", RESERVED_COLOUR),
+    ("unusable (outside the usable range or the slot grid)", UNUSABLE_COLOUR),
+]
 # Viridis, perceptually uniform, for 0-100 %; below 0 the cells that are no measured use.
 VIRIDIS = [
     "#440154",
@@ -67,8 +72,12 @@ NO_REPORT_COLOUR = "#f4c6d7"
 PERCENTS = ["0%", "25%", "50%", "75%", "100%"]
 
 
-def _utilization_scale() -> list[list[Any]]:
-    """Three bands below 0 (unusable, reserved, no report), then viridis over 0-100 %."""
+# One row per pool, ownership: the share of the pool's IPs handed out, from free to dark blue.
+SHARE_COLOURS = ["#f7f7f2", "#c6dbef", "#6baed6", "#2171b5", "#08306b"]
+
+
+def banded_scale(colours: list[str]) -> list[list[Any]]:
+    """Three bands below 0 (unusable, reserved, no report), then ``colours`` over 0-100 %."""
     span = 1 - UTIL_ZMIN
 
     def at(value: float) -> float:
@@ -81,13 +90,14 @@ def _utilization_scale() -> list[list[Any]]:
         (-0.1, 0.0, NO_REPORT_COLOUR),
     ):
         scale += [[at(lo), colour], [at(hi), colour]]
-    steps = len(VIRIDIS) - 1
+    steps = len(colours) - 1
     zero = at(0.0)
-    scale += [[zero + (1 - zero) * i / steps, colour] for i, colour in enumerate(VIRIDIS)]
+    scale += [[zero + (1 - zero) * i / steps, colour] for i, colour in enumerate(colours)]
     return scale
 
 
-UTILIZATION_SCALE = _utilization_scale()
+UTILIZATION_SCALE = banded_scale(VIRIDIS)
+SHARE_SCALE = banded_scale(SHARE_COLOURS)
 FONT = {"family": "system-ui, -apple-system, 'Segoe UI', sans-serif", "size": 13}
 
 
@@ -137,29 +147,29 @@ def heatmap_figure(heatmap: hm.Heatmap) -> dict[str, Any]:
 
 
 def _colours(trace: dict[str, Any], heatmap: hm.Heatmap) -> list[dict[str, Any]]:
-    """Set the trace's colours; return legend swatches for categorical modes."""
-    if heatmap.collapsed:
+    """Set the trace's colours; return the legend: swatches, and a colour bar for a measure.
+
+    Free, reserved and unusable keep one colour and one name in every mode; what
+    the rest measures is said in the legend (a pool row's share of IPs handed out
+    is not a machine, and a use is not an owner). The colour bar spans 0-100 %
+    only, so its labels never sit on the categories' names.
+    """
+    if heatmap.mode == hm.UTILIZATION or heatmap.collapsed:
         utilization = heatmap.mode == hm.UTILIZATION
-        title = "sockets in use ÷ ports" if utilization else "share of IPs handed out"
+        colours = VIRIDIS if utilization else SHARE_COLOURS
         trace.update(
-            colorscale="Viridis" if utilization else "Cividis",
-            zmin=0,
-            zmax=1,
-            colorbar=_colorbar(title, [0, 0.25, 0.5, 0.75, 1], PERCENTS),
-        )
-        return []
-    if heatmap.mode == hm.UTILIZATION:
-        trace.update(
-            colorscale=UTILIZATION_SCALE,
+            colorscale=UTILIZATION_SCALE if utilization else SHARE_SCALE,
             zmin=UTIL_ZMIN,
             zmax=1,
-            colorbar=_colorbar(
-                "sockets in use ÷ ports",
-                [hm.UTIL_UNUSABLE, hm.UTIL_RESERVED, hm.UTIL_NO_REPORT, 0, 0.25, 0.5, 0.75, 1],
-                ["unusable", "reserved", "no report", *PERCENTS],
-            ),
+            showscale=False,
         )
-        return []
+        if utilization:
+            title = "sockets in use ÷ ports"
+            legend = [*BASE_LEGEND, ("owned, no report yet", NO_REPORT_COLOUR)]
+        else:
+            title = "share of the pool's IPs handed out"
+            legend = BASE_LEGEND
+        return [*_swatches(legend), _colour_bar(title, colours)]
     if heatmap.mode == hm.DIFF:
         colours = [
             UNUSABLE_COLOUR,
@@ -171,7 +181,10 @@ def _colours(trace: dict[str, Any], heatmap: hm.Heatmap) -> list[dict[str, Any]]
         legend = [*BASE_LEGEND, *((DIFF_NAMES[k], c) for k, c in DIFF_COLOURS.items())]
     else:
         colours = [UNUSABLE_COLOUR, RESERVED_COLOUR, FREE_COLOUR, *MACHINE_PALETTE]
-        legend = [*BASE_LEGEND, ("owned: a colour per machine", MACHINE_PALETTE[0])]
+        legend = [
+            *BASE_LEGEND,
+            ("owned: a colour per machine (hover or search names it)", MACHINE_PALETTE[0]),
+        ]
     trace.update(
         colorscale=discrete_colorscale(colours),
         zmin=-0.5,
@@ -179,6 +192,27 @@ def _colours(trace: dict[str, Any], heatmap: hm.Heatmap) -> list[dict[str, Any]]
         showscale=False,
     )
     return _swatches(legend)
+
+
+def _colour_bar(title: str, colours: list[str]) -> dict[str, Any]:
+    """An invisible trace that only draws the 0-100 % colour bar of a measured mode."""
+    return {
+        "type": "scatter",
+        "x": [None, None],
+        "y": [None, None],
+        "mode": "markers",
+        "name": title,
+        "showlegend": False,
+        "hoverinfo": "skip",
+        "marker": {
+            "color": [0, 1],
+            "cmin": 0,
+            "cmax": 1,
+            "colorscale": [[i / (len(colours) - 1), c] for i, c in enumerate(colours)],
+            "showscale": True,
+            "colorbar": _colorbar(title, [0, 0.25, 0.5, 0.75, 1], PERCENTS),
+        },
+    }
 
 
 def _colorbar(title: str, ticks: list[float], labels: list[str]) -> dict[str, Any]:
@@ -228,6 +262,7 @@ def _drain_marks(heatmap: hm.Heatmap, labels: list[str]) -> dict[str, Any]:
 
 def _layout(heatmap: hm.Heatmap, rows: int) -> dict[str, Any]:
     per_row = row_height(rows)
+    whole = (heatmap.edges[0], heatmap.edges[-1])
     return {
         "uirevision": f"heatmap-{plotly_text(heatmap.datacenter)}",
         # Room for the colour bar's labels even with a single row.
@@ -238,10 +273,17 @@ def _layout(heatmap: hm.Heatmap, rows: int) -> dict[str, Any]:
         "plot_bgcolor": FREE_COLOUR,
         "hovermode": "closest",
         "dragmode": "zoom",
-        "showlegend": not heatmap.collapsed,
+        "showlegend": True,
         "legend": {"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom", "font": {"size": 12}},
         "xaxis": {
             "title": {"text": f"source port (one column = {heatmap.bucket:,} ports)"},
+            # Open on the slices (a sparse pool is a sliver of the whole axis);
+            # no zoom, reset or drain mark takes the axis outside the port space.
+            "range": list(heatmap.fit or whole),
+            "autorange": False,
+            "minallowed": whole[0],
+            "maxallowed": whole[1],
+            "autorangeoptions": {"minallowed": whole[0], "maxallowed": whole[1]},
             "tickformat": ",d",
             "nticks": 12,
             "showgrid": False,
@@ -288,6 +330,36 @@ def usage_figure(series: list[tuple[str, list[datetime], list[float]]]) -> dict[
             },
             "legend": {"orientation": "h", "y": -0.25},
             "colorway": MACHINE_PALETTE,
+        },
+    }
+
+
+def use_over_time_figure(series: Any) -> dict[str, Any]:
+    """Pools by hour: the high-water utilization (viridis 0-100 %), blank where no report."""
+    return {
+        "data": [
+            {
+                "type": "heatmap",
+                "x": [hour.isoformat() for hour in series.hours],
+                "y": series.pools,
+                "z": series.use,
+                "zmin": 0,
+                "zmax": 1,
+                "colorscale": [[i / (len(VIRIDIS) - 1), c] for i, c in enumerate(VIRIDIS)],
+                "colorbar": _colorbar("high-water use", [0, 0.25, 0.5, 0.75, 1], PERCENTS),
+                "xgap": 1,
+                "ygap": 1,
+                "hoverongaps": False,
+                "hovertemplate": "%{y}<br>%{x|%H:00} UTC: %{z:.1%}<extra></extra>",
+            }
+        ],
+        "layout": {
+            "height": max(220, 48 * len(series.pools) + 120),
+            "margin": {"l": 10, "r": 20, "t": 20, "b": 50},
+            "font": FONT,
+            "plot_bgcolor": NO_REPORT_COLOUR,
+            "xaxis": {"title": {"text": "hour (UTC), last 24 h"}, "type": "date"},
+            "yaxis": {"automargin": True, "autorange": "reversed", "type": "category"},
         },
     }
 

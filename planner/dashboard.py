@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.core.cache import cache
+from django.db import connection
 from django.db.models import Count, F, Max, Sum
-from django.db.models.functions import TruncMinute
+from django.db.models.functions import TruncHour, TruncMinute
 from django.utils import timezone
 
 import allocator as alloc
@@ -31,7 +32,7 @@ from planner.models import (
     SliceUsage,
     UsageSample,
 )
-from planner.selectors import machine_status_counts, planner_inputs, pool_headroom
+from planner.selectors import machine_status_counts, planner_inputs, pool_headroom, rebalance_policy
 
 PEAK_WINDOW = timedelta(hours=1)
 HISTORY_WINDOW = timedelta(hours=24)
@@ -91,14 +92,16 @@ class DatacenterCard:
     machines: MachineHealth
     ips: int
     pools: int
-    sockets: int
+    sockets: int | None  # None: no agent of it has reported, which is not idle
     ports_handed_out: int
     short_pools: list[alloc.PoolHeadroom]
     last_revision: PlanRevision | None
 
     @property
-    def use(self) -> float:
-        return self.sockets / self.ports_handed_out if self.ports_handed_out else 0.0
+    def use(self) -> float | None:
+        if self.sockets is None or not self.ports_handed_out:
+            return None
+        return self.sockets / self.ports_handed_out
 
 
 def machine_health(*, datacenter: Datacenter) -> MachineHealth:
@@ -136,7 +139,7 @@ def overview_cards() -> list[DatacenterCard]:
                 machines=machine_health(datacenter=dc),
                 ips=ips.get(dc.pk, 0),
                 pools=pools.get(dc.pk, 0),
-                sockets=sockets.get(dc.pk) or 0,
+                sockets=sockets.get(dc.pk),
                 ports_handed_out=handed.get(dc.pk) or 0,
                 short_pools=[row for row in headroom[dc.code] if row.ips_needed],
                 last_revision=PlanRevision.objects.filter(
@@ -149,6 +152,54 @@ def overview_cards() -> list[DatacenterCard]:
     return cards
 
 
+@dataclass(frozen=True)
+class RebalanceOutlook:
+    """What scheduled rebalancing will do with an inventory change, in words."""
+
+    enabled: bool
+    auto_apply: bool
+    interval_minutes: int
+    last_run: datetime | None
+    next_run: datetime | None
+
+    @property
+    def sentence(self) -> str:
+        if not self.enabled:
+            return "Rebalancing is off: changes wait for a plan you apply."
+        every = f"every {self.interval_minutes} minute{'s' if self.interval_minutes != 1 else ''}"
+        if not self.auto_apply:
+            return (
+                f"Rebalancing runs {every} and leaves each plan as a draft for an operator "
+                "(auto-apply is off): changes wait for a plan you apply or approve."
+            )
+        when = f" (next after {self.next_run:%H:%M} UTC)" if self.next_run else ""
+        return (
+            f"Rebalancing runs {every}{when}: it applies on its own a plan that only adds "
+            "(new machines, growth, freed drains); a plan that drains a live slice waits "
+            "as a draft for an operator."
+        )
+
+
+def use_thresholds(*, datacenter: Datacenter) -> tuple[float, float]:
+    """Where a pool's use bar turns amber (the policy's hot threshold) and red (halfway
+    from there to full): the rebalancer grows machines above hot, so a pool there is busy."""
+    hot = rebalance_policy(datacenter=datacenter).hot
+    return hot, round(hot + (1 - hot) / 2, 4)
+
+
+def rebalance_outlook(*, datacenter: Datacenter) -> RebalanceOutlook:
+    """Whether, and when, rebalancing will apply the datacenter's pending changes itself."""
+    policy = rebalance_policy(datacenter=datacenter)
+    last = policy.last_run_at
+    return RebalanceOutlook(
+        enabled=policy.enabled,
+        auto_apply=policy.auto_apply,
+        interval_minutes=policy.interval_minutes,
+        last_run=last,
+        next_run=last + timedelta(minutes=policy.interval_minutes) if last else None,
+    )
+
+
 @dataclass
 class PoolRow:
     pool: EgressPool
@@ -156,13 +207,15 @@ class PoolRow:
     machines_served: int
     slices: int
     ports_handed_out: int
-    sockets: int
+    sockets: int | None  # None: none of its slices reported
     peak: float | None
     headroom: alloc.PoolHeadroom | None
 
     @property
     def use(self) -> float | None:
-        return self.sockets / self.ports_handed_out if self.ports_handed_out else None
+        if self.sockets is None or not self.ports_handed_out:
+            return None
+        return self.sockets / self.ports_handed_out
 
 
 def pool_rows(*, datacenter: Datacenter, now: datetime | None = None) -> list[PoolRow]:
@@ -213,7 +266,7 @@ def pool_rows(*, datacenter: Datacenter, now: datetime | None = None) -> list[Po
             machines_served=served.get(pool.pk, 0),
             slices=slices.get(pool.pk, (0, 0))[0],
             ports_handed_out=slices.get(pool.pk, (0, 0))[1] or 0,
-            sockets=sockets.get(pool.pk) or 0,
+            sockets=sockets.get(pool.pk),
             peak=peaks.get(pool.pk),
             headroom=headroom.get(pool.key),
         )
@@ -249,27 +302,126 @@ def datacenter_headroom(*, datacenter: Datacenter) -> dict[str, alloc.PoolHeadro
 def _pool_peaks(
     datacenter: Datacenter, slices: dict[int, tuple[int, int]], now: datetime
 ) -> dict[int, float]:
-    """The highest pool-wide use of any minute in the last ``PEAK_WINDOW``."""
+    """The highest pool-wide use of any minute in the last ``PEAK_WINDOW``.
+
+    Per slice the high-water of the minute (an agent may report several times a
+    minute: summing them counted one socket six times), capped at the slice's
+    size, then summed over the pool; divided by the larger of the ports handed
+    out now and the ports of the slices sampled that minute (a slice drained
+    since still counts its ports). So a peak is never above 100 %.
+    """
     pool_of = dict(
         EgressIP.objects.filter(pool__datacenter=datacenter).values_list("address", "pool_id")
     )
-    per_minute: dict[tuple[int, datetime], int] = defaultdict(int)
-    for ip, minute, sockets in (
+    highs = (
         UsageSample.objects.filter(machine__datacenter=datacenter, at__gte=now - PEAK_WINDOW)
         .annotate(minute=TruncMinute("at"))
-        .values_list("ip", "minute")
-        .annotate(n=Sum("sockets"))
+        .values_list("ip", "lo", "hi", "minute")
+        .annotate(high=Max("sockets"))
         .order_by()
-        .values_list("ip", "minute", "n")
-    ):
-        if ip in pool_of:
-            per_minute[(pool_of[ip], minute)] += sockets
+    )
+    inner, params = highs.query.sql_with_params()
+    # The second GROUP BY in SQL: one row per IP and minute, not per slice and minute.
+    per_ip = (
+        "SELECT ip, minute,"
+        " SUM(CASE WHEN high < hi - lo + 1 THEN high ELSE hi - lo + 1 END),"
+        " SUM(hi - lo + 1)"
+        f" FROM ({inner}) AS highs GROUP BY ip, minute"
+    )
+    per_minute: dict[tuple[int, Any], list[int]] = defaultdict(lambda: [0, 0])
+    with connection.cursor() as cursor:
+        cursor.execute(per_ip, params)
+        for ip, minute, sockets, ports in cursor.fetchall():
+            if str(ip) in pool_of:  # psycopg may load inet as an address object
+                total = per_minute[(pool_of[str(ip)], minute)]
+                total[0] += sockets
+                total[1] += ports
     peaks: dict[int, float] = {}
-    for (pool_id, _), sockets in per_minute.items():
-        ports = slices.get(pool_id, (0, 0))[1]
+    for (pool_id, _), (sockets, sampled) in per_minute.items():
+        ports = max(slices.get(pool_id, (0, 0))[1] or 0, sampled)
         if ports:
             peaks[pool_id] = max(peaks.get(pool_id, 0.0), sockets / ports)
     return peaks
+
+
+@dataclass
+class UseOverTime:
+    """Per pool and hour of the last ``HISTORY_WINDOW``: the high-water use, or None."""
+
+    hours: list[datetime]
+    pools: list[str]
+    use: list[list[float | None]]  # [pool][hour]
+
+
+def pool_use_over_time(*, datacenter: Datacenter, now: datetime | None = None) -> UseOverTime:
+    """Each pool's utilization per hour over the last 24 h, from the usage samples.
+
+    Per slice the high-water of the hour (capped at its size), summed over the
+    pool, divided by the larger of the ports handed out now and the ports of the
+    slices sampled that hour (as the peak): never above 100 %, and an hour
+    without a sample is None (no report), not 0 %.
+    """
+    now = now or timezone.now()
+    first = (now - HISTORY_WINDOW).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    hours = [first + timedelta(hours=n) for n in range(24)]
+    pools = list(
+        EgressPool.objects.filter(datacenter=datacenter)
+        .select_related("datacenter")
+        .order_by("purpose", "country", "region", "city", "pk")
+    )
+    pool_of = dict(
+        EgressIP.objects.filter(pool__datacenter=datacenter).values_list("address", "pool_id")
+    )
+    highs = (
+        UsageSample.objects.filter(machine__datacenter=datacenter, at__gte=first)
+        .annotate(hour=TruncHour("at"))
+        .values_list("ip", "lo", "hi", "hour")
+        .annotate(high=Max("sockets"))
+        .order_by()
+    )
+    inner, params = highs.query.sql_with_params()
+    per_ip = (
+        "SELECT ip, hour,"
+        " SUM(CASE WHEN high < hi - lo + 1 THEN high ELSE hi - lo + 1 END),"
+        " SUM(hi - lo + 1)"
+        f" FROM ({inner}) AS highs GROUP BY ip, hour"
+    )
+    totals: dict[tuple[int, datetime], list[int]] = defaultdict(lambda: [0, 0])
+    with connection.cursor() as cursor:
+        cursor.execute(per_ip, params)
+        for ip, hour, sockets, ports in cursor.fetchall():
+            if str(ip) in pool_of:
+                total = totals[(pool_of[str(ip)], _as_aware(hour))]
+                total[0] += sockets
+                total[1] += ports
+    # Over the ports handed out now, as the pools table's use and peak (or the ports
+    # that reported, if more: a slice since drained), so the three figures agree.
+    handed = dict(
+        PortSlice.objects.filter(ip__pool__datacenter=datacenter)
+        .values_list("ip__pool_id")
+        .annotate(ports=Sum(F("hi") - F("lo") + 1))
+        .order_by()
+    )
+    use = [
+        [
+            round(sockets / max(handed.get(pool.pk) or 0, sampled), 4)
+            if (pool.pk, hour) in totals
+            else None
+            for hour in hours
+            for sockets, sampled in [totals.get((pool.pk, hour), (0, 1))]
+        ]
+        for pool in pools
+    ]
+    return UseOverTime(hours=hours, pools=[pool.key for pool in pools], use=use)
+
+
+def _as_aware(moment: Any) -> datetime:
+    """A truncated hour from a raw query: SQLite gives naive UTC (or text), PostgreSQL aware."""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    if timezone.is_naive(moment):
+        moment = timezone.make_aware(moment, UTC)
+    return moment.astimezone(UTC)
 
 
 @dataclass
@@ -343,6 +495,8 @@ class WhatIfResult:
     capacity: dict[str, alloc.PoolCapacity] = field(default_factory=dict)
     shortfalls: tuple[alloc.Shortfall, ...] = ()
     error: str = ""
+    plan: alloc.Plan | None = None  # the hypothetical plan, for its picture
+    usable: tuple[int, int] = (1024, 65535)  # of the what-if IPs (the pool's typical range)
 
     @property
     def ok(self) -> bool:
@@ -438,4 +592,6 @@ def what_if(*, datacenter: Datacenter, question: WhatIf, now: datetime | None = 
         result.error = str(error)
     else:
         result.capacity = dict(plan.capacity)
+        result.plan = plan
+        result.usable = (usable.lo, usable.hi)
     return result

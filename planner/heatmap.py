@@ -15,16 +15,18 @@ datacenter page and ``GET /api/v1/datacenters/{code}/heatmap`` both serve it.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 import allocator as alloc
+from allocator.grid import grid_origin, slots_in_gap
 from allocator.inventory import address_order
+from allocator.ports import PortRange, free_gaps, ranges_of_ports
 from planner import constants
 from planner.choices import SliceState
-from planner.models import Datacenter, EgressIP, EgressPool, Machine, PortSlice
+from planner.models import Datacenter, EgressIP, EgressPool, Machine, PortSlice, pool_key
 from planner.selectors import current_revision
 
 OWNERSHIP, UTILIZATION, DIFF = "ownership", "utilization", "diff"
@@ -72,6 +74,8 @@ class IpRow:
     usable_hi: int
     reserved: tuple[int, ...]
     state: str
+    # The pool's slice size: slots start on its grid, so ports off the grid are unusable.
+    slice_size: int = 0
 
     @property
     def label(self) -> str:
@@ -113,6 +117,8 @@ class Heatmap:
     slices: list[list[Any]]  # [row, lo, hi, machine index, state code, drain end, use, kind]
     draining: list[tuple[int, int, int]]  # (row, lo, hi) to mark
     total_rows: int
+    # The ports the shown slices span, with a margin (None: no slice), and the whole axis.
+    fit: tuple[int, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -126,6 +132,8 @@ class Heatmap:
             "machines": self.machines,
             "slices": self.slices,
             "total_rows": self.total_rows,
+            "fit": list(self.fit) if self.fit else None,
+            "whole": [self.edges[0], self.edges[-1]],
         }
 
 
@@ -166,7 +174,16 @@ def ip_rows(
         ips = ips.filter(address=filters.ip)
     order = {pk: rank for rank, pk in enumerate(by_id)}
     rows = [
-        IpRow(address, pool_id, labels[pool_id], lo, hi, tuple(reserved or ()), state)
+        IpRow(
+            address,
+            pool_id,
+            labels[pool_id],
+            lo,
+            hi,
+            tuple(reserved or ()),
+            state,
+            by_id[pool_id].slice_size,
+        )
         for address, pool_id, lo, hi, reserved, state in ips.values_list(
             "address", "pool_id", "usable_lo", "usable_hi", "reserved_ports", "state"
         )
@@ -258,6 +275,76 @@ def plan_slices(plan: alloc.Plan) -> list[CellSlice]:
         if (s.ip, s.lo) not in taken
     ]
     return cells
+
+
+def pool_key_of(datacenter: Datacenter, pool: EgressPool) -> str:
+    """``pool``'s key as plans name it (``pool.datacenter`` need not be loaded)."""
+    return pool_key(datacenter.code, pool.purpose, pool.country, pool.region, pool.city)
+
+
+def plan_heatmap(
+    *,
+    datacenter: Datacenter,
+    plan: alloc.Plan,
+    edit: Callable[[IpRow], IpRow] | None = None,
+) -> tuple[Heatmap, int]:
+    """The picture of what ``plan`` does, and how many IPs the datacenter has.
+
+    On a datacenter too large for one row per IP, only the IPs the plan changes.
+    ``edit`` gives a row as an inventory edit not yet written would leave it (its
+    usable range, reserved ports, slice size), so the greys match the plan.
+    """
+    rows, pools = ip_rows(datacenter=datacenter, filters=HeatmapFilter())
+    # A scoped plan speaks for its pools only: other pools' rows would look emptied.
+    planned = {pk for pk, pool in pools.items() if pool_key_of(datacenter, pool) in plan.capacity}
+    rows = [row for row in rows if row.pool_id in planned]
+    if edit is not None:
+        rows = [edit(row) for row in rows]
+    cells = plan_slices(plan)
+    shown = len(rows)
+    if len(rows) > COLLAPSE_ABOVE:
+        changed = {c.ip for c in cells if c.kind not in ("kept", "still_draining")}
+        rows = [row for row in rows if row.ip in changed]
+    kept = {row.ip for row in rows}
+    picture = build_heatmap(
+        datacenter=datacenter,
+        mode=DIFF,
+        rows=rows,
+        pools=pools,
+        slices=[c for c in cells if c.ip in kept],
+        filters=HeatmapFilter(collapse=False),
+    )
+    return picture, shown
+
+
+def what_if_heatmap(
+    *, datacenter: Datacenter, plan: alloc.Plan, pool: EgressPool, usable: tuple[int, int]
+) -> Heatmap:
+    """The picture of a what-if plan: the pool's IPs, the hypothetical ones after them.
+
+    The what-if IPs exist only in the plan (``what-if-ip-N``), so their rows are made
+    here with the pool's typical usable range; nothing is read from them or written.
+    """
+    rows, pools = ip_rows(datacenter=datacenter, filters=HeatmapFilter(pool=pool.pk))
+    known = {row.ip for row in rows}
+    label = rows[0].pool_label if rows else f"{pool.purpose} · {pool.country}"
+    extra = sorted(
+        {s.ip for s in plan.slices if s.ip.startswith("what-if-ip-") and s.ip not in known},
+        key=lambda ip: int(ip.rsplit("-", 1)[1]),
+    )
+    rows += [
+        IpRow(ip, pool.pk, label, usable[0], usable[1], (), "active", pool.slice_size)
+        for ip in extra
+    ]
+    shown = {row.ip for row in rows}
+    return build_heatmap(
+        datacenter=datacenter,
+        mode=DIFF,
+        rows=rows,
+        pools=pools,
+        slices=[cell for cell in plan_slices(plan) if cell.ip in shown],
+        filters=HeatmapFilter(collapse=False),
+    )
 
 
 def datacenter_heatmap(
@@ -360,10 +447,38 @@ def build_heatmap(
         slices=hover,
         draining=draining,
         total_rows=len(rows),
+        fit=fit_range([(cell.lo, cell.hi) for cell in slices], edges=edges, bucket=width),
     )
     if collapse:
         return _collapsed(heatmap, rows, pools, grid, by_ip)
     return heatmap
+
+
+# The default view shows the slices plus this share of their span on each side.
+FIT_MARGIN = 8
+# A fitted view wider than this share of the axis is no help: show the whole axis.
+FIT_AT_MOST = 0.6
+
+
+def fit_range(
+    spans: Sequence[tuple[int, int]], *, edges: list[int], bucket: int
+) -> tuple[int, int] | None:
+    """The x range that shows every slice with a margin, inside the axis; None for the whole axis.
+
+    The margin is an eighth of the span but at least a column (and never more than the
+    span itself), so a lone 64-port slice is still wide enough to hover, and the range
+    stays within four times the span: what a sparse pool needs to be seen at all.
+    """
+    if not spans:
+        return None
+    lo = min(span[0] for span in spans)
+    hi = max(span[1] for span in spans) + 1  # the right edge of the last port
+    width = hi - lo
+    margin = max(width // FIT_MARGIN, min(bucket, width))
+    start, end = max(edges[0], lo - margin), min(edges[-1], hi + margin)
+    if end - start > FIT_AT_MOST * (edges[-1] - edges[0]):
+        return None
+    return start, end
 
 
 def _machine_colours(
@@ -431,6 +546,21 @@ def _slice_use(cell: CellSlice) -> float | None:
     return round(cell.sockets / (cell.hi - cell.lo + 1), 4)
 
 
+def _slot_runs(row: IpRow) -> list[tuple[int, int]]:
+    """The port runs whole slots of the row's slice size can occupy (the free gaps if unknown)."""
+    usable = PortRange(row.usable_lo, row.usable_hi)
+    gaps = free_gaps(usable, ranges_of_ports(row.reserved))
+    if not row.slice_size:
+        return gaps
+    origin = grid_origin(row.slice_size, usable)
+    runs = []
+    for lo, hi in gaps:
+        first, count = slots_in_gap(lo, hi, row.slice_size, origin)
+        if count:
+            runs.append((first, first + count * row.slice_size - 1))
+    return runs
+
+
 class _Grid:
     """Builds one row of cells; rows of the same shape share their empty template."""
 
@@ -439,7 +569,7 @@ class _Grid:
         self.width = width
         self.first = edges[0]
         self.columns = len(edges) - 1
-        self._templates: dict[tuple[int, int, tuple[int, ...]], list[int]] = {}
+        self._templates: dict[tuple[int, int, tuple[int, ...], int], list[int]] = {}
         self._spans: dict[tuple[int, int], list[tuple[int, int]]] = {}
         self._bucket_columns: dict[str, int] = {}
 
@@ -447,17 +577,22 @@ class _Grid:
         return min(max((port - self.first) // self.width, 0), self.columns - 1)
 
     def template(self, row: IpRow) -> list[int]:
-        key = (row.usable_lo, row.usable_hi, row.reserved)
+        """Free where a slot of the pool's size could go, reserved, else unusable.
+
+        Unusable covers both sides of the usable range and the ports the slot grid
+        cannot reach (1,024-8,191 on an 8,192-port pool): nothing can be handed out
+        there, so drawing them free would promise room that is not there.
+        """
+        key = (row.usable_lo, row.usable_hi, row.reserved, row.slice_size)
         if key not in self._templates:
-            cells = [FREE] * self.columns
-            for index in range(self.columns):
-                lo, hi = self.edges[index], self.edges[index + 1] - 1
-                if hi < row.usable_lo or lo > row.usable_hi:
-                    cells[index] = UNUSABLE
+            cells = [UNUSABLE] * self.columns
+            for lo, hi in _slot_runs(row):
+                cells[self.column(lo) : self.column(hi) + 1] = [FREE] * (
+                    self.column(hi) - self.column(lo) + 1
+                )
             for port in row.reserved:
-                index = self.column(port)
-                if cells[index] == FREE:
-                    cells[index] = RESERVED
+                if row.usable_lo <= port <= row.usable_hi:
+                    cells[self.column(port)] = RESERVED
             self._templates[key] = cells
         return self._templates[key]
 
@@ -567,12 +702,33 @@ def _collapsed(
     return heatmap
 
 
+def _pool_base(grid: _Grid, rows: list[IpRow]) -> list[float | None]:
+    """Per column of a pool row: unusable or reserved on every IP (their band), else None."""
+    result: list[float | None] = []
+    templates = {id(t): t for t in (grid.template(row) for row in rows)}.values()
+    for column in zip(*templates, strict=True):
+        if FREE in column:
+            result.append(None)
+        elif RESERVED in column:
+            result.append(UTIL_RESERVED)
+        else:
+            result.append(UTIL_UNUSABLE)
+    return result
+
+
 def _pool_occupancy(ip_rows_z: list[list[Any]]) -> list[float | None]:
+    """Share of the IPs handed out per column; unusable and reserved columns keep their band."""
     result: list[float | None] = []
     for column in zip(*ip_rows_z, strict=True):
         usable = len(column) - column.count(UNUSABLE)
-        taken = usable - column.count(RESERVED) - column.count(FREE)
-        result.append(round(taken / usable, 4) if usable else None)
+        free = column.count(FREE)
+        taken = usable - column.count(RESERVED) - free
+        if not usable:
+            result.append(UTIL_UNUSABLE)
+        elif not taken and not free:
+            result.append(UTIL_RESERVED)
+        else:
+            result.append(round(taken / (taken + free), 4))
     return result
 
 
@@ -582,14 +738,18 @@ def _pool_utilization(
     """Sockets ÷ ports per column over the pool's reported slices.
 
     Slices without bucket counts are summed per position first: thousands of
-    them share a handful of (lo, hi), so each position is spread once.
+    them share a handful of (lo, hi), so each position is spread once. A
+    column whose slices never reported is "no report", not 0 %.
     """
     sockets = [0.0] * grid.columns
     ports = [0] * grid.columns
+    silent = [False] * grid.columns
     at_position: dict[tuple[int, int], list[int]] = defaultdict(lambda: [0, 0])
     for row in rows:
         for cell in by_ip.get(row.ip, ()):
             if cell.sockets is None:
+                for index, _ in grid.spans(cell.lo, cell.hi):
+                    silent[index] = True
                 continue
             if cell.buckets:
                 for index, count in grid.sockets_per_column(cell).items():
@@ -605,4 +765,8 @@ def _pool_utilization(
         for index, held in grid.spans(lo, hi):
             sockets[index] += total * held / size
             ports[index] += held * slices
-    return [round(min(s / p, 1.0), 4) if p else None for s, p in zip(sockets, ports, strict=True)]
+    base = _pool_base(grid, rows)
+    return [
+        round(min(s / p, 1.0), 4) if p else (UTIL_NO_REPORT if quiet else empty)
+        for s, p, quiet, empty in zip(sockets, ports, silent, base, strict=True)
+    ]

@@ -7,8 +7,16 @@ from django import forms
 from django.db.models import Model, Q, QuerySet
 from django.db.models.constants import LOOKUP_SEP
 
-from planner.choices import IPState, MachineState, RevisionStatus, SliceState
-from planner.models import Datacenter, EgressIP, EgressPool, Machine, PlanRevision, PortSlice
+from planner.choices import AuditAction, IPState, MachineState, RevisionStatus, SliceState
+from planner.models import (
+    AuditEntry,
+    Datacenter,
+    EgressIP,
+    EgressPool,
+    Machine,
+    PlanRevision,
+    PortSlice,
+)
 from planner.selectors import stale_cutoff
 
 
@@ -58,6 +66,11 @@ class EgressPoolFilter(django_filters.FilterSet):
 
 
 class EgressIPFilter(django_filters.FilterSet):
+    """The API's ``GET /ips`` and the UI's IP list: the same filters, the same errors."""
+
+    search = django_filters.CharFilter(
+        field_name="address", lookup_expr="startswith", max_length=45, label="address starts with"
+    )
     pool = IdFilter(field_name="pool_id")
     datacenter = text_filter(EgressIP, "pool__datacenter__code")
     purpose = text_filter(EgressIP, "pool__purpose")
@@ -66,10 +79,15 @@ class EgressIPFilter(django_filters.FilterSet):
 
     class Meta:
         model = EgressIP
-        fields = ["datacenter", "pool", "purpose", "country", "state"]
+        fields = ["search", "datacenter", "pool", "purpose", "country", "state"]
 
 
 class MachineFilter(django_filters.FilterSet):
+    """The API's ``GET /machines`` and the UI's machine list."""
+
+    search = django_filters.CharFilter(
+        method="filter_search", max_length=253, label="host name or address contains"
+    )
     pool = IdFilter(field_name="pools__id", distinct=True)
     datacenter = text_filter(Machine, "datacenter__code")
     state = django_filters.ChoiceFilter(choices=MachineState.choices)
@@ -77,7 +95,12 @@ class MachineFilter(django_filters.FilterSet):
 
     class Meta:
         model = Machine
-        fields = ["datacenter", "state", "pool", "stale"]
+        fields = ["search", "datacenter", "state", "pool", "stale"]
+
+    def filter_search(
+        self, queryset: QuerySet[Machine], name: str, value: str
+    ) -> QuerySet[Machine]:
+        return queryset.filter(Q(hostname__icontains=value) | Q(address__icontains=value))
 
     def filter_stale(
         self, queryset: QuerySet[Machine], name: str, value: bool
@@ -99,9 +122,40 @@ class PortSliceFilter(django_filters.FilterSet):
 
 
 class PlanRevisionFilter(django_filters.FilterSet):
+    """The API's ``GET /revisions`` and the UI's revisions page."""
+
     datacenter = text_filter(PlanRevision, "datacenter__code")
-    status = django_filters.ChoiceFilter(choices=RevisionStatus.choices)
+    status = django_filters.ChoiceFilter(choices=RevisionStatus.choices, empty_label="any")
 
     class Meta:
         model = PlanRevision
         fields = ["datacenter", "status"]
+
+
+class AuditEntryFilter(django_filters.FilterSet):
+    """The audit log's filters: who, what (object or model), action, dates."""
+
+    who = django_filters.CharFilter(
+        field_name="actor", lookup_expr="icontains", max_length=150, label="who"
+    )
+    what = django_filters.CharFilter(
+        method="filter_what", max_length=200, label="what (object or model)"
+    )
+    action = django_filters.ChoiceFilter(choices=AuditAction.choices, empty_label="any")
+    since = django_filters.DateFilter(
+        field_name="at", lookup_expr="date__gte", label="from",
+        widget=forms.DateInput({"type": "date"}),
+    )  # fmt: skip
+    until = django_filters.DateFilter(
+        field_name="at", lookup_expr="date__lte", label="to",
+        widget=forms.DateInput({"type": "date"}),
+    )  # fmt: skip
+
+    class Meta:
+        model = AuditEntry
+        fields = ["who", "what", "action", "since", "until"]
+
+    def filter_what(
+        self, queryset: QuerySet[AuditEntry], name: str, value: str
+    ) -> QuerySet[AuditEntry]:
+        return queryset.filter(Q(object_repr__icontains=value) | Q(model__icontains=value))

@@ -16,18 +16,7 @@ from rest_framework.request import Request
 
 from planner.choices import TokenKind
 from planner.models import ApiToken
-
-VIEWER, OPERATOR, ADMIN = "viewer", "operator", "admin"
-RANK = {VIEWER: 1, OPERATOR: 2, ADMIN: 3}
-
-
-def user_rank(user: Any) -> int:
-    if not getattr(user, "is_authenticated", False) or not hasattr(user, "groups"):
-        return 0
-    if user.is_superuser:
-        return RANK[ADMIN]
-    names = user.groups.values_list("name", flat=True)
-    return max((RANK.get(name, 0) for name in names), default=0)
+from planner.roles import OPERATOR, RANK, VIEWER, user_rank
 
 
 class RolePermission(BasePermission):

@@ -30,7 +30,6 @@ from planner.api.filters import (
     PlanRevisionFilter,
     PortSliceFilter,
 )
-from planner.api.permissions import OPERATOR
 from planner.api.renderers import CsvRenderer, JoseRenderer, NftRenderer
 from planner.choices import KeyStatus, TokenKind
 from planner.inventory_io import render_geofeed
@@ -44,10 +43,11 @@ from planner.models import (
     PortSlice,
     SigningKey,
 )
+from planner.queries import HeatmapQuery
+from planner.roles import OPERATOR
 from planner.services import inventory, plans, rebalance
 from planner.services import steering as steering_services
 from planner.signing import jwks
-from planner.ui.forms import HeatmapQuery
 
 # An IPv4 or IPv6 address in a URL path segment.
 ADDRESS_IN_PATH = r"[0-9A-Fa-f:.]+"

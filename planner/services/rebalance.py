@@ -334,6 +334,11 @@ def _from_json(rows: list[list[Any]]) -> dict[tuple[str, str], float]:
     return {(str(machine), str(pool)): float(level) for machine, pool, level in rows}
 
 
+def draft_usage(*, draft: PlanRevision) -> dict[tuple[str, str], float]:
+    """The usage a draft was planned on: previewing with it shows what approving applies."""
+    return _from_json((draft.usage or {}).get("planned_with", []))
+
+
 def revision_approve(
     *, datacenter: Datacenter, number: int, user: Any = None, now: datetime | None = None
 ) -> PlanRevision:

@@ -81,8 +81,8 @@ def usage_record(*, hostname: str, at: datetime, slices: Iterable[dict[str, Any]
             "pk", "ip__address", "lo", "hi"
         )
     }
-    reported = [(owned.get((r["ip"], r["lo"], r["hi"])), r) for r in slices]
-    reported = [(pk, r) for pk, r in reported if pk is not None]
+    found = [(owned.get((r["ip"], r["lo"], r["hi"])), r) for r in slices]
+    reported: list[tuple[int, dict[str, Any]]] = [(pk, r) for pk, r in found if pk is not None]
     since = at - timedelta(seconds=settings.USAGE_SAMPLE_SECONDS)
     with transaction.atomic():
         # Reports may arrive out of order (several workers): an older one never

@@ -10,7 +10,7 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from planner.api.permissions import ADMIN, OPERATOR, VIEWER
+from planner.roles import ADMIN, OPERATOR, VIEWER
 
 ROLES: Final = (VIEWER, OPERATOR, ADMIN)
 ERR_ROLE: Final = "role: expected one of viewer, operator, admin, got %(value)r."

@@ -30,6 +30,7 @@ urlpatterns = [
         {"kind": "datacenter"},
         name="datacenter-edit",
     ),
+    path("machines/", views.machine_list, name="machines"),
     re_path(rf"^machines/{HOSTNAME}/$", views.machine_detail, name="machine"),
     re_path(rf"^machines/{HOSTNAME}/state/$", views.machine_state, name="machine-state"),
     re_path(
@@ -40,6 +41,7 @@ urlpatterns = [
     ),
     path("pools/<int:pk>/", views.pool_detail, name="pool"),
     path("pools/<int:key>/edit/", views.inventory_edit, {"kind": "pool"}, name="pool-edit"),
+    path("ips/", views.ip_list, name="ips"),
     re_path(rf"^ips/{ADDRESS}/$", views.ip_detail, name="ip"),
     re_path(
         r"^ips/(?P<key>[0-9A-Fa-f:.]+)/edit/$",
@@ -54,6 +56,7 @@ urlpatterns = [
         views.inventory_edit,
         name="inventory-new",
     ),
+    path("search/", views.search, name="search"),
     path("revisions/", views.revisions, name="revisions"),
     path("audit/", views.audit, name="audit"),
 ]

@@ -1,7 +1,7 @@
 """Views of the operator UI: thin. They check the role, read through selectors,
 write through services, and render a template.
 
-Roles as in the API (``planner.api.permissions``): viewers see every page;
+Roles as in the API (``planner.roles``): viewers see every page;
 operators and admins also edit the inventory, apply plans and drain machines.
 The server refuses those writes to viewers whatever the page showed them.
 """
@@ -11,34 +11,34 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from functools import wraps
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db.models import ProtectedError, Q
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.gzip import gzip_page
 from django.views.decorators.http import require_http_methods, require_POST
 
 import allocator as alloc
 from planner import charts, dashboard, heatmap, selectors
-from planner.api.permissions import ADMIN, OPERATOR, RANK, VIEWER, user_rank
+from planner.api import filters
+from planner.attention import datacenter_attention, revision_counts
 from planner.choices import AgentStatus, MachineState, RevisionStatus
+from planner.history import ReadableEntry, readable_entries
 from planner.inventory_io import InventoryError, parse_inventory
-from planner.models import (
-    AuditEntry,
-    Datacenter,
-    EgressIP,
-    EgressPool,
-    Machine,
-    PlanRevision,
-    pool_key,
-)
+from planner.models import AuditEntry, Datacenter, EgressIP, EgressPool, Machine, PlanRevision
+from planner.queries import HeatmapQuery
+from planner.roles import ADMIN, OPERATOR, RANK, VIEWER, user_rank
+from planner.search import search_resolve
 from planner.services import inventory, plans, rebalance
 from planner.services.locks import Conflict
 from planner.ui import forms as f
@@ -47,6 +47,15 @@ View = Callable[..., HttpResponse]
 PAGE_SIZE = 50
 # A plan page lists this many machines; the rest are counted.
 MACHINES_LISTED = 200
+ERR_APPROVE_UNCONFIRMED = "tick the box to confirm you looked at the draft before approving it."
+
+
+def forbidden(request: HttpRequest, reason: str) -> HttpResponse:
+    """The styled 403 page. Returned rather than raised: a viewer opening an edit page
+    is ordinary, and a raised PermissionDenied logs a full traceback for it."""
+    response = render(request, "403.html", {"reason": reason}, status=403)
+    response.reason_phrase = "Forbidden"
+    return response
 
 
 def role_required(role: str) -> Callable[[View], View]:
@@ -58,7 +67,7 @@ def role_required(role: str) -> Callable[[View], View]:
             if not request.user.is_authenticated:
                 return redirect_to_login(request.get_full_path())
             if user_rank(request.user) < RANK[role]:
-                raise PermissionDenied(f"This needs the {role} role.")
+                return forbidden(request, f"This needs the {role} role.")
             return view(request, *args, **kwargs)
 
         return wrapped
@@ -87,7 +96,15 @@ def bad_request(
 
 @viewer_required
 def overview(request: HttpRequest) -> HttpResponse:
-    context = {"cards": dashboard.overview_cards(), "running_out": selectors.pools_running_out()}
+    cards = dashboard.overview_cards()
+    waiting = [datacenter_attention(datacenter=card.datacenter) for card in cards]
+    context = {
+        "cards": cards,
+        # The strip lists only the datacenters that need someone; the cards show them all.
+        "attention": [item for item in waiting if not item.quiet],
+        "running_out": selectors.pools_running_out(),
+        "next": reverse("overview"),
+    }
     return page(request, "ui/overview.html", context)
 
 
@@ -95,7 +112,7 @@ def overview(request: HttpRequest) -> HttpResponse:
 @viewer_required
 def datacenter_detail(request: HttpRequest, code: str) -> HttpResponse:
     datacenter = get_object_or_404(Datacenter, code=code)
-    query = f.HeatmapQuery(request.GET)
+    query = HeatmapQuery(request.GET)
     if not query.is_valid():
         return bad_request(
             request,
@@ -104,14 +121,35 @@ def datacenter_detail(request: HttpRequest, code: str) -> HttpResponse:
             back=reverse("datacenter", kwargs={"code": datacenter.code}),
         )
     pools = dashboard.pool_rows(datacenter=datacenter)
+    controls = heatmap_controls(datacenter, query, pools=[row.pool for row in pools])
+    wanted = request.GET.get("highlight", "").strip()[:200]
+    controls["highlight"] = wanted
     context = {
+        "search": search_resolve(query=wanted) if wanted else None,
         "datacenter": datacenter,
         "pools": pools,
         "health": dashboard.machine_health(datacenter=datacenter),
-        "heatmap": heatmap_controls(datacenter, query, pools=[row.pool for row in pools]),
+        "heatmap": controls,
         "ip_count": sum(row.ips for row in pools),
+        "attention": datacenter_attention(datacenter=datacenter),
+        "next": reverse("datacenter", kwargs={"code": datacenter.code}),
+        "thresholds": dashboard.use_thresholds(datacenter=datacenter),
+        "use_over_time": charts.use_over_time_figure(
+            dashboard.pool_use_over_time(datacenter=datacenter)
+        ),
     }
     return page(request, "ui/datacenter.html", context)
+
+
+@viewer_required
+def search(request: HttpRequest) -> HttpResponse:
+    """The search box: straight to the datacenter with the machine, IP or port highlighted,
+    else the machines whose names match, or why nothing does."""
+    answer = search_resolve(query=request.GET.get("q", "")[:200])
+    if answer.datacenter and not answer.error:
+        url = reverse("datacenter", kwargs={"code": answer.datacenter})
+        return redirect(f"{url}?{urlencode({'highlight': answer.highlight}, safe=':')}")
+    return page(request, "ui/search.html", {"answer": answer}, status=404 if answer.error else 200)
 
 
 @gzip_page
@@ -120,7 +158,7 @@ def heatmap_data(request: HttpRequest, code: str) -> HttpResponse:
     """What the page's script draws: the same body as ``GET /api/v1/datacenters/{code}/heatmap``,
     gzipped (a 4,000-row grid is 6 MB of JSON, 0.3 MB compressed) and behind the session."""
     datacenter = get_object_or_404(Datacenter, code=code)
-    query = f.HeatmapQuery(request.GET)
+    query = HeatmapQuery(request.GET)
     if not query.is_valid():
         # JSON, as the API's 400: the page's script reads it, and no browser renders it.
         return JsonResponse(query.errors.get_json_data(), status=400)
@@ -133,7 +171,7 @@ def heatmap_data(request: HttpRequest, code: str) -> HttpResponse:
 
 def heatmap_controls(
     datacenter: Datacenter,
-    query: f.HeatmapQuery,
+    query: HeatmapQuery,
     *,
     pools: list[EgressPool],
     fixed: dict[str, Any] | None = None,
@@ -194,8 +232,17 @@ def plan_apply(request: HttpRequest, datacenter: Datacenter) -> HttpResponse:
 @operator_required
 @require_POST
 def draft_approve(request: HttpRequest, code: str, number: int) -> HttpResponse:
-    """Apply a rebalance draft as it was planned, unless its inputs moved since."""
+    """Apply a rebalance draft as it was planned, unless its inputs moved since.
+
+    Only with the confirmation box ticked (the form asks for it; the server checks).
+    """
     datacenter = get_object_or_404(Datacenter, code=code)
+    back = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}):
+        back = reverse("plan", kwargs={"code": code})
+    if request.POST.get("confirm") != "on":
+        messages.error(request, f"Draft r{number} was not applied: {ERR_APPROVE_UNCONFIRMED}")
+        return redirect(back)
     try:
         revision = rebalance.revision_approve(
             datacenter=datacenter, number=number, user=request.user
@@ -210,12 +257,11 @@ def draft_approve(request: HttpRequest, code: str, number: int) -> HttpResponse:
             f"Draft r{number} approved: revision {revision.number} of {code} applied "
             f"({_counts(revision.diff_summary)}).",
         )
-    return redirect("plan", code=code)
+    return redirect(back)
 
 
 def _counts(summary: dict[str, Any]) -> str:
-    kinds = ("added", "draining", "freed", "revived")
-    return ", ".join(f"{summary.get(kind, 0)} {kind}" for kind in kinds)
+    return revision_counts(summary)
 
 
 def plan_page(
@@ -273,28 +319,7 @@ def capacity_rows(datacenter: Datacenter, preview: plans.PlanPreview) -> list[di
 
 def diff_context(datacenter: Datacenter, plan: alloc.Plan) -> dict[str, Any]:
     """The diff as a picture (the proposed heatmap) and as a table per machine."""
-    rows, pools = heatmap.ip_rows(datacenter=datacenter, filters=heatmap.HeatmapFilter())
-    # A scoped plan speaks for its pools only: other pools' rows would look emptied.
-    planned = {
-        pk
-        for pk, pool in pools.items()
-        if pool_key(datacenter.code, pool.purpose, pool.country, pool.region, pool.city)
-        in plan.capacity
-    }
-    rows = [row for row in rows if row.pool_id in planned]
-    cells = heatmap.plan_slices(plan)
-    shown = len(rows)
-    if len(rows) > heatmap.COLLAPSE_ABOVE:
-        changed = {c.ip for c in cells if c.kind not in ("kept", "still_draining")}
-        rows = [row for row in rows if row.ip in changed]
-    picture = heatmap.build_heatmap(
-        datacenter=datacenter,
-        mode=heatmap.DIFF,
-        rows=rows,
-        pools=pools,
-        slices=[c for c in cells if c.ip in {row.ip for row in rows}],
-        filters=heatmap.HeatmapFilter(collapse=False),
-    )
+    picture, shown = heatmap.plan_heatmap(datacenter=datacenter, plan=plan)
     per_machine: dict[str, Counter[str]] = {}
     for kind in ("added", "draining", "freed", "revived"):
         for slice_ in getattr(plan.diff, kind):
@@ -302,7 +327,7 @@ def diff_context(datacenter: Datacenter, plan: alloc.Plan) -> dict[str, Any]:
     machines = sorted(per_machine.items())
     return {
         "diff_payload": charts.heatmap_payload(picture),
-        "diff_rows": len(rows),
+        "diff_rows": len(picture.rows),
         "diff_rows_total": shown,
         "summary": plan.diff.summary(),
         "machines_changed": machines[:MACHINES_LISTED],
@@ -318,7 +343,17 @@ def what_if_context(request: HttpRequest, datacenter: Datacenter) -> dict[str, A
         return {"what_if_form": form}
     question = form.question()
     result = dashboard.what_if(datacenter=datacenter, question=question)
-    return {"what_if_form": form, "what_if": result, "what_if_pool": question.pool.key}
+    pool = question.pool
+    context: dict[str, Any] = {"what_if_form": form, "what_if": result, "what_if_pool": pool.key}
+    if result.plan is not None:
+        # Redraw the picture and the capacity table for the hypothetical inventory.
+        pool.datacenter = datacenter
+        picture = heatmap.what_if_heatmap(
+            datacenter=datacenter, plan=result.plan, pool=pool, usable=result.usable
+        )
+        context["what_if_payload"] = charts.heatmap_payload(picture)
+        context["what_if_capacity"] = sorted(result.capacity.values(), key=lambda c: c.pool)
+    return context
 
 
 # Machines, pools, IPs.
@@ -376,7 +411,7 @@ def machine_state(request: HttpRequest, hostname: str) -> HttpResponse:
 def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
     pool = get_object_or_404(EgressPool.objects.select_related("datacenter"), pk=pk)
     ips = list(pool.ips.order_by("address"))
-    query = f.HeatmapQuery({"pool": pk, "collapse": "1"})
+    query = HeatmapQuery({"pool": pk, "collapse": "1"})
     query.is_valid()
     outlook = selectors.pool_outlook(pool=pool)
     context = {
@@ -402,7 +437,7 @@ def pool_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @viewer_required
 def ip_detail(request: HttpRequest, address: str) -> HttpResponse:
     ip = get_object_or_404(EgressIP.objects.select_related("pool__datacenter"), address=address)
-    query = f.HeatmapQuery({"ip": address, "collapse": "0"})
+    query = HeatmapQuery({"ip": address, "collapse": "0"})
     query.is_valid()
     context = {
         "ip": ip,
@@ -415,8 +450,9 @@ def ip_detail(request: HttpRequest, address: str) -> HttpResponse:
     return page(request, "ui/ip.html", context)
 
 
-def _history(which: Q) -> list[AuditEntry]:
-    return list(AuditEntry.objects.filter(which).order_by("-at", "-id")[:PAGE_SIZE])
+def _history(which: Q) -> list[ReadableEntry]:
+    entries = AuditEntry.objects.filter(which).order_by("-at", "-id")[:PAGE_SIZE]
+    return readable_entries(entries=entries)
 
 
 # Revisions and the audit log.
@@ -427,48 +463,66 @@ def revisions(request: HttpRequest) -> HttpResponse:
     queryset = PlanRevision.objects.select_related("datacenter", "created_by").order_by(
         "-created_at", "-id"
     )
-    code = request.GET.get("datacenter", "")
-    if code:
-        queryset = queryset.filter(datacenter__code=code[:32])
-    status = request.GET.get("status", "")
-    if status in RevisionStatus.values:
-        queryset = queryset.filter(status=status)
-    context = {
-        "page": Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page")),
-        "datacenters": Datacenter.objects.all(),
-        "code": code,
-        "status": status,
-        "statuses": RevisionStatus.choices,
-    }
-    return page(request, "ui/revisions.html", context)
+    return filtered_list(
+        request,
+        "ui/revisions.html",
+        filters.PlanRevisionFilter(request.GET or None, queryset=queryset),
+    )
+
+
+def filtered_list(
+    request: HttpRequest,
+    template: str,
+    filterset: Any,
+    rows: Callable[[list[Any]], list[Any]] | None = None,
+) -> HttpResponse:
+    """A list page on the API's FilterSet: the same filters and the same errors (a bad
+    value is a 400 naming the field and the value), paginated."""
+    context: dict[str, Any] = {}
+    status = 200
+    queryset = filterset.queryset
+    if filterset.is_bound and not filterset.is_valid():
+        status = 400
+        context["filter_errors"] = [
+            f"{name}: {' '.join(errors)} (got “{filterset.data.get(name, '')}”)"
+            for name, errors in filterset.errors.items()
+        ]
+        queryset = queryset.none()
+    elif filterset.is_bound:
+        queryset = filterset.qs
+    query = request.GET.copy()
+    query.pop("page", None)
+    shown = Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
+    context.update(filter=filterset, page=shown, query=query.urlencode())
+    context["rows"] = rows(list(shown.object_list)) if rows else list(shown.object_list)
+    return page(request, template, context, status=status)
+
+
+@viewer_required
+def machine_list(request: HttpRequest) -> HttpResponse:
+    queryset = Machine.objects.select_related("datacenter").order_by("hostname")
+    return filtered_list(
+        request, "ui/machines.html", filters.MachineFilter(request.GET or None, queryset=queryset)
+    )
+
+
+@viewer_required
+def ip_list(request: HttpRequest) -> HttpResponse:
+    queryset = EgressIP.objects.select_related("pool__datacenter").order_by("address")
+    return filtered_list(
+        request, "ui/ips.html", filters.EgressIPFilter(request.GET or None, queryset=queryset)
+    )
 
 
 @viewer_required
 def audit(request: HttpRequest) -> HttpResponse:
-    form = f.AuditFilter(request.GET or None)
     queryset = AuditEntry.objects.order_by("-at", "-id")
-    if form.is_valid():
-        data = form.cleaned_data
-        if data["who"]:
-            queryset = queryset.filter(actor__icontains=data["who"])
-        if data["what"]:
-            queryset = queryset.filter(
-                Q(object_repr__icontains=data["what"]) | Q(model__icontains=data["what"])
-            )
-        if data["action"]:
-            queryset = queryset.filter(action=data["action"])
-        if data["since"]:
-            queryset = queryset.filter(at__date__gte=data["since"])
-        if data["until"]:
-            queryset = queryset.filter(at__date__lte=data["until"])
-    query = request.GET.copy()
-    query.pop("page", None)
-    context = {
-        "form": form,
-        "page": Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page")),
-        "query": query.urlencode(),
-    }
-    return page(request, "ui/audit.html", context)
+    return filtered_list(
+        request,
+        "ui/audit.html",
+        filters.AuditEntryFilter(request.GET or None, queryset=queryset),
+        rows=lambda entries: readable_entries(entries=entries),
+    )
 
 
 # Inventory forms and import.
@@ -479,12 +533,15 @@ KINDS: dict[str, tuple[type[Any], type[Any], str]] = {
     "ip": (EgressIP, f.EgressIPForm, "address"),
     "machine": (Machine, f.MachineForm, "hostname"),
 }
+# What a kind is called in a title or a message ("New egress IP", not "New ip").
+KIND_NAMES = {"ip": "egress IP"}
 
 
 @viewer_required
 def inventory_index(request: HttpRequest) -> HttpResponse:
+    datacenters = list(Datacenter.objects.all())
     context = {
-        "datacenters": Datacenter.objects.all(),
+        "datacenters": [(dc, dashboard.rebalance_outlook(datacenter=dc)) for dc in datacenters],
         "pools": EgressPool.objects.select_related("datacenter").order_by(
             "datacenter__code", "purpose", "country"
         ),
@@ -503,7 +560,8 @@ def inventory_edit(request: HttpRequest, kind: str, key: str = "") -> HttpRespon
     initial = {name: request.GET[name] for name in ("datacenter", "pool") if name in request.GET}
     form = form_class(request.POST or None, instance=instance, initial=initial)
     f.fix_identity(form)
-    title = f"Edit {kind} {instance}" if key else f"New {kind}"
+    noun = KIND_NAMES.get(kind, kind)
+    title = f"Edit {noun} {instance}" if key else f"New {noun}"
     context: dict[str, Any] = {"form": form, "title": title}
     if request.method == "POST" and form.is_valid():
         change = _change(form, kind)
@@ -515,7 +573,7 @@ def inventory_edit(request: HttpRequest, kind: str, key: str = "") -> HttpRespon
         elif mode == "preview":
             _preview_with_plan(change, context)
         elif _save(form, change, context):
-            messages.success(request, f"Saved {kind} {form.instance}.")
+            messages.success(request, f"Saved {noun} {form.instance}.")
             return redirect(_detail_url(kind, form.instance))
     status = 400 if request.method == "POST" and "preview" not in context else 200
     return page(request, "ui/inventory_form.html", context, status)
@@ -546,8 +604,8 @@ def _save(form: Any, change: inventory.InventoryChange, context: dict[str, Any])
         slices = list(error.details.get("slices", []))  # type: ignore[call-overload]
         form.add_error(
             None,
-            f"Not saved: this change would leave {len(slices)} live slice(s) "
-            "outside what it allows.",
+            f"Not saved: this change would leave {len(slices)} live "
+            f"slice{'' if len(slices) == 1 else 's'} outside what it allows.",
         )
         context["displaced"] = slices
         return False
@@ -571,6 +629,40 @@ def _preview_with_plan(change: inventory.InventoryChange, context: dict[str, Any
     if preview.plan is not None:
         context["summary"] = preview.plan.diff.summary()
         context["machines_changed"] = sorted(preview.plan.diff.machines_touched())
+        datacenter = _datacenter_of(change.instance)
+        if datacenter is not None:
+            picture, _ = heatmap.plan_heatmap(
+                datacenter=datacenter, plan=preview.plan, edit=_edited_row(change)
+            )
+            context["diff_payload"] = charts.heatmap_payload(picture)
+
+
+def _datacenter_of(instance: Any) -> Datacenter | None:
+    if isinstance(instance, EgressIP):
+        return instance.pool.datacenter
+    if isinstance(instance, EgressPool | Machine):
+        return instance.datacenter
+    return instance if isinstance(instance, Datacenter) else None
+
+
+def _edited_row(change: inventory.InventoryChange) -> Callable[[Any], Any]:
+    """A heatmap row as the (unwritten) edit leaves it: an IP's range and reserved
+    ports, a pool's slice size; other rows as they are."""
+    values, instance = change.values, change.instance
+
+    def edit(row: Any) -> Any:
+        if isinstance(instance, EgressIP) and row.ip == instance.address:
+            return replace(
+                row,
+                usable_lo=values.get("usable_lo", row.usable_lo),
+                usable_hi=values.get("usable_hi", row.usable_hi),
+                reserved=tuple(values.get("reserved_ports", row.reserved) or ()),
+            )
+        if isinstance(instance, EgressPool) and row.pool_id == instance.pk:
+            return replace(row, slice_size=values.get("slice_size", row.slice_size))
+        return row
+
+    return edit
 
 
 def _apply_with_plan(

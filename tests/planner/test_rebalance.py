@@ -312,9 +312,12 @@ def test_the_plan_page_approves_a_draft_for_operators_only(dc: Datacenter) -> No
     url = f"/datacenters/rb1/drafts/{draft.number}/approve/"
     assert actors["viewer"].post(url).status_code == 403
     assert PlanRevision.objects.get(pk=draft.pk).status == "draft"
-    response = actors["operator"].post(url, follow=True)
+    unconfirmed = actors["operator"].post(url, follow=True)  # the box must be ticked
+    assert f"Draft r{draft.number} was not applied" in unconfirmed.content.decode()
+    assert PlanRevision.objects.get(pk=draft.pk).status == "draft"
+    response = actors["operator"].post(url, {"confirm": "on"}, follow=True)
     assert f"Draft r{draft.number} approved" in response.content.decode()
     assert PlanRevision.objects.get(pk=draft.pk).status == "applied"
     assert PortSlice.objects.get(state="draining").machine.hostname == COLD
-    again = actors["operator"].post(url, follow=True)  # applied already: refused, said so
+    again = actors["operator"].post(url, {"confirm": "on"}, follow=True)  # applied already
     assert f"Draft r{draft.number} was not applied" in again.content.decode()

@@ -86,7 +86,18 @@
     // Same uirevision across modes: switching ownership/utilization keeps the zoom.
     layout.uirevision = [payload.collapsed, p.get("pool"), p.get("purpose"),
                          p.get("country"), p.get("ip")].join("|");
+    // The same rows again (a refresh, the other mode): keep the x range the operator
+    // chose, which the server's fitted range would otherwise replace.
+    var shown = this.plot._fullLayout && this.plot.layout;
+    if (shown && shown.uirevision === layout.uirevision && shown.xaxis && shown.xaxis.range) {
+      layout.xaxis.range = shown.xaxis.range.slice();
+    }
     Plotly.react(this.plot, payload.figure.data, layout, CONFIG);
+    this.root.dataset.fit = payload.fit ? payload.fit.join("-") : "";
+    // When the picture was drawn, in ms since the page's navigation: how long it took to settle.
+    this.root.dataset.drawnMs = String(Math.round(performance.now()));
+    this.syncWhole();
+    this.highlight();
     this.root.dataset.rows = String(payload.rows.length);
     this.root.dataset.mode = payload.mode;
     this.root.dataset.collapsed = String(payload.collapsed);
@@ -103,6 +114,11 @@
     self.plot.on("plotly_hover", function (event) { self.hover(event); });
     self.plot.on("plotly_unhover", function () { self.tip.hidden = true; });
     self.plot.on("plotly_click", function (event) { self.click(event); });
+    self.plot.on("plotly_relayout", function () { self.syncWhole(); });
+    var whole = self.root.querySelector(".heatmap-whole");
+    if (whole) {
+      whole.addEventListener("click", function () { self.toggleWhole(whole); });
+    }
     if (self.form) {
       self.form.addEventListener("change", function () { self.changed(); });
       self.form.addEventListener("submit", function (event) {
@@ -110,6 +126,123 @@
         self.changed();
       });
     }
+  };
+
+  // Search: a host name highlights its slices (the rest dimmed), an IP its row, and
+  // ip:port also says who owns the port. The query comes from the form or ?highlight=.
+  Heatmap.prototype.query = function () {
+    var field = this.form && this.form.elements.highlight;
+    var value = field ? field.value : new URLSearchParams(window.location.search).get("highlight");
+    return (value || "").trim();
+  };
+
+  Heatmap.prototype.highlight = function () {
+    var p = this.payload, q = this.query();
+    var answer = this.root.querySelector(".heatmap-answer");
+    var found = q ? this.find(q) : null;
+    var shapes = [];
+    if (found) {
+      var trace = p.figure.data[0];
+      var self = this;
+      found.slices.forEach(function (s) {
+        shapes.push(self.outline(s[0], s[1], s[2] + 1, trace));
+      });
+      found.rows.forEach(function (row) {
+        shapes.push(self.outline(row, p.whole[0], p.whole[1], null));
+      });
+    }
+    // Redraw only when there is something to outline or to clear: a picture without
+    // a search settles with the one draw.
+    if (shapes.length || this.outlined) {
+      Plotly.relayout(this.plot, { shapes: shapes });
+      Plotly.restyle(this.plot, { opacity: shapes.length ? 0.35 : 1 }, [0]);
+    }
+    this.outlined = shapes.length > 0;
+    this.root.dataset.highlighted = String(found ? found.slices.length + found.rows.length : 0);
+    if (answer) {
+      answer.textContent = !q ? "" : (found ? found.text : (p.collapsed ?
+        "One row per pool shows no slices: choose Rows “one per IP” to see “" + q + "”." :
+        "“" + q + "” is not on this picture."));
+      answer.hidden = !q;
+    }
+  };
+
+  Heatmap.prototype.outline = function (row, x0, x1, trace) {
+    var fill = "rgba(0,0,0,0)";
+    if (trace && this.payload.mode === "ownership") {
+      // The slice keeps its own colour at full strength while the rest is dimmed.
+      var column = Math.max(0, this.payload.edges.findIndex(function (e) { return e > x0; }) - 1);
+      var code = trace.z[row][column];
+      var scale = trace.colorscale;
+      if (typeof code === "number" && scale[code * 2]) { fill = scale[code * 2][1]; }
+    }
+    return { type: "rect", xref: "x", yref: "y", x0: x0, x1: x1, y0: row - 0.5, y1: row + 0.5,
+             fillcolor: fill, line: { color: "#111", width: 2 }, layer: "above" };
+  };
+
+  Heatmap.prototype.find = function (q) {
+    var p = this.payload;
+    if (p.collapsed) { return null; }
+    var match = /^\[?([0-9A-Fa-f:.]+?)\]?(?::(\d+))?$/.exec(q);
+    var ip = match ? match[1] : "", port = match && match[2] !== undefined ? Number(match[2]) : null;
+    var row = p.rows.findIndex(function (r) { return r.ip === ip; });
+    if (row >= 0 && port === null) {
+      return { slices: [], rows: [row], text: ip + ": its row is outlined." };
+    }
+    if (row >= 0) {
+      var held = (this.byRow[row] || []).filter(function (s) { return s[1] <= port && s[2] >= port; });
+      if (!held.length) {
+        var column = p.edges.findIndex(function (e) { return e > port; }) - 1;
+        var value = column >= 0 ? p.figure.data[0].z[row][column] : null;
+        return { slices: [], rows: [row],
+                 text: ip + ":" + port + " is not handed out: " + this.nobody(value) + "." };
+      }
+      var owner = p.machines[held[0][3]];
+      var mine = this.slicesOf(owner);
+      return { slices: mine, rows: [], text: ip + ":" + port + " belongs to " + owner +
+               " (ports " + number(held[0][1]) + "–" + number(held[0][2]) + ", " + STATES[held[0][4]] +
+               "); " + (mine.length === 1 ? "its slice is" : "its " + mine.length + " slices are") +
+               " outlined, the others dimmed." };
+    }
+    var lower = q.toLowerCase();
+    var names = p.machines.filter(function (m) { return m.toLowerCase() === lower; });
+    if (!names.length) {
+      names = p.machines.filter(function (m) { return m.toLowerCase().indexOf(lower) >= 0; });
+    }
+    if (names.length !== 1) {
+      return names.length ? { slices: [], rows: [], text: names.length + " machines match “" + q +
+        "”: type more of the name." } : null;
+    }
+    var slices = this.slicesOf(names[0]);
+    return { slices: slices, rows: [], text: names[0] + ": " + slices.length + " slice" +
+             (slices.length === 1 ? "" : "s") + " outlined, the others dimmed." };
+  };
+
+  Heatmap.prototype.slicesOf = function (name) {
+    var index = this.payload.machines.indexOf(name);
+    return this.payload.slices.filter(function (s) { return s[3] === index; });
+  };
+
+  // The button names the view it leads to, whatever zoomed last (a drag, a reset, a click).
+  Heatmap.prototype.syncWhole = function () {
+    var button = this.root.querySelector(".heatmap-whole");
+    var p = this.payload;
+    if (!button || !p) { return; }
+    // Nothing to fit (no slice, or they fill the axis): the whole space is the view.
+    button.hidden = !p.fit;
+    var range = (this.plot._fullLayout && this.plot._fullLayout.xaxis.range) || [];
+    var isWhole = range[0] <= p.whole[0] && range[1] >= p.whole[1];
+    button.textContent = isWhole ? "Fit to the slices" : "Whole port space";
+    button.setAttribute("aria-pressed", String(isWhole));
+  };
+
+  // One click between the whole port space and the fitted view the page opened on.
+  Heatmap.prototype.toggleWhole = function (button) {
+    var p = this.payload;
+    if (!p) { return; }
+    var showingWhole = button.getAttribute("aria-pressed") === "true";
+    var target = showingWhole && p.fit ? p.fit : p.whole;
+    Plotly.relayout(this.plot, { "xaxis.range": target.slice() });
   };
 
   Heatmap.prototype.changed = function () {
@@ -137,9 +270,10 @@
     var value = p.figure.data[0].z[row][column];
     var ports = "ports " + number(lo) + "–" + number(hi);
     if (p.collapsed) {
-      var share = value === null ? "nothing usable here" :
-        (p.mode === "utilization" ? "use " + percent(value) :
-         percent(value) + " of its " + info.ips + " IPs handed out");
+      var share = value === null ? "free: nothing handed out here" :
+        (value < 0 ? this.nobody(value) :
+         (p.mode === "utilization" ? "use " + percent(value) :
+          percent(value) + " of its " + info.ips + " IPs handed out"));
       return [info.pool_label + " (" + info.ips + " IPs)", ports, share, "click: show its IPs"];
     }
     var found = this.slicesAt(row, lo, hi);
@@ -158,15 +292,21 @@
                  "use " + percent(s[6]) + " of the slice, " + percent(value) + " here");
     }
     if (s[7]) { lines.push("plan: " + (KINDS[s[7]] || s[7])); }
-    if (found.length > 1) { lines.push("and " + (found.length - 1) + " more slice(s) in this column"); }
+    if (found.length > 1) {
+      var more = found.length - 1;
+      lines.push("and " + more + " more slice" + (more === 1 ? "" : "s") + " in this column");
+    }
     if (p.mode !== "diff" || s[7] !== "freed") { lines.push("click: open the machine"); }
     return lines;
   };
 
   Heatmap.prototype.nobody = function (value) {
-    if (this.payload.mode === "utilization") {
-      return value === null ? "free" : (value < -0.2 ? "unusable" : "reserved");
+    if (this.payload.mode === "utilization" || this.payload.collapsed) {
+      if (value === null || value === undefined) { return "free"; }
+      return value < -0.2 ? "unusable (outside the usable range or the slot grid)" :
+        (value < -0.1 ? "reserved" : "no report yet");
     }
+    if (value === 0) { return "unusable (outside the usable range or the slot grid)"; }
     return ["unusable", "reserved", "free"][value] || "free";
   };
 
@@ -204,7 +344,9 @@
       return;
     }
     var found = this.slicesAt(cell.row, p.edges[cell.column], p.edges[cell.column + 1] - 1);
-    if (found.length && found[0][7] !== "freed") {
+    var name = found.length ? p.machines[found[0][3]] : "";
+    // A what-if machine exists only in the hypothetical plan: it has no page.
+    if (found.length && found[0][7] !== "freed" && name.indexOf("what-if-") !== 0) {
       window.location.assign("/machines/" + encodeURIComponent(p.machines[found[0][3]]) + "/");
     }
   };

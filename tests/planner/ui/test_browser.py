@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
@@ -22,6 +23,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from planner.audit import acting_as
+from planner.management.commands.demo_agents import EGRESS_IPS, ORIGIN, Mode, demo_datacenter_ensure
 from planner.models import Datacenter, EgressIP, Machine, PlanRevision, PortSlice
 from planner.services.inventory import machine_save
 from planner.services.keys import signing_key_generate
@@ -29,6 +31,7 @@ from planner.services.plans import plan_apply_current, plan_preview
 from planner.services.reports import usage_record
 from tests.planner.factories import make_machine
 from tests.planner.ui.fixtures import PASSWORD, UiSite, build_ui_site, make_users
+from tests.planner.ui.test_attention import make_draft
 from tests.support import need
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -99,10 +102,15 @@ class Session:
         return self.page.locator(selector)
 
     def cell_point(self, port: float, row: int, plot: str = ".heatmap-plot") -> tuple[float, float]:
-        """Screen coordinates of (port, row) on the heatmap, from Plotly's own axes."""
+        """Screen coordinates of (port, row) on the heatmap, from Plotly's own axes,
+        scrolled into the middle of the viewport first (the attention strip above the
+        heatmap may push a low row out of the window)."""
         x, y = self.page.evaluate(
             """([plot, port, row]) => {
                 const gd = document.querySelector(plot);
+                const top = gd.getBoundingClientRect().top + gd._fullLayout._size.t
+                    + gd._fullLayout.yaxis.l2p(row);
+                window.scrollBy(0, top - window.innerHeight / 2);
                 const size = gd._fullLayout._size, box = gd.getBoundingClientRect();
                 return [box.left + size.l + gd._fullLayout.xaxis.l2p(port),
                         box.top + size.t + gd._fullLayout.yaxis.l2p(row)];
@@ -258,6 +266,7 @@ def test_an_operator_previews_a_new_machine_and_applies_it(tab: Session, site: U
 
 
 def test_a_viewer_gets_no_apply_control(tab: Session, site: UiSite) -> None:
+    make_machine("edge3.fra1.example.net", datacenter=site.datacenter).pools.add(site.warp)
     tab.login("vera")
     tab.open("/datacenters/fra1/plan/")
     tab.heatmap_drawn()
@@ -267,6 +276,7 @@ def test_a_viewer_gets_no_apply_control(tab: Session, site: UiSite) -> None:
 
 
 def test_a_stale_preview_is_refused_with_the_explanation(tab: Session, site: UiSite) -> None:
+    make_machine("edge4.fra1.example.net", datacenter=site.datacenter).pools.add(site.warp)
     tab.login("bob")
     tab.open("/datacenters/fra1/plan/")
     tab.heatmap_drawn()
@@ -291,6 +301,8 @@ def test_the_other_pages_render_without_outside_requests(tab: Session, site: UiS
         (f"/pools/{site.warp.pk}/", "pool"),
         ("/ips/192.0.2.1/", "ip"),
         ("/audit/", "audit"),
+        ("/machines/", "machines"),
+        ("/ips/", "ips"),
         ("/inventory/import/", "import"),
         ("/inventory/new/machine/", "machine-form"),
         (f"/datacenters/fra1/plan/?pool={site.warp.pk}&add_machines=20#what-if", "what-if"),
@@ -401,3 +413,194 @@ def test_a_machine_whose_agent_acked_failed_is_shown_failed_never_green(
     tab.open(f"/machines/{EDGE0}/")
     assert tab.page.locator("[data-fact=status]").evaluate(colour) == green
     tab.shot("machine-failed")
+
+
+@pytest.fixture
+def live_demo_tab(
+    browser: Any, live_server: Any, transactional_db: None, key_dir: Path
+) -> Iterator[Session]:
+    """The quick start's live datacenter ``demo1``: 64-port slices on two IPs, from port 1,024."""
+    signing_key_generate()
+    with acting_as("system:test"):
+        demo_datacenter_ensure(mode=Mode(True, EGRESS_IPS, (1024, 65535), (ORIGIN, 80)))
+    make_users()
+    session = Session(browser, live_server.url)
+    yield session
+    session.close()
+
+
+def _x_range(tab: Session) -> list[float]:
+    """The x range Plotly drew (its full layout, after any autorange)."""
+    shown: list[float] = tab.page.evaluate(
+        "() => document.querySelector('.heatmap-plot')._fullLayout.xaxis.range.slice()"
+    )
+    return shown
+
+
+def test_a_sparse_datacenter_opens_on_its_slices(live_demo_tab: Session) -> None:
+    tab = live_demo_tab
+    slices = list(PortSlice.objects.filter(ip__pool__datacenter__code="demo1"))
+    assert slices, "the demo datacenter has its first plan"
+    lo, end = min(s.lo for s in slices), max(s.hi for s in slices) + 1
+    tab.login("vera")
+    tab.open("/datacenters/demo1/")
+    tab.heatmap_drawn()
+    start, stop = _x_range(tab)
+    # Every slice in view, and they take at least a quarter of it (not a 1 px sliver).
+    assert start <= lo and stop >= end, (start, stop, lo, end)
+    assert stop - start <= 4 * (end - lo), (start, stop, lo, end)
+    own = slices[0]
+    row = _row_of(tab, own.ip.address)
+    assert f"machine {own.machine.hostname}" in tab.hover((own.lo + own.hi) / 2, row)
+    tab.page.mouse.move(5, 5)
+    tab.shot("sparse-heatmap")
+    # One click shows the whole port space, another brings the slices back.
+    button = tab.page.get_by_role("button", name="Whole port space")
+    button.click()
+    tab.page.wait_for_function(
+        "() => document.querySelector('.heatmap-plot')._fullLayout.xaxis.range[1] > 60000"
+    )
+    start, stop = _x_range(tab)
+    assert 0 <= start <= 1024 and stop == 65536
+    tab.page.get_by_role("button", name="Fit to the slices").click()
+    tab.page.wait_for_function(
+        "() => document.querySelector('.heatmap-plot')._fullLayout.xaxis.range[1] < 60000"
+    )
+    assert _x_range(tab)[0] <= lo
+
+
+def test_a_drain_next_to_the_lowest_usable_port_keeps_the_axis_in_the_port_space(
+    live_demo_tab: Session,
+) -> None:
+    tab = live_demo_tab
+    demo1 = Datacenter.objects.get(code="demo1")
+    lowest = PortSlice.objects.filter(ip__pool__datacenter=demo1).order_by("lo").first()
+    assert lowest is not None and lowest.lo == 1024
+    machine_save(machine=lowest.machine, values={"state": "draining"})
+    plan_apply_current(datacenter=demo1, reason="drain the machine at port 1,024")
+    assert PortSlice.objects.get(pk=lowest.pk).state == "draining"
+    tab.login("vera")
+    tab.open("/datacenters/demo1/")
+    tab.heatmap_drawn()
+    assert tab.page.locator(".heatmap-plot .scatterlayer .point").count() >= 1  # the × marks
+    for attempt in ("as opened", "whole", "autorange", "zoomed out past 0"):
+        if attempt == "autorange":
+            tab.page.evaluate(
+                "() => Plotly.relayout(document.querySelector('.heatmap-plot'),"
+                " {'xaxis.autorange': true})"
+            )
+        elif attempt == "whole":
+            tab.page.get_by_role("button", name="Whole port space").click()
+        elif attempt == "zoomed out past 0":
+            tab.page.evaluate(
+                "() => Plotly.relayout(document.querySelector('.heatmap-plot'),"
+                " {'xaxis.range': [-5000, 70000]})"
+            )
+        tab.page.wait_for_timeout(100)  # Plotly redraws in the next frame
+        start, stop = _x_range(tab)
+        # The axis is in ports: 65,536 is the right edge of port 65,535.
+        assert 0 <= start < stop <= 65536, (attempt, start, stop)
+    tab.shot("drain-at-1024")
+
+
+def test_the_attention_strip_lists_a_waiting_draft_and_approving_needs_a_confirmation(
+    tab: Session, site: UiSite
+) -> None:
+    draft = make_draft(site)
+    tab.login("bob")  # the overview opens on the strip
+    item = tab.page.locator(f"#draft-fra1-{draft.number}")
+    assert f"Draft r{draft.number} waits for approval" in item.inner_text()
+    tab.heatmap_drawn(f"#draft-fra1-{draft.number} [data-heatmap]")  # its picture
+    tab.page.mouse.move(5, 5)
+    tab.shot("overview")
+    tab.open("/datacenters/fra1/")
+    item = tab.page.locator(f"#draft-fra1-{draft.number}")
+    tab.heatmap_drawn(f"#draft-fra1-{draft.number} [data-heatmap]")
+    button = item.get_by_role("button", name=f"Approve r{draft.number}")
+    button.click()  # not confirmed: the browser keeps the form, nothing is posted
+    tab.page.wait_for_timeout(300)
+    assert tab.page.url.endswith("/datacenters/fra1/")
+    assert not item.locator("input[name=confirm]").evaluate("box => box.validity.valid")
+    draft.refresh_from_db()
+    assert draft.status == "draft"
+    tab.shot("attention")
+    item.locator("input[name=confirm]").check()
+    button.click()
+    tab.page.wait_for_selector(".messages")
+    assert f"Draft r{draft.number} approved" in tab.page.locator(".messages").inner_text()
+    assert tab.page.url.endswith("/datacenters/fra1/")
+    draft.refresh_from_db()
+    assert draft.status == "applied"
+
+
+def test_a_viewer_sees_the_draft_but_no_approve(tab: Session, site: UiSite) -> None:
+    draft = make_draft(site)
+    tab.login("vera")
+    for path in ("/", "/datacenters/fra1/", "/datacenters/fra1/plan/"):
+        tab.open(path)
+        assert f"r{draft.number}" in tab.page.locator("main").inner_text()
+        assert tab.page.get_by_role("button", name=re.compile("Approve")).count() == 0, path
+
+
+def test_search_highlights_a_machines_slices_and_answers_an_ip_and_port(
+    tab: Session, site: UiSite
+) -> None:
+    tab.login("vera")
+    tab.page.fill("#site-search", "edge0.fra1")
+    tab.page.press("#site-search", "Enter")
+    tab.page.wait_for_url("**/datacenters/fra1/?highlight=edge0.fra1.example.net")
+    heatmap = tab.heatmap_drawn()
+    mine = PortSlice.objects.filter(machine__hostname="edge0.fra1.example.net").count()
+    assert heatmap.get_attribute("data-highlighted") == str(mine)
+    plot = ".heatmap-plot"
+    shapes = tab.page.evaluate(f"() => document.querySelector('{plot}').layout.shapes.length")
+    assert shapes == mine
+    dimmed = tab.page.evaluate(f"() => document.querySelector('{plot}').data[0].opacity")
+    assert dimmed < 1
+    assert (
+        "edge0.fra1.example.net: 2 slices outlined"
+        in tab.page.locator(".heatmap-answer").inner_text()
+    )
+    tab.page.mouse.move(5, 5)
+    tab.shot("search-machine")
+    # ip:port, typed in the heatmap's own box: who owns it, and that machine's slices.
+    own = site.slice_of("edge1.fra1.example.net", site.warp)
+    query = f"{own.ip.address}:{own.lo + 100}"
+    tab.page.fill("input[name=highlight]", query)
+    tab.page.press("input[name=highlight]", "Enter")
+    answer = tab.page.locator(".heatmap-answer")
+    tab.page.wait_for_function(
+        "(q) => document.querySelector('.heatmap-answer').textContent.includes(q)", arg=query
+    )
+    assert f"belongs to edge1.fra1.example.net (ports {own.lo:,}–{own.hi:,}" in answer.inner_text()
+    assert f"highlight={query}" in tab.page.url.replace("%3A", ":")
+    assert heatmap.get_attribute("data-highlighted") == "1"
+
+
+def test_history_rows_show_names_never_braces_or_brackets(tab: Session, site: UiSite) -> None:
+    edge1 = site.machines[1]
+    machine_save(machine=edge1, values={"weight": 2}, pools=[site.warp, site.cdn])
+    tab.login("vera")
+    for path in ("/audit/", f"/machines/{edge1.hostname}/", f"/pools/{site.warp.pk}/"):
+        tab.open(path)
+        rows = tab.page.locator("tr[data-entry]").all_inner_texts()
+        assert rows, path
+        for row in rows:
+            assert "{" not in row and "[" not in row, (path, row)
+    tab.open("/audit/")
+    text = tab.page.locator("#audit").inner_text()
+    assert "weight: 1 → 2" in text.replace("\n", " ") or "weight:" in text
+    assert "pools added: fra1/cdn/FR" in text
+    tab.shot("audit")
+
+
+def test_the_whole_port_space_button_hides_when_the_slices_fill_the_axis(
+    tab: Session, site: UiSite
+) -> None:
+    """fra1's slices span most of the axis: nothing to fit, so no button to fit with."""
+    tab.login("vera")
+    tab.open("/datacenters/fra1/")
+    tab.heatmap_drawn()
+    fit = tab.page.evaluate("() => document.querySelector('[data-heatmap]').heatmap.payload.fit")
+    button = tab.page.locator(".heatmap-whole")
+    assert button.is_visible() == (fit is not None)

@@ -55,3 +55,13 @@ def test_it_builds_a_valid_usage_chart(ui_site: UiSite) -> None:
     machine = Machine.objects.get(hostname="edge0.fra1.example.net")
     figure = _valid(charts.usage_figure(dashboard.usage_history(machine=machine)))
     assert sorted(max(trace.y) for trace in figure.data) == [0.25, 0.5]
+
+
+def test_it_builds_a_valid_use_over_time_chart(ui_site: UiSite) -> None:
+    series = dashboard.pool_use_over_time(datacenter=ui_site.datacenter)
+    figure = _valid(charts.use_over_time_figure(series))
+    (trace,) = figure.data
+    assert list(trace.y) == [ui_site.cdn.key, ui_site.warp.key]
+    assert len(trace.x) == 24 and all(len(row) == 24 for row in trace.z)
+    # The fixture reported this hour: as the pools table's use, cdn 25 %, warp 16.7 %.
+    assert trace.z[0][-1] == 0.25 and trace.z[1][-1] == round(4096 / (3 * 8192), 4)

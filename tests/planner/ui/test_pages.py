@@ -109,6 +109,10 @@ def test_it_hides_edit_controls_from_viewers(clients: dict[str, Client], ui_site
         viewer = clients["vera"].get(url).content.decode()
         operator = clients["bob"].get(url).content.decode()
         assert "/edit/" not in viewer and "/edit/" in operator, url
+    # A plan that changes nothing offers nothing to apply, to anyone.
+    unchanged = clients["bob"].get("/datacenters/fra1/plan/").content.decode()
+    assert 'id="apply-form"' not in unchanged and "Nothing to apply" in unchanged
+    make_machine("edge3.fra1.example.net", datacenter=ui_site.datacenter).pools.add(ui_site.warp)
     plan_as_viewer = clients["vera"].get("/datacenters/fra1/plan/").content.decode()
     assert 'id="apply-form"' not in plan_as_viewer and "needs the operator" in plan_as_viewer
     assert 'id="apply-form"' in clients["bob"].get("/datacenters/fra1/plan/").content.decode()
@@ -206,6 +210,8 @@ def test_an_operator_applies_the_previewed_plan(
 def test_it_refuses_a_stale_preview_with_a_plain_reason_and_a_fresh_one(
     clients: dict[str, Client], ui_site: UiSite
 ) -> None:
+    # Something to apply (a plan that changes nothing offers no apply).
+    make_machine("edge4.fra1.example.net", datacenter=ui_site.datacenter).pools.add(ui_site.warp)
     stale = _digest(clients["bob"].get("/datacenters/fra1/plan/").content.decode())
     make_machine("edge3.fra1.example.net", datacenter=ui_site.datacenter).pools.add(ui_site.warp)
     response = clients["bob"].post(
@@ -216,13 +222,14 @@ def test_it_refuses_a_stale_preview_with_a_plain_reason_and_a_fresh_one(
     assert (
         "the preview you confirmed is out of date" in html and "changed since this preview" in html
     )
-    assert _digest(html) != stale and 'data-kind="added">1 slice' in html
+    assert _digest(html) != stale and 'data-kind="added">2 slices' in html
     assert PlanRevision.objects.count() == 1
 
 
 def test_it_needs_the_confirmation_and_refuses_viewers_the_apply(
     clients: dict[str, Client], users: dict[str, User], ui_site: UiSite
 ) -> None:
+    make_machine("edge4.fra1.example.net", datacenter=ui_site.datacenter).pools.add(ui_site.warp)
     digest = _digest(clients["bob"].get("/datacenters/fra1/plan/").content.decode())
     unconfirmed = clients["bob"].post("/datacenters/fra1/plan/", {"inputs_digest": digest})
     assert unconfirmed.status_code == 400 and "Tick the box" in unconfirmed.content.decode()
@@ -250,6 +257,16 @@ def test_what_if_tells_the_ips_needed_and_writes_nothing(
     assert 'data-needed="2">2 more IPs needed' in html
     fits = clients["vera"].get(url + "&add_ips=2").content.decode()
     assert "It fits." in fits and "0 more IPs needed" in fits
+    # The picture and the capacity table are redrawn for the hypothetical inventory:
+    # the two what-if IPs are rows, holding added slices; the pool's slots grow.
+    data = re.search(r'id="what-if-data"[^>]*>(.*?)</script>', fits, re.S)
+    assert data, "a what-if picture"
+    picture = json.loads(data.group(1))
+    assert [r["ip"] for r in picture["rows"]][-2:] == ["what-if-ip-1", "what-if-ip-2"]
+    assert {s[7] for s in picture["slices"] if s[0] >= len(picture["rows"]) - 2} == {"added"}
+    table = fits[fits.index('id="what-if-capacity"') :]
+    row = _row(table, f'data-pool="{ui_site.warp.key}"')
+    assert re.search(r"<td class=\"num\">4</td>", row), row  # 2 IPs + 2 what-if IPs
     smaller = (
         clients["vera"]
         .get(f"/datacenters/fra1/plan/?pool={ui_site.warp.pk}&add_machines=20&slice_size=4096")
@@ -418,11 +435,18 @@ def test_an_edit_that_displaces_a_slice_is_refused_then_applied_with_its_plan(
     }
     refused = clients["bob"].post(url, data)
     html = refused.content.decode()
-    assert refused.status_code == 400 and "1 live slice(s)" in html
+    assert refused.status_code == 400 and "would leave 1 live slice outside" in html
     assert f"{own.lo}-{own.hi}" in html and "edge0.fra1.example.net" in html
     preview = clients["bob"].post(url, {**data, "plan": "preview"})
     html = preview.content.decode()
     assert preview.status_code == 200 and "1 added, 1 start draining" in html
+    # The picture of that plan, drawn with the edited IP's new reserved port.
+    found = re.search(r'id="change-plan-data"[^>]*>(.*?)</script>', html, re.S)
+    assert found, "the change's plan as a picture"
+    picture = json.loads(found.group(1))
+    row = [r["ip"] for r in picture["rows"]].index(own.ip.address)
+    kinds = {s[7] for s in picture["slices"] if s[0] == row}
+    assert "draining" in kinds and picture["rows"][row]["reserved"] >= 1
     digest = _digest(html)
     applied = clients["bob"].post(
         url, {**data, "plan": "apply", "inputs_digest": digest, "confirm": "on"}
