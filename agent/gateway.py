@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 APPLY_TASK: Final = contract.GATEWAY_APPLY_TASK
 ACK_TASK: Final = contract.GATEWAY_ACK_TASK
 PLANNER_QUEUE: Final = contract.PLANNER_QUEUE
-AUDIENCE: Final = "portslice-gateway"
+AUDIENCE: Final = contract.GATEWAY_AUDIENCE
 STATE_FILE: Final = "gateway.json"
 #: Steering tokens carry every live slice: 100,000 slices are about 10 MB.
 MAX_TOKEN_BYTES: Final = 64 << 20

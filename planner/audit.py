@@ -140,7 +140,15 @@ def _m2m_changed(
 def connect_audit_signals() -> None:
     from planner import models as m
 
-    for model in (m.Datacenter, m.EgressPool, m.EgressIP, m.Machine, m.PortSlice, m.PlanRevision):
+    for model in (
+        m.Datacenter,
+        m.EgressPool,
+        m.EgressIP,
+        m.Machine,
+        m.PortSlice,
+        m.PlanRevision,
+        m.Gateway,
+    ):
         uid = f"audit-{model._meta.label}"
         pre_save.connect(_before_save, sender=model, dispatch_uid=f"{uid}-pre")
         post_save.connect(_after_save, sender=model, dispatch_uid=f"{uid}-post")

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rest_framework.test import APIClient
 
+import contract
 from agent.bundle import BundleRejected, load_keys
 from agent.gateway import table_from_token
 from planner.models import Gateway
-from planner.services.steering import gateway_ack, steering_publish, steering_token
+from planner.services.plans import plan_apply_current
+from planner.services.steering import (
+    gateway_ack,
+    gateway_register,
+    steering_publish,
+    steering_token,
+)
 from planner.tasks import record_gateway_ack
 from tests.planner.conftest import Site
 
@@ -46,24 +54,30 @@ def test_the_gateway_refuses_a_table_for_another_datacenter(
     assert "sub='fra1'" in caught.value.detail
 
 
+def _gateway_ack(revision: int, etag: str, **extra: Any) -> contract.GatewayAck:
+    message = contract.gateway_ack_message(
+        name="gw1", datacenter="fra1", revision=revision, etag=etag, status="applied", **extra
+    )
+    return contract.validate_gateway_ack(message)
+
+
 def test_acks_record_which_gateway_runs_which_revision(
     clients: dict[str, APIClient], site: Site
 ) -> None:
-    record_gateway_ack(
+    for number in (2, 3):  # the site's plan is r1: acks may name up to r3
+        plan_apply_current(datacenter=site.datacenter, reason=f"r{number}")
+    gateway_register(name="gw1", datacenter=site.datacenter)
+    assert record_gateway_ack(**contract.gateway_ack_message(
         name="gw1", datacenter="fra1", revision=3, etag='"e3"', status="applied", slices=6
-    )
-    gateway_ack(name="gw1", datacenter="fra1", revision=2, etag='"e2"', status="applied")
+    ))  # fmt: skip
+    gateway_ack(ack=_gateway_ack(2, '"e2"'))
     stored = Gateway.objects.get(name="gw1")
     assert (stored.revision, stored.etag, stored.slices) == (3, '"e3"', 6)  # late ack ignored
     assert stored.last_seen is not None and stored.applied_at is not None
     applied_at = stored.applied_at
-    gateway_ack(name="gw1", datacenter="fra1", revision=3, etag='"e3"', status="applied")
+    gateway_ack(ack=_gateway_ack(3, '"e3"'))
     heartbeat = Gateway.objects.get(name="gw1")
     assert heartbeat.applied_at == applied_at
     assert heartbeat.last_seen and stored.last_seen and heartbeat.last_seen > stored.last_seen
     listed = clients["vera"].get("/api/v1/gateways").json()
     assert [(g["name"], g["datacenter"], g["revision"]) for g in listed] == [("gw1", "fra1", 3)]
-    assert (
-        record_gateway_ack(name="gw2", datacenter="nowhere", revision=1, etag="", status="applied")
-        is False
-    )
