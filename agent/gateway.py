@@ -116,9 +116,13 @@ def load_gateway_config(
     interval = float(get("poll_interval", "30"))
     if not 0 < interval <= 86400:
         raise ValueError(f"poll_interval={interval!r} is not in (0, 86400] seconds")
+    name = get("name") or f"gateway-{code}@{os.uname().nodename}"
+    problem = contract.gateway_name_problem(name)
+    if problem:
+        raise ValueError(f"name={name!r}: {problem} (set $PORTSLICE_GATEWAY_NAME)")
     return GatewayConfig(
         datacenter=code,
-        name=get("name") or f"gateway-{code}@{os.uname().nodename}",
+        name=name,
         broker_url=get("broker_url"),
         keys_path=Path(get("keys_path", "/etc/portslice/planner-keys.json")),
         api_url=get("api_url").rstrip("/"),
@@ -275,15 +279,19 @@ class Gateway:
         return "applied"
 
     def _ack(self, table: Table, status: str, detail: str) -> None:
-        kwargs = {
-            "name": self.config.name,
-            "datacenter": self.config.datacenter,
-            "revision": table.revision,
-            "etag": table.etag,
-            "status": status,
-            "detail": detail,
-            "slices": table.slices,
-        }
+        try:
+            kwargs = contract.gateway_ack_message(
+                name=self.config.name,
+                datacenter=self.config.datacenter,
+                revision=table.revision,
+                etag=table.etag,
+                status=status,
+                detail=detail,
+                slices=table.slices,
+            )
+        except contract.ContractError as error:  # the planner would refuse it: say why here
+            log.warning("gateway ack not sent: %s", error)
+            return
         try:
             self.send_ack(kwargs)
         except Exception as error:  # the transport's errors vary; the next apply acks again

@@ -156,6 +156,16 @@ def _pattern(pattern: re.Pattern[str], limit: int, what: str) -> Callable[[Any],
     return check
 
 
+def gateway_name_problem(value: object) -> str | None:
+    """What is wrong with ``value`` as a gateway's name, or ``None`` (the planner's
+    registration and the gateway's config use this check too)."""
+    try:
+        _pattern(_GATEWAY_NAME, MAX_GATEWAY_NAME, "a gateway name")(value)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 def _one_of(choices: frozenset[str]) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         # type() first: an unhashable value (a list, a dict) cannot be looked up.

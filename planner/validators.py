@@ -11,7 +11,7 @@ import ipaddress
 import pycountry
 from django.core.exceptions import ValidationError
 
-from contract.hostnames import hostname_problem
+from contract import gateway_name_problem, hostname_problem
 from planner import constants
 
 
@@ -48,6 +48,15 @@ def validate_hostname(value: str) -> None:
     if why:
         raise ValidationError(
             constants.ERR_HOSTNAME, code="hostname", params={"value": value, "why": why}
+        )
+
+
+def validate_gateway_name(value: str) -> None:
+    """The name a gateway acks with, as the contract checks it."""
+    why = gateway_name_problem(value)
+    if why:
+        raise ValidationError(
+            constants.ERR_GATEWAY_NAME, code="gateway_name", params={"value": value, "why": why}
         )
 
 

@@ -14,7 +14,6 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
@@ -22,7 +21,6 @@ import contract
 from allocator.steering import MARK_BASE
 from planner import signing
 from planner.choices import KeyStatus
-from planner.constants import ERR_GATEWAY_EXISTS, ERR_GATEWAY_NAME
 from planner.models import Datacenter, Gateway, Machine, SigningKey
 from planner.selectors import current_revision, steering_table
 from planner.services.locks import datacenter_lock
@@ -66,37 +64,13 @@ def gateway_register(*, name: str, datacenter: Datacenter) -> Gateway:
 
     Only a registered gateway's acks are recorded: the broker is untrusted, so
     a message cannot create a row or move a gateway to another datacenter. The
-    name must be what the gateway sends (``name`` in its config).
+    name must be what the gateway sends (``PORTSLICE_GATEWAY_NAME``). Raises
+    ``ValidationError`` naming the field for a bad or taken name.
     """
-    try:
-        contract.validate_gateway_ack(
-            {
-                "name": name,
-                "datacenter": datacenter.code,
-                "revision": 0,
-                "etag": "",
-                "status": "applied",
-            }
-        )
-    except contract.ContractError as error:
-        raise ValidationError(
-            {
-                "name": ValidationError(
-                    ERR_GATEWAY_NAME,
-                    code="gateway_name",
-                    params={"value": name, "why": error.problem},
-                )
-            }
-        ) from None
-    if Gateway.objects.filter(name=name).exists():
-        raise ValidationError(
-            {
-                "name": ValidationError(
-                    ERR_GATEWAY_EXISTS, code="gateway_exists", params={"value": name}
-                )
-            }
-        )
-    return Gateway.objects.create(name=name, datacenter=datacenter)
+    gateway = Gateway(name=name, datacenter=datacenter)
+    gateway.full_clean(exclude=["revision", "etag", "status", "detail", "slices"])
+    gateway.save()
+    return gateway
 
 
 def gateway_unregister(*, gateway: Gateway) -> None:
