@@ -18,7 +18,12 @@ from prometheus_client.registry import Collector
 
 from planner.choices import BundleStatus
 from planner.models import ConfigBundle, Machine, PortSlice, RebalanceRun, ReportRejection
-from planner.selectors import draft_revisions, machines_stale_count, pool_headroom
+from planner.selectors import (
+    draft_revisions,
+    machines_never_seen_count,
+    machines_stale_count,
+    pool_headroom,
+)
 
 
 class PlannerCollector(Collector):
@@ -58,6 +63,14 @@ class PlannerCollector(Collector):
         for dc, n in machines_stale_count().items():
             stale.add_metric([dc], n)
         yield stale
+        never = GaugeMetricFamily(
+            "portslice_machines_never_seen",
+            "Machines sent a bundle whose agent never reported (resends back off)",
+            labels=["datacenter"],
+        )
+        for dc, n in machines_never_seen_count().items():
+            never.add_metric([dc], n)
+        yield never
         rejected = CounterMetricFamily(
             "portslice_reports_rejected",
             "Agent messages refused for breaking the contract (never stored)",
@@ -66,8 +79,12 @@ class PlannerCollector(Collector):
         for kind, field, n in ReportRejection.objects.values_list("kind", "field", "count"):
             rejected.add_metric([kind, field], n)
         yield rejected
-        runs = CounterMetricFamily(
-            "portslice_rebalance_runs", "Rebalance runs", labels=["datacenter", "outcome"]
+        # A gauge, not a counter: runs past their retention are deleted, so the
+        # number falls, and Prometheus reads a falling counter as a restart.
+        runs = GaugeMetricFamily(
+            "portslice_rebalance_runs_kept",
+            "Rebalance runs in the kept history (falls as old runs expire)",
+            labels=["datacenter", "outcome"],
         )
         for dc, outcome, n in (
             RebalanceRun.objects.values_list("datacenter__code", "outcome")

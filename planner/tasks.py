@@ -13,7 +13,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from celery import shared_task
+from celery import Celery, shared_task
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -30,8 +31,39 @@ from planner.services import steering as steering_services
 logger = logging.getLogger(__name__)
 
 
-def _send_bundle(hostname: str, token: str) -> None:
-    app.send_task(contract.APPLY_TASK, args=[token], queue=contract.agent_queue(hostname))
+def _purge(celery: Celery, queue: str) -> None:
+    """Drop what ``queue`` holds. Best effort: a queue not declared yet (RabbitMQ) is fine."""
+    try:
+        with celery.connection_for_write() as connection:
+            connection.default_channel.queue_purge(queue)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - see above
+        logger.debug("could not purge %s", queue, exc_info=True)
+
+
+def bundle_sender(celery: Celery, *, replace: bool) -> Callable[[str, str], None]:
+    """``send(hostname, token)`` for :func:`bundles_send`: ``agent.apply_bundle`` on
+    the host's queue, expiring with the token (an agent that takes it later
+    drops it unread; a fresher one follows).
+
+    ``replace`` (reconcile's resends) first drops what the queue still holds:
+    only the newest bundle matters, so a host without a running agent keeps one
+    message waiting, not one per resend (issue 15: the filesystem broker of the
+    quick start grew by 150,000 files a day).
+    """
+
+    def send(hostname: str, token: str) -> None:
+        queue = contract.agent_queue(hostname)
+        if replace:
+            _purge(celery, queue)
+        celery.send_task(
+            contract.APPLY_TASK, args=[token], queue=queue, expires=settings.BUNDLE_TTL_SECONDS
+        )
+
+    return send
+
+
+_send_bundle = bundle_sender(app, replace=False)
+_resend_bundle = bundle_sender(app, replace=True)
 
 
 def _send_steering(datacenter: str, token: str) -> None:
@@ -39,11 +71,7 @@ def _send_steering(datacenter: str, token: str) -> None:
     # queue nobody consumes (no gateway in that datacenter) holds one table, not
     # every table ever published. Best effort; the gateway's poll covers a race.
     queue = contract.gateway_queue(datacenter)
-    try:
-        with app.connection_for_write() as connection:
-            connection.default_channel.queue_purge(queue)  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - a queue not declared yet (RabbitMQ) is fine
-        logger.debug("could not purge %s", queue, exc_info=True)
+    _purge(app, queue)
     app.send_task(contract.GATEWAY_APPLY_TASK, args=[token], queue=queue)
 
 
@@ -135,10 +163,12 @@ def expire_usage() -> int:
 
 @shared_task(name="planner.reconcile")
 def reconcile() -> int:
-    """Send every machine's newest unapplied bundle again (a lost message, a broker
-    that was down at commit, bundles signed by a key rotation)."""
+    """Send every machine's newest unapplied bundle again when it is due (a lost
+    message, a broker that was down at commit, bundles signed by a key rotation).
+    Resends back off per bundle (doubling, capped) and replace what the host's
+    queue still holds, so a machine without an agent costs one waiting message."""
     with acting_as("system:celery"):
-        return bundle_services.bundles_send(bundles=selectors.bundles_due(), send=_send_bundle)
+        return bundle_services.bundles_send(bundles=selectors.bundles_due(), send=_resend_bundle)
 
 
 @shared_task(name="planner.expire_drains")

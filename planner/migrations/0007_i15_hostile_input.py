@@ -41,6 +41,16 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.AddField(
+            model_name='configbundle',
+            name='attempts',
+            field=models.PositiveIntegerField(default=0, help_text='times sent'),
+        ),
+        migrations.AddField(
+            model_name='configbundle',
+            name='next_send_at',
+            field=models.DateTimeField(blank=True, help_text='when reconcile may send it again, unless acked', null=True),
+        ),
         migrations.AlterField(
             model_name='gateway',
             name='name',
