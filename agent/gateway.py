@@ -349,7 +349,12 @@ def run(config: GatewayConfig, *, loglevel: str = "INFO") -> int:
 
     ignore_celery_environment()
     keys = load_keys(config.keys_path)
-    app = celery_app("portslice-gateway", broker_url=config.broker_url, queue=config.queue)
+    app = celery_app(
+        "portslice-gateway",
+        broker_url=config.broker_url,
+        queue=config.queue,
+        broker_folder=config.state_dir / "broker",
+    )
 
     def send_ack(kwargs: dict[str, Any]) -> None:
         app.send_task(ACK_TASK, kwargs=kwargs, queue=PLANNER_QUEUE, retry=True,
