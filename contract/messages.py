@@ -484,10 +484,16 @@ def ack_message(**values: Any) -> dict[str, Any]:
     """The kwargs of ``planner.record_ack``: every field, checked.
 
     Defaults fill the optional fields; ``detail`` longer than the contract
-    allows is cut, not refused (it is prose, and a lost ack costs a resend).
+    allows is cut, not refused, and control characters in it and in the texts
+    of ``enforcement`` are replaced (they are prose, and a lost ack costs a
+    resend). The time window is not checked here: it is the receiver's rule.
     """
     if isinstance(values.get("detail"), str):
         values["detail"] = prose(values["detail"])
+    if isinstance(values.get("enforcement"), dict):
+        # Its texts are the kernel's and nft's error messages, passed on: cleaned
+        # like ``detail``, so an odd byte in one never costs the whole ack.
+        values["enforcement"] = _printable(values["enforcement"])
     # Shape only: the time window is the receiver's rule, judged by its clock.
     _checked("ack", ACK_FIELDS, values)
     return {
@@ -529,6 +535,17 @@ def gateway_ack_message(
     }
     validate_gateway_ack(values)
     return values
+
+
+def _printable(value: Any) -> Any:
+    """``value`` (JSON) with control characters in its texts replaced."""
+    if isinstance(value, dict):
+        return {_CONTROL.sub("?", str(k)): _printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_printable(item) for item in value]
+    if isinstance(value, str):
+        return _CONTROL_IN_PROSE.sub("?", value)
+    return value
 
 
 def prose(text: str) -> str:

@@ -3,7 +3,7 @@ field pushed out of its bounds is refused with that field named."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -95,3 +95,39 @@ def test_unknown_keys_are_ignored_but_a_flood_of_keys_is_not() -> None:
 
 def test_the_agent_queue_is_named_after_the_host() -> None:
     assert contract.agent_queue(HOST) == f"agent.{HOST}"
+
+
+def test_the_builder_cleans_what_the_sender_passes_on_and_the_receiver_refuses_raw() -> None:
+    enforcement = {"nftables": {"state": "failed", "detail": "nft: \x00bad\r\n"}}
+    message = contract.ack_message(
+        hostname=HOST, serial=1, status="failed", detail="a\x07b", enforcement=enforcement
+    )
+    assert message["detail"] == "a?b"
+    assert message["enforcement"]["nftables"]["detail"] == "nft: ?bad?\n"
+    raw = {**message, "enforcement": enforcement}
+    with pytest.raises(contract.ContractError) as refused:
+        contract.validate_ack(raw)
+    assert refused.value.field == "enforcement"
+
+
+@pytest.mark.parametrize(
+    ("moment", "accepted"),
+    [
+        (timedelta(days=-7) + timedelta(seconds=1), True),
+        (timedelta(minutes=5), True),
+        (timedelta(days=-7, seconds=-1), False),
+        (timedelta(minutes=5, seconds=1), False),
+    ],
+)
+def test_report_times_must_lie_within_the_window_of_the_receivers_clock(
+    moment: timedelta, accepted: bool
+) -> None:
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    message = contract.usage_message(
+        hostname=HOST, serial=1, at=(now + moment).timestamp(), slices=[]
+    )
+    if accepted:
+        assert contract.validate_usage(message, now=now).at == now + moment
+    else:
+        with pytest.raises(contract.ContractError, match="receiver's clock"):
+            contract.validate_usage(message, now=now)
