@@ -78,7 +78,7 @@ def test_metrics_say_how_many_ips_a_short_pool_needs(site: Site) -> None:
     assert 'portslice_pool_unserved_machines{pool="fra1/warp/DE"} 20.0' in text
     # 20 unserved, 11 free slots: 9 more slots, at 7 an IP.
     assert 'portslice_pool_ips_needed{pool="fra1/warp/DE"} 2.0' in text
-    assert len(queries) < 15  # a fixed number, not a few per pool
+    assert len(queries) < 16  # a fixed number, not a few per pool (or per machine)
 
 
 def test_metrics_hold_to_the_allocators_figures_with_reserved_ports_and_weights(
