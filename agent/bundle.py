@@ -43,8 +43,10 @@ from joserfc import jws
 from joserfc.errors import JoseError, MissingAlgorithmError, UnsupportedAlgorithmError
 from joserfc.jwk import OKPKey
 
-ISSUER: Final = "portslice-planner"
-AUDIENCE: Final = "portslice-agent"
+import contract
+
+ISSUER: Final = contract.ISSUER
+AUDIENCE: Final = contract.AGENT_AUDIENCE
 ALGORITHM: Final = "EdDSA"
 MAX_TOKEN_BYTES: Final = 1 << 20
 #: How far in the future ``iat`` may be before the bundle counts as not yet valid.

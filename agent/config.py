@@ -66,7 +66,8 @@ class AgentConfig:
     socket_path: Path = Path("/run/portslice/agent.sock")
     socket_mode: int = 0o660
     #: With ``broker_url = "filesystem://"`` (the quick start): the folder the
-    #: planner's messages pass through (its ``var/broker``).
+    #: planner's messages pass through (its ``var/broker``); unset, ``state_dir/broker``
+    #: (never the working directory).
     broker_folder: Path | None = None
 
     @property

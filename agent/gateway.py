@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 APPLY_TASK: Final = contract.GATEWAY_APPLY_TASK
 ACK_TASK: Final = contract.GATEWAY_ACK_TASK
 PLANNER_QUEUE: Final = contract.PLANNER_QUEUE
-AUDIENCE: Final = "portslice-gateway"
+AUDIENCE: Final = contract.GATEWAY_AUDIENCE
 STATE_FILE: Final = "gateway.json"
 #: Steering tokens carry every live slice: 100,000 slices are about 10 MB.
 MAX_TOKEN_BYTES: Final = 64 << 20
@@ -116,9 +116,13 @@ def load_gateway_config(
     interval = float(get("poll_interval", "30"))
     if not 0 < interval <= 86400:
         raise ValueError(f"poll_interval={interval!r} is not in (0, 86400] seconds")
+    name = get("name") or f"gateway-{code}@{os.uname().nodename}"
+    problem = contract.gateway_name_problem(name)
+    if problem:
+        raise ValueError(f"name={name!r}: {problem} (set $PORTSLICE_GATEWAY_NAME)")
     return GatewayConfig(
         datacenter=code,
-        name=get("name") or f"gateway-{code}@{os.uname().nodename}",
+        name=name,
         broker_url=get("broker_url"),
         keys_path=Path(get("keys_path", "/etc/portslice/planner-keys.json")),
         api_url=get("api_url").rstrip("/"),
@@ -275,15 +279,19 @@ class Gateway:
         return "applied"
 
     def _ack(self, table: Table, status: str, detail: str) -> None:
-        kwargs = {
-            "name": self.config.name,
-            "datacenter": self.config.datacenter,
-            "revision": table.revision,
-            "etag": table.etag,
-            "status": status,
-            "detail": detail,
-            "slices": table.slices,
-        }
+        try:
+            kwargs = contract.gateway_ack_message(
+                name=self.config.name,
+                datacenter=self.config.datacenter,
+                revision=table.revision,
+                etag=table.etag,
+                status=status,
+                detail=detail,
+                slices=table.slices,
+            )
+        except contract.ContractError as error:  # the planner would refuse it: say why here
+            log.warning("gateway ack not sent: %s", error)
+            return
         try:
             self.send_ack(kwargs)
         except Exception as error:  # the transport's errors vary; the next apply acks again
@@ -341,7 +349,12 @@ def run(config: GatewayConfig, *, loglevel: str = "INFO") -> int:
 
     ignore_celery_environment()
     keys = load_keys(config.keys_path)
-    app = celery_app("portslice-gateway", broker_url=config.broker_url, queue=config.queue)
+    app = celery_app(
+        "portslice-gateway",
+        broker_url=config.broker_url,
+        queue=config.queue,
+        broker_folder=config.state_dir / "broker",
+    )
 
     def send_ack(kwargs: dict[str, Any]) -> None:
         app.send_task(ACK_TASK, kwargs=kwargs, queue=PLANNER_QUEUE, retry=True,

@@ -29,7 +29,7 @@ from agent.sockdiag import TCP_ESTABLISHED, SockDiag, family_of
 
 log = logging.getLogger(__name__)
 
-BUCKET_SIZE: Final = 64
+BUCKET_SIZE: Final = contract.BUCKET_SIZE
 _ESTABLISHED: Final = 1 << TCP_ESTABLISHED
 
 

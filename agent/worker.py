@@ -108,14 +108,19 @@ def make_app(config: AgentConfig) -> Celery:
         "portslice-agent",
         broker_url=config.broker_url,
         queue=config.queue,
-        broker_folder=config.broker_folder,
+        broker_folder=config.broker_folder or config.state_dir / "broker",
     )
 
 
 def celery_app(
     name: str, *, broker_url: str, queue: str, broker_folder: Path | None = None
 ) -> Celery:
-    """A Celery app consuming only ``queue`` in order: JSON only, no results, solo pool."""
+    """A Celery app consuming only ``queue`` in order: JSON only, no results, solo pool.
+
+    With ``filesystem://`` the messages pass through ``broker_folder`` (required:
+    kombu's default is ``./data_in``/``./control`` in whatever directory the
+    process started in), created if missing.
+    """
     # Imported here, not at the top: kombu's JSON module imports Django's
     # Promise when Django happens to be installed (as on a planner machine), and
     # importing any agent module must never load Django (tests/test_package_boundaries.py).
@@ -124,9 +129,13 @@ def celery_app(
 
     app = Celery(name, broker=broker_url, set_as_current=False)
     if broker_url.startswith("filesystem"):
+        if broker_folder is None:
+            raise ValueError(f"broker_url={broker_url!r} needs a broker folder")
+        options = filesystem_options(broker_folder)
+        for folder in {options["data_folder_in"], options["control_folder"]}:
+            Path(folder).mkdir(parents=True, exist_ok=True)
         app.conf.broker_transport = filesystem_transport()
-        if broker_folder is not None:
-            app.conf.broker_transport_options = filesystem_options(broker_folder)
+        app.conf.broker_transport_options = options
     app.conf.update(
         task_serializer="json",
         result_serializer="json",

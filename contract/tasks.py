@@ -1,4 +1,5 @@
-"""Task and queue names: the two sides send by name and never import each other's tasks."""
+"""Names both sides share: tasks and queues (the two sides send by name and never
+import each other's tasks), and the issuer and audiences of the signed tokens."""
 
 from __future__ import annotations
 
@@ -19,6 +20,13 @@ GATEWAY_APPLY_TASK: Final = "gateway.apply_steering"
 GATEWAY_ACK_TASK: Final = "planner.record_gateway_ack"
 
 PLANNER_QUEUE: Final = "planner"
+
+#: ``iss`` of every token the planner signs.
+ISSUER: Final = "portslice-planner"
+#: ``aud`` of a host's config bundle (``agent.apply_bundle``).
+AGENT_AUDIENCE: Final = "portslice-agent"
+#: ``aud`` of a datacenter's steering table (``gateway.apply_steering``).
+GATEWAY_AUDIENCE: Final = "portslice-gateway"
 
 
 def agent_queue(hostname: str) -> str:

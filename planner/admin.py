@@ -41,7 +41,7 @@ from planner.models import (
     SliceUsage,
     UsageSample,
 )
-from planner.services import inventory, keys, rebalance, tokens
+from planner.services import inventory, keys, rebalance, steering, tokens
 from planner.services.locks import Conflict
 
 # What an inventory service refuses with: field errors, and conflicts (an edit
@@ -379,9 +379,25 @@ class ReportRejectionAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Gateway)
-class GatewayAdmin(ReadOnlyAdmin):
-    """Gateways report which steering table they run; nobody edits that."""
+class GatewayAdmin(admin.ModelAdmin):
+    """An admin registers a gateway (name and datacenter) and may remove it; what
+    it runs is what it reports, so nobody edits a registered one."""
 
     list_display = ["name", "datacenter", "revision", "status", "slices", "applied_at", "last_seen"]
     list_filter = ["datacenter", "status"]
     list_select_related = ["datacenter"]
+    fields = ["name", "datacenter"]
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: Any, form: ModelForm, change: bool) -> None:
+        saved = steering.gateway_register(name=obj.name, datacenter=obj.datacenter)
+        obj.pk = saved.pk
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        steering.gateway_unregister(gateway=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
+        for gateway in queryset:
+            steering.gateway_unregister(gateway=gateway)

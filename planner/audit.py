@@ -201,6 +201,7 @@ def connect_audit_signals() -> None:
         m.PortSlice,
         m.PlanRevision,
         m.RebalancePolicy,
+        m.Gateway,
     )
     for model in models_audited:
         uid = f"audit-{model._meta.label}"

@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 import allocator as alloc
+import contract
 from allocator.grid import grid_origin, slots_in_gap
 from allocator.inventory import address_order
 from allocator.ports import PortRange, free_gaps, ranges_of_ports
@@ -44,7 +45,8 @@ KEPT_ALTERNATE = DIFF_BASE + len(DIFF_KINDS)
 
 # More rows than this and the datacenter starts collapsed: one row per pool.
 COLLAPSE_ABOVE = 120
-BUCKET_MIN, BUCKET_MAX, BUCKET_DEFAULT = 64, 4096, 256
+# A column is never finer than the buckets agents report usage in.
+BUCKET_MIN, BUCKET_MAX, BUCKET_DEFAULT = contract.BUCKET_SIZE, 4096, 256
 # Utilization cells that are not a measured use, drawn in bands below 0 %:
 # ports nobody may use, reserved ports, and slices whose agent has not reported.
 UTIL_UNUSABLE, UTIL_RESERVED, UTIL_NO_REPORT = -0.25, -0.15, -0.05

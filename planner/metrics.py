@@ -22,7 +22,6 @@ from planner.choices import BundleStatus
 from planner.models import ConfigBundle, Machine, PortSlice, RebalanceRun, ReportRejection
 from planner.selectors import (
     draft_revisions,
-    machine_status_counts,
     machines_stale_count,
     pool_headroom,
 )
@@ -69,15 +68,6 @@ class PlannerCollector(Collector):
         for dc, n in machines_stale_count().items():
             stale.add_metric([dc], n)
         yield stale
-        statuses = GaugeMetricFamily(
-            "portslice_machines_status",
-            "Machines per status of their agent (only enforcing is healthy)",
-            labels=["datacenter", "status"],
-        )
-        for dc, counts in machine_status_counts().items():
-            for status, n in counts.items():
-                statuses.add_metric([dc, status], n)
-        yield statuses
         rejected = CounterMetricFamily(
             "portslice_reports_rejected",
             "Agent messages refused for breaking the contract (never stored)",
@@ -86,8 +76,12 @@ class PlannerCollector(Collector):
         for kind, field, n in ReportRejection.objects.values_list("kind", "field", "count"):
             rejected.add_metric([kind, field], n)
         yield rejected
-        runs = CounterMetricFamily(
-            "portslice_rebalance_runs", "Rebalance runs", labels=["datacenter", "outcome"]
+        # A gauge, not a counter: runs past their retention are deleted, so the
+        # number falls, and Prometheus reads a falling counter as a restart.
+        runs = GaugeMetricFamily(
+            "portslice_rebalance_runs_kept",
+            "Rebalance runs in the kept history (falls as old runs expire)",
+            labels=["datacenter", "outcome"],
         )
         for dc, outcome, n in (
             RebalanceRun.objects.values_list("datacenter__code", "outcome")

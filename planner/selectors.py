@@ -377,24 +377,53 @@ def pool_headroom() -> list[alloc.PoolHeadroom]:
     return result
 
 
+#: The first resend of an unacknowledged bundle waits this long; each further one
+#: twice as long as the one before, up to RESEND_MAX. An agent that is not there
+#: costs a few messages an hour, not one a minute (reconcile runs every minute).
 RESEND_AFTER = timedelta(minutes=2)
+RESEND_MAX = timedelta(hours=1)
+
+
+def resend_delay(*, attempts: int) -> timedelta:
+    """How long after its ``attempts``-th send a bundle is due again: doubling, capped."""
+    if attempts <= 0:
+        return timedelta(0)
+    return min(RESEND_AFTER * 2 ** min(attempts - 1, 32), RESEND_MAX)
 
 
 def bundles_due(*, now: datetime | None = None) -> QuerySet[ConfigBundle]:
     """Each machine's newest bundle that its agent has not applied yet and that is
-    due: never sent, or sent or failed more than ``RESEND_AFTER`` ago. A rejected
-    bundle is not resent: it would be rejected again."""
-    before = (now or timezone.now()) - RESEND_AFTER
+    due: never sent, or sent or failed and past its ``next_send_at`` (the resend
+    delay doubles with each send, see :func:`resend_delay`). A rejected bundle is
+    not resent: it would be rejected again."""
+    now = now or timezone.now()
+    before = now - RESEND_AFTER
+    waiting = Q(status__in=[BundleStatus.SENT, BundleStatus.FAILED])
     return (
         ConfigBundle.objects.filter(serial=F("machine__bundle_serial"))
         .exclude(machine__state=MachineState.RETIRED)
         .filter(
             Q(status=BundleStatus.PENDING)
-            | Q(status=BundleStatus.SENT, sent_at__lt=before)
-            | Q(status=BundleStatus.FAILED, acked_at__lt=before)
+            | (waiting & Q(next_send_at__lte=now))
+            # Rows sent before the backoff existed have no next_send_at.
+            | (waiting & Q(next_send_at__isnull=True, sent_at__lt=before))
         )
         .select_related("machine")
     )
+
+
+def machines_never_seen_count() -> dict[str, int]:
+    """Per datacenter, machines that were sent a bundle and never answered: no agent
+    has reported for them (``last_seen`` empty). Their resends back off to
+    ``RESEND_MAX``; ``/metrics`` shows them as ``portslice_machines_never_seen``."""
+    rows = (
+        Machine.objects.filter(last_seen__isnull=True, bundles__attempts__gt=0)
+        .exclude(state=MachineState.RETIRED)
+        .values_list("datacenter__code")
+        .annotate(n=Count("id", distinct=True))
+        .order_by()
+    )
+    return dict(rows)
 
 
 def stale_cutoff(*, now: datetime | None = None) -> datetime:
@@ -888,18 +917,6 @@ def gateway_revision_lag() -> list[tuple[str, str, int]]:
         for gateway in gateways()
         for dc in [gateway.datacenter_id]
     ]
-
-
-def machines_never_seen_count() -> dict[str, int]:
-    """Machines (not retired) whose agent has never reported, per datacenter code."""
-    rows = (
-        Machine.objects.filter(last_seen__isnull=True)
-        .exclude(state=MachineState.RETIRED)
-        .values_list("datacenter__code")
-        .annotate(n=Count("id"))
-        .order_by()
-    )
-    return dict(rows)
 
 
 def reconcile_backlog() -> dict[str, int]:

@@ -23,9 +23,11 @@ from joserfc import jws
 from joserfc.errors import SecurityWarning
 from joserfc.jwk import OKPKey
 
+import contract
+
 ALG = "EdDSA"
-ISSUER = "portslice-planner"
-AUDIENCE = "portslice-agent"
+ISSUER = contract.ISSUER
+AUDIENCE = contract.AGENT_AUDIENCE
 
 warnings.filterwarnings("ignore", message="EdDSA is deprecated", category=SecurityWarning)
 

@@ -1,17 +1,22 @@
 """Celery tasks: thin wrappers that load, call a service, and retry.
 
-``planner.record_ack`` and ``planner.record_usage`` take the keyword arguments
-of :mod:`contract` (agent/worker.py shows them). They come off the broker, which
-is not trusted: each message is checked against the contract first, and one
-that breaks it is logged, counted and dropped, never stored.
+``planner.record_ack``, ``planner.record_usage`` and ``planner.record_gateway_ack``
+take the keyword arguments of :mod:`contract` (agent/worker.py and
+agent/gateway.py build them). They come off the broker, which is not trusted:
+each message is checked against the contract first, and one that breaks it is
+logged, counted and dropped, never stored; none of them raises on its input.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from celery import shared_task
+from celery import Celery, shared_task
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
 
 import contract
 from planner import selectors
@@ -26,8 +31,39 @@ from planner.services import steering as steering_services
 logger = logging.getLogger(__name__)
 
 
-def _send_bundle(hostname: str, token: str) -> None:
-    app.send_task(contract.APPLY_TASK, args=[token], queue=contract.agent_queue(hostname))
+def _purge(celery: Celery, queue: str) -> None:
+    """Drop what ``queue`` holds. Best effort: a queue not declared yet (RabbitMQ) is fine."""
+    try:
+        with celery.connection_for_write() as connection:
+            connection.default_channel.queue_purge(queue)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - see above
+        logger.debug("could not purge %s", queue, exc_info=True)
+
+
+def bundle_sender(celery: Celery, *, replace: bool) -> Callable[[str, str], None]:
+    """``send(hostname, token)`` for :func:`bundles_send`: ``agent.apply_bundle`` on
+    the host's queue, expiring with the token (an agent that takes it later
+    drops it unread; a fresher one follows).
+
+    ``replace`` (reconcile's resends) first drops what the queue still holds:
+    only the newest bundle matters, so a host without a running agent keeps one
+    message waiting, not one per resend (issue 15: the filesystem broker of the
+    quick start grew by 150,000 files a day).
+    """
+
+    def send(hostname: str, token: str) -> None:
+        queue = contract.agent_queue(hostname)
+        if replace:
+            _purge(celery, queue)
+        celery.send_task(
+            contract.APPLY_TASK, args=[token], queue=queue, expires=settings.BUNDLE_TTL_SECONDS
+        )
+
+    return send
+
+
+_send_bundle = bundle_sender(app, replace=False)
+_resend_bundle = bundle_sender(app, replace=True)
 
 
 def _send_steering(datacenter: str, token: str) -> None:
@@ -35,11 +71,7 @@ def _send_steering(datacenter: str, token: str) -> None:
     # queue nobody consumes (no gateway in that datacenter) holds one table, not
     # every table ever published. Best effort; the gateway's poll covers a race.
     queue = contract.gateway_queue(datacenter)
-    try:
-        with app.connection_for_write() as connection:
-            connection.default_channel.queue_purge(queue)  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - a queue not declared yet (RabbitMQ) is fine
-        logger.debug("could not purge %s", queue, exc_info=True)
+    _purge(app, queue)
     app.send_task(contract.GATEWAY_APPLY_TASK, args=[token], queue=queue)
 
 
@@ -56,59 +88,71 @@ def publish_revision(revision_id: int) -> int:
     return sent
 
 
+def _consume(kind: str, message: dict[str, Any], store: Callable[[], int]) -> int:
+    """Run ``store`` (validate, then write) for one broker message; never raise on input.
+
+    A message that breaks the contract, or one the receiver refuses (unknown
+    sender, serial never issued), is logged and counted by kind and field, and
+    nothing of it is stored: the write runs in its own transaction (a savepoint
+    inside an outer one), rolled back whole on any error. An error no check
+    foresaw is counted under the field ``*`` rather than crashing the worker; a
+    database that cannot count it either is an outage, not input, and raises.
+    """
+    try:
+        with transaction.atomic():
+            return store()
+    except contract.ContractError as error:
+        logger.warning("%s refused (not stored): %s", kind, error)
+        reports.report_reject(kind=kind, error=error)
+    except Exception as error:  # noqa: BLE001 - the broker's input must never crash the worker
+        logger.exception("%s could not be stored (counted, not stored)", kind)
+        refused = contract.ContractError(kind, "*", sorted(message)[:8], f"not storable: {error!r}")
+        reports.report_reject(kind=kind, error=refused)
+    return 0
+
+
 @shared_task(name=contract.GATEWAY_ACK_TASK)
-def record_gateway_ack(
-    *,
-    name: str,
-    datacenter: str,
-    revision: int,
-    etag: str,
-    status: str,
-    detail: str = "",
-    slices: int = 0,
-    **extra: Any,
-) -> bool:
-    """What a gateway applied; the kwargs are agent/gateway.py's ``Gateway._ack``."""
-    gateway = steering_services.gateway_ack(
-        name=name, datacenter=datacenter, revision=revision, etag=etag, status=status,
-        detail=detail, slices=slices,
-    )  # fmt: skip
-    return gateway is not None
+def record_gateway_ack(**message: Any) -> bool:
+    """What a gateway applied; the kwargs of :func:`contract.gateway_ack_message`."""
+
+    def store() -> int:
+        steering_services.gateway_ack(ack=contract.validate_gateway_ack(message))
+        return 1
+
+    return bool(_consume("gateway_ack", message, store))
 
 
 @shared_task(name=contract.ACK_TASK)
 def record_ack(**message: Any) -> int:
-    try:
-        ack = contract.validate_ack(message)
-    except contract.ContractError as error:
-        logger.warning("ack refused (not stored): %s", error)
-        reports.report_reject(kind="ack", error=error)
-        return 0
-    return reports.bundle_ack(
-        hostname=ack.hostname,
-        serial=ack.serial,
-        status=ack.status,
-        reason=ack.reason,
-        detail=ack.detail,
-        applied_serial=ack.applied_serial,
-        enforcement=ack.enforcement,
-        at=ack.applied_at,
-    )
+    def store() -> int:
+        ack = contract.validate_ack(message, now=timezone.now())
+        return reports.bundle_ack(
+            hostname=ack.hostname,
+            serial=ack.serial,
+            status=ack.status,
+            reason=ack.reason,
+            detail=ack.detail,
+            applied_serial=ack.applied_serial,
+            revision=ack.revision,
+            enforcement=ack.enforcement,
+            at=ack.applied_at,
+        )
+
+    return _consume("ack", message, store)
 
 
 @shared_task(name=contract.USAGE_TASK)
 def record_usage(**message: Any) -> int:
-    try:
-        report = contract.validate_usage(message)
-    except contract.ContractError as error:
-        logger.warning("usage report refused (not stored): %s", error)
-        reports.report_reject(kind="usage", error=error)
-        return 0
-    return reports.usage_record(
-        hostname=report.hostname,
-        at=report.at,
-        slices=[item.as_dict() for item in report.slices],
-    )
+    def store() -> int:
+        report = contract.validate_usage(message, now=timezone.now())
+        return reports.usage_record(
+            hostname=report.hostname,
+            at=report.at,
+            serial=report.serial,
+            slices=[item.as_dict() for item in report.slices],
+        )
+
+    return _consume("usage", message, store)
 
 
 @shared_task(name="planner.expire_usage")
@@ -119,10 +163,12 @@ def expire_usage() -> int:
 
 @shared_task(name="planner.reconcile")
 def reconcile() -> int:
-    """Send every machine's newest unapplied bundle again (a lost message, a broker
-    that was down at commit, bundles signed by a key rotation)."""
+    """Send every machine's newest unapplied bundle again when it is due (a lost
+    message, a broker that was down at commit, bundles signed by a key rotation).
+    Resends back off per bundle (doubling, capped) and replace what the host's
+    queue still holds, so a machine without an agent costs one waiting message."""
     with acting_as("system:celery"):
-        return bundle_services.bundles_send(bundles=selectors.bundles_due(), send=_send_bundle)
+        return bundle_services.bundles_send(bundles=selectors.bundles_due(), send=_resend_bundle)
 
 
 @shared_task(name="planner.expire_drains")

@@ -7,17 +7,13 @@ geofeed we publish never carries a code a geolocation provider would reject.
 from __future__ import annotations
 
 import ipaddress
-import re
 
 import pycountry
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from contract import gateway_name_problem, hostname_problem
 from planner import constants
-
-# RFC 1123 section 2.1: labels of letters, digits and hyphens, 1-63 characters,
-# not starting or ending with a hyphen; at most 253 characters in all.
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.IGNORECASE)
 
 
 def validate_country(value: str) -> None:
@@ -47,9 +43,22 @@ def validate_region_in_country(*, region: str, country: str) -> None:
 
 
 def validate_hostname(value: str) -> None:
-    labels = value.rstrip(".").split(".")
-    if len(value) > 253 or not all(_LABEL.match(label) for label in labels):
-        raise ValidationError(constants.ERR_HOSTNAME, code="hostname", params={"value": value})
+    """The contract's check (one rule for both sides); one trailing dot, the
+    absolute form, is allowed here because ``Machine.save`` strips it."""
+    why = hostname_problem(value.removesuffix(".") if isinstance(value, str) else value)
+    if why:
+        raise ValidationError(
+            constants.ERR_HOSTNAME, code="hostname", params={"value": value, "why": why}
+        )
+
+
+def validate_gateway_name(value: str) -> None:
+    """The name a gateway acks with, as the contract checks it."""
+    why = gateway_name_problem(value)
+    if why:
+        raise ValidationError(
+            constants.ERR_GATEWAY_NAME, code="gateway_name", params={"value": value, "why": why}
+        )
 
 
 def _demo_loopback(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:

@@ -249,6 +249,13 @@ class RebalanceRunSerializer(serializers.ModelSerializer[RebalanceRun]):
         read_only_fields = fields
 
 
+class GatewayRegisterSerializer(serializers.Serializer[Any]):
+    """What an admin gives to register a gateway: the name it acks with, its datacenter."""
+
+    name = serializers.CharField(max_length=253)
+    datacenter = serializers.SlugRelatedField(slug_field="code", queryset=Datacenter.objects.all())
+
+
 class GatewaySerializer(serializers.ModelSerializer[Gateway]):
     datacenter = serializers.SlugRelatedField(slug_field="code", read_only=True)  # type: ignore[var-annotated]
 

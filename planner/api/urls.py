@@ -18,6 +18,7 @@ urlpatterns = [
     path("datacenters/<slug:code>/heatmap", views.HeatmapView.as_view(), name="heatmap"),
     path("keys", views.KeysView.as_view(), name="keys"),
     path("gateways", views.GatewayView.as_view(), name="gateways"),
+    path("gateways/<str:name>", views.GatewayDetailView.as_view(), name="gateway"),
     path("geofeed.csv", views.GeofeedView.as_view(), name="geofeed"),
     *router.urls,
 ]

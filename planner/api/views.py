@@ -38,13 +38,14 @@ from planner.models import (
     Datacenter,
     EgressIP,
     EgressPool,
+    Gateway,
     Machine,
     PlanRevision,
     PortSlice,
     SigningKey,
 )
 from planner.queries import HeatmapQuery
-from planner.roles import OPERATOR
+from planner.roles import ADMIN, OPERATOR
 from planner.services import inventory, plans, rebalance
 from planner.services import steering as steering_services
 from planner.signing import jwks
@@ -300,11 +301,42 @@ class SteeringView(JsonErrors, APIView):
 
 
 class GatewayView(APIView):
-    """Each gateway that has reported: its datacenter, the steering revision it runs."""
+    """Each registered gateway: its datacenter, the steering revision it runs.
+
+    An admin registers a gateway (``POST`` its ``name`` and ``datacenter``)
+    before it acks: acks from a name nobody registered, or for another
+    datacenter than its own, are refused and counted, never stored.
+    """
+
+    roles = {"post": ADMIN}
 
     @extend_schema(responses={200: s.GatewaySerializer(many=True)})
     def get(self, request: Request) -> Response:
         return Response(s.GatewaySerializer(selectors.gateways(), many=True).data)
+
+    @extend_schema(request=s.GatewayRegisterSerializer, responses={201: s.GatewaySerializer})
+    def post(self, request: Request) -> Response:
+        form = s.GatewayRegisterSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        gateway = steering_services.gateway_register(
+            name=form.validated_data["name"], datacenter=form.validated_data["datacenter"]
+        )
+        return Response(s.GatewaySerializer(gateway).data, status=status.HTTP_201_CREATED)
+
+
+class GatewayDetailView(APIView):
+    """One registered gateway; ``DELETE`` (admin) forgets it: its acks are refused after."""
+
+    roles = {"delete": ADMIN}
+
+    @extend_schema(responses={200: s.GatewaySerializer})
+    def get(self, request: Request, name: str) -> Response:
+        return Response(s.GatewaySerializer(get_object_or_404(Gateway, name=name)).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, name: str) -> Response:
+        steering_services.gateway_unregister(gateway=get_object_or_404(Gateway, name=name))
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class HeatmapView(JsonErrors, APIView):

@@ -5,16 +5,18 @@ from __future__ import annotations
 from django.db import models
 
 from planner.models.inventory import Datacenter
+from planner.validators import validate_gateway_name
 
 
 class Gateway(models.Model):
     """A gateway (``python -m agent gateway``) and the last steering table it acked.
 
-    Written only by :func:`planner.services.steering.gateway_ack` when the gateway
-    reports; ``revision`` and ``etag`` say which table it enforces.
+    Registered by an admin (:func:`planner.services.steering.gateway_register`);
+    then written only by :func:`planner.services.steering.gateway_ack` when the
+    gateway reports: ``revision`` and ``etag`` say which table it enforces.
     """
 
-    name = models.CharField(max_length=253, unique=True)
+    name = models.CharField(max_length=253, unique=True, validators=[validate_gateway_name])
     datacenter = models.ForeignKey(Datacenter, on_delete=models.CASCADE, related_name="gateways")
     revision = models.PositiveIntegerField(default=0)
     etag = models.CharField(max_length=40, blank=True)

@@ -52,6 +52,12 @@ class ConfigBundle(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField()
     sent_at = models.DateTimeField(null=True, blank=True)
+    # Resends back off: the n-th send waits RESEND_AFTER * 2**(n-1), capped at
+    # RESEND_MAX, before the next (planner.selectors.bundles_due).
+    attempts = models.PositiveIntegerField(default=0, help_text="times sent")
+    next_send_at = models.DateTimeField(
+        null=True, blank=True, help_text="when reconcile may send it again, unless acked"
+    )
     acked_at = models.DateTimeField(null=True, blank=True)
     status = models.CharField(
         max_length=16, choices=BundleStatus.choices, default=BundleStatus.PENDING

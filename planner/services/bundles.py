@@ -27,6 +27,7 @@ from planner.models import (
 from planner.selectors import (
     bundle_claims,
     bundle_slices,
+    resend_delay,
     shared_prefixes,
 )
 
@@ -95,7 +96,7 @@ def bundles_build(
         return ConfigBundle.objects.bulk_create(bundles, batch_size=_BATCH)
 
 
-def bundles_send(*, bundles: Iterable[ConfigBundle], send: Any) -> int:
+def bundles_send(*, bundles: Iterable[ConfigBundle], send: Any, now: datetime | None = None) -> int:
     """Claim the bundles, then hand each to ``send(hostname, token)``; returns how many.
 
     ``send`` puts the token on the machine's queue (the Celery task does it by
@@ -106,9 +107,11 @@ def bundles_send(*, bundles: Iterable[ConfigBundle], send: Any) -> int:
     ticks) each bundle is sent once; one acked meanwhile is not claimed. If
     ``send`` raises (the broker is down), the claims not yet sent are undone,
     so a retry or the next ``planner.reconcile`` finds them as they were.
+    Each claim counts an attempt and sets when the bundle is due again
+    (:func:`planner.selectors.resend_delay`: doubling, capped).
     """
     read = {bundle.pk: bundle for bundle in bundles}
-    now = timezone.now()
+    now = now or timezone.now()
     claimed = _claim(read, now)
     for sent, bundle in enumerate(claimed):
         try:
@@ -118,7 +121,12 @@ def bundles_send(*, bundles: Iterable[ConfigBundle], send: Any) -> int:
             for old in unsent:
                 ConfigBundle.objects.filter(
                     pk=old.pk, status=BundleStatus.SENT, sent_at=now
-                ).update(status=old.status, sent_at=old.sent_at)
+                ).update(
+                    status=old.status,
+                    sent_at=old.sent_at,
+                    attempts=old.attempts,
+                    next_send_at=old.next_send_at,
+                )
             raise
     return len(claimed)
 
@@ -137,7 +145,15 @@ def _claim(read: dict[int, ConfigBundle], now: datetime) -> list[ConfigBundle]:
             "pk", "status", "sent_at"
         )}  # fmt: skip
         claimed = [b for pk, b in read.items() if current.get(pk) == (b.status, b.sent_at)]
-        ConfigBundle.objects.filter(pk__in=[b.pk for b in claimed]).update(
-            status=BundleStatus.SENT, sent_at=now
-        )
+        # One UPDATE per attempt count (a handful): the next send waits twice as long.
+        by_attempts: dict[int, list[int]] = {}
+        for bundle in claimed:
+            by_attempts.setdefault(bundle.attempts, []).append(bundle.pk)
+        for attempts, pks in by_attempts.items():
+            ConfigBundle.objects.filter(pk__in=pks).update(
+                status=BundleStatus.SENT,
+                sent_at=now,
+                attempts=attempts + 1,
+                next_send_at=now + resend_delay(attempts=attempts + 1),
+            )
     return claimed

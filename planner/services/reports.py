@@ -12,13 +12,14 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from contract import ContractError
+from contract import ContractError, not_after_issued
 from planner.choices import (
     BundleStatus,
 )
 from planner.models import (
     ConfigBundle,
     Machine,
+    PlanRevision,
     PortSlice,
     ReportRejection,
     SliceUsage,
@@ -27,6 +28,8 @@ from planner.models import (
 from planner.selectors import stale_cutoff
 
 logger = logging.getLogger(__name__)
+
+UNKNOWN_HOST = "no machine by that name"
 
 
 def bundle_ack(
@@ -37,14 +40,17 @@ def bundle_ack(
     reason: str = "",
     detail: str = "",
     applied_serial: int | None = None,
+    revision: int | None = None,
     enforcement: dict[str, Any] | None = None,
     at: datetime | None = None,
 ) -> int:
     """Record what an agent did with bundle ``serial``; returns bundle rows updated.
 
     ``applied_serial`` is what the host enforces after this message; the
-    machine's record only moves forward (acks may arrive out of order). An
-    ack from an unknown host changes nothing.
+    machine's record only moves forward (acks may arrive out of order), and so
+    does ``last_seen``. Raises :class:`contract.ContractError`, storing nothing,
+    for a host the planner does not know and for a serial or revision newer
+    than any it issued to that host: the broker is untrusted.
     """
     at = at or timezone.now()
     if status not in {BundleStatus.APPLIED, BundleStatus.REJECTED, BundleStatus.FAILED}:
@@ -52,29 +58,63 @@ def bundle_ack(
     with transaction.atomic():
         # The machine row first, then its bundles: the order bundles_build locks
         # them in, so an ack and a plan apply never wait on each other in a cycle.
-        machine = Machine.objects.filter(hostname=hostname)
-        changes: dict[str, Any] = {"last_seen": at, "stale_since": None}
+        known = (
+            Machine.objects.select_for_update()
+            .filter(hostname=hostname)
+            .values_list("pk", "bundle_serial", "datacenter_id")
+            .first()
+        )
+        if known is None:
+            raise ContractError("ack", "hostname", hostname, UNKNOWN_HOST)
+        pk, issued, datacenter_id = known
+        not_after_issued("ack", "serial", serial, issued)
+        not_after_issued("ack", "applied_serial", applied_serial, issued)
+        not_after_issued("ack", "revision", revision, _revision_issued(datacenter_id))
+        machine = Machine.objects.filter(pk=pk)
+        changes: dict[str, Any] = {"stale_since": None}
         if enforcement:
             changes["enforcement"] = enforcement
         machine.update(**changes)
+        machine.filter(Q(last_seen__isnull=True) | Q(last_seen__lt=at)).update(last_seen=at)
         if applied_serial:
             machine.filter(applied_serial__lt=applied_serial).update(applied_serial=applied_serial)
         updated = 0
         if serial is not None:
             error = f"{reason}: {detail}"[:500] if reason else ""
-            updated = ConfigBundle.objects.filter(machine__hostname=hostname, serial=serial).update(
+            updated = ConfigBundle.objects.filter(machine_id=pk, serial=serial).update(
                 status=status, acked_at=at, error=error
             )
     return updated
 
 
-def usage_record(*, hostname: str, at: datetime, slices: Iterable[dict[str, Any]]) -> int:
+def _revision_issued(datacenter_id: int | None) -> int:
+    """The newest plan revision number of a datacenter (0 for none): what an ack may name."""
+    if datacenter_id is None:
+        return 0
+    newest = (
+        PlanRevision.objects.filter(datacenter_id=datacenter_id)
+        .order_by("-number")
+        .values_list("number", flat=True)
+        .first()
+    )
+    return newest or 0
+
+
+def usage_record(
+    *, hostname: str, at: datetime, slices: Iterable[dict[str, Any]], serial: int | None = None
+) -> int:
     """Store an agent's report: the latest figures per slice, and a history row per
     slice at most every ``USAGE_SAMPLE_SECONDS``. Slices the host no longer owns
-    are ignored. Returns how many slices were recorded."""
+    are ignored. Returns how many slices were recorded.
+
+    Raises :class:`contract.ContractError`, storing nothing, for a host the
+    planner does not know and a ``serial`` (the bundle the host enforces) newer
+    than any issued to it.
+    """
     machine = Machine.objects.filter(hostname=hostname).first()
     if machine is None:
-        return 0
+        raise ContractError("usage", "hostname", hostname, UNKNOWN_HOST)
+    not_after_issued("usage", "serial", serial, machine.bundle_serial)
     owned = {
         (ip, lo, hi): pk
         for pk, ip, lo, hi in PortSlice.objects.filter(machine=machine).values_list(

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+import contract
 from allocator.steering import MARK_BASE
 from planner import signing
 from planner.choices import KeyStatus
@@ -25,9 +26,7 @@ from planner.selectors import current_revision, steering_table
 from planner.services.locks import datacenter_lock
 from planner.steering import SteeringRow, steering_document, steering_etag
 
-GATEWAY_AUDIENCE = "portslice-gateway"
-
-GATEWAY_STATUSES = ("applied", "failed")
+GATEWAY_AUDIENCE = contract.GATEWAY_AUDIENCE
 
 
 def steering_marks_assign(*, datacenter: Datacenter) -> int:
@@ -60,41 +59,64 @@ def steering_rows(*, datacenter: Datacenter) -> list[SteeringRow]:
     raise RuntimeError(f"machines of {datacenter.code} keep appearing without a steering mark")
 
 
-def gateway_ack(
-    *,
-    name: str,
-    datacenter: str,
-    revision: int,
-    etag: str,
-    status: str,
-    detail: str = "",
-    slices: int = 0,
-    at: datetime | None = None,
-) -> Gateway | None:
-    """Record which steering table gateway ``name`` runs; ``None`` for an unknown datacenter.
+def gateway_register(*, name: str, datacenter: Datacenter) -> Gateway:
+    """Register gateway ``name`` for ``datacenter`` (an admin's act); audited.
 
-    An ack for an older revision than the one recorded (acks may arrive out of
-    order) only refreshes ``last_seen``; so does a heartbeat (the same ETag
-    again, with no detail), which the gateway sends after each poll that found
-    nothing new.
+    Only a registered gateway's acks are recorded: the broker is untrusted, so
+    a message cannot create a row or move a gateway to another datacenter. The
+    name must be what the gateway sends (``PORTSLICE_GATEWAY_NAME``). Raises
+    ``ValidationError`` naming the field for a bad or taken name.
     """
-    if status not in GATEWAY_STATUSES:
-        raise ValueError(f"status: {status!r} is not applied or failed")
-    dc = Datacenter.objects.filter(code=datacenter).first()
-    if dc is None:
-        return None
+    gateway = Gateway(name=name, datacenter=datacenter)
+    gateway.full_clean(exclude=["revision", "etag", "status", "detail", "slices"])
+    gateway.save()
+    return gateway
+
+
+def gateway_unregister(*, gateway: Gateway) -> None:
+    """Forget a gateway; its acks are refused from now on. Audited."""
+    gateway.delete()
+
+
+def gateway_ack(*, ack: contract.GatewayAck, at: datetime | None = None) -> Gateway:
+    """Record which steering table the registered gateway ``ack.name`` runs.
+
+    Raises :class:`contract.ContractError` (the task counts it, nothing is
+    stored) for a gateway nobody registered, one acking for a datacenter not its
+    own, and a revision newer than the datacenter's applied plan. An ack for an
+    older revision than the one recorded (acks may arrive out of order) only
+    refreshes ``last_seen``; so does a heartbeat (the same ETag again, with no
+    detail), which the gateway sends after each poll that found nothing new.
+    """
     at = at or timezone.now()
     with transaction.atomic():
-        gateway, _ = Gateway.objects.select_for_update().get_or_create(
-            name=name, defaults={"datacenter": dc}
+        gateway = (
+            Gateway.objects.select_for_update()
+            .select_related("datacenter")
+            .filter(name=ack.name)
+            .first()
         )
-        changes: dict[str, Any] = {"last_seen": at, "datacenter": dc}
-        if revision >= gateway.revision or gateway.datacenter_id != dc.pk:
-            changes.update(revision=revision, etag=etag, status=status)
-            if detail:  # an empty detail is a heartbeat: keep what the apply said
-                changes["detail"] = detail[:2000]
-            if status == "applied" and etag != gateway.etag:
-                changes.update(applied_at=at, slices=slices)
+        if gateway is None:
+            raise contract.ContractError(
+                "gateway_ack", "name", ack.name, "no gateway registered by that name"
+            )
+        if gateway.datacenter.code != ack.datacenter:
+            raise contract.ContractError(
+                "gateway_ack",
+                "datacenter",
+                ack.datacenter,
+                f"gateway is registered in {gateway.datacenter.code}",
+            )
+        contract.not_after_issued(
+            "gateway_ack", "revision", ack.revision, current_revision(datacenter=gateway.datacenter)
+        )
+        changes: dict[str, Any] = {"last_seen": at}
+        if ack.revision >= gateway.revision:
+            changes.update(revision=ack.revision, etag=ack.etag, status=ack.status)
+            if ack.detail:  # an empty detail is a heartbeat: keep what the apply said
+                changes["detail"] = ack.detail
+            if ack.status == contract.APPLIED and ack.etag != gateway.etag:
+                changes.update(applied_at=at, slices=ack.slices)
         Gateway.objects.filter(pk=gateway.pk).update(**changes)
     gateway.refresh_from_db()
     return gateway

@@ -18,7 +18,10 @@ import pytest
 from celery import Celery
 from joserfc.jwk import OKPKey
 
+import contract
+from agent.config import AgentConfig
 from agent.state import StateStore
+from agent.worker import make_app
 from tests.agent import keys, netlab
 from tests.agent.netlab import PEER_PORT, PEER_V4, REDIS_DB, SHARED_V4, Netns
 from tests.support import need, need_redis, need_root
@@ -233,3 +236,19 @@ def test_it_does_not_trust_a_corrupt_state_file(lab: Lab) -> None:
     assert not status["live"]["nftables"]["table_present"]
     assert agent.poll() is None
     netlab.stop(agent)
+
+
+def test_a_filesystem_broker_lives_under_the_state_dir_not_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    config = AgentConfig(
+        hostname="edge0.example.net", broker_url="filesystem://", state_dir=tmp_path / "state"
+    )
+    app = make_app(config)
+    app.send_task(contract.ACK_TASK, kwargs={}, queue=contract.PLANNER_QUEUE)
+    assert list((tmp_path / "state" / "broker").glob("*.planner.msg"))
+    assert (tmp_path / "state" / "broker-control").is_dir()
+    assert not list(workdir.iterdir())  # no ./control, no ./data_in

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 from kombu import Connection
@@ -17,23 +18,33 @@ def test_it_passes_every_message_whole_between_a_writer_and_a_reader(tmp_path: P
     # one half written if it could see it.
     sent = [{"n": n, "pad": "x" * 4_000_000} for n in range(40)]
     received: list[dict[str, Any]] = []
+    give_up = threading.Event()
 
     def read() -> None:
+        # Polls until it has every message or is told to stop: no bound on how long
+        # one write may take (a busy machine is slow, not wrong).
         with Connection(transport=filesystem_transport(), transport_options=options) as conn:
             queue = conn.SimpleQueue("q")
-            while len(received) < len(sent):
-                message = queue.get(timeout=10)
+            while len(received) < len(sent) and not give_up.is_set():
+                try:
+                    message = queue.get(timeout=1)
+                except Empty:
+                    continue
                 received.append(message.payload)
                 message.ack()
             queue.close()
 
     reader = threading.Thread(target=read)
     reader.start()
-    with Connection(transport=filesystem_transport(), transport_options=options) as conn:
-        queue = conn.SimpleQueue("q")
-        for body in sent:
-            queue.put(body)
-        queue.close()
-    reader.join(timeout=60)
+    try:
+        with Connection(transport=filesystem_transport(), transport_options=options) as conn:
+            queue = conn.SimpleQueue("q")
+            for body in sent:
+                queue.put(body)
+            queue.close()
+        reader.join(timeout=600)  # generous: the reader finishes as soon as the last arrives
+    finally:
+        give_up.set()
+        reader.join()
     assert sorted(r["n"] for r in received) == list(range(40))
     assert not list(tmp_path.glob(".*.part"))

@@ -45,6 +45,7 @@ from planner.choices import TokenKind
 from planner.models import Gateway, Machine, PortSlice, SigningKey
 from planner.services.keys import signing_key_generate
 from planner.services.plans import plan_apply_current
+from planner.services.steering import gateway_register
 from planner.services.tokens import api_token_create
 from tests.agent import netlab
 from tests.agent.netlab import UnixRelay, stop
@@ -68,6 +69,7 @@ REDIS_DB = 11
 BROKER = f"redis://127.0.0.1:6379/{REDIS_DB}"
 API_PORT_IN_GATEWAY = 8000
 HOSTS = 4
+GATEWAY_NAME = "gw-fra1"
 FLOWS = {"tcp": 200, "udp": 200}
 SOCKET_FLOWS = {"tcp": 50, "udp": 50}
 
@@ -221,7 +223,7 @@ class Stack:
         gateway.spawn(sys.executable, "-c", TCP_TO_UNIX, str(API_PORT_IN_GATEWAY),
                       str(self.tmp / "web.sock"))  # fmt: skip
         env = {
-            "PORTSLICE_GATEWAY_NAME": "gw-fra1",
+            "PORTSLICE_GATEWAY_NAME": GATEWAY_NAME,
             "PORTSLICE_GATEWAY_BROKER_URL": self.relay_url,
             "PORTSLICE_GATEWAY_KEYS_PATH": str(self.tmp / "keys.json"),
             "PORTSLICE_GATEWAY_API_URL": f"http://127.0.0.1:{API_PORT_IN_GATEWAY}",
@@ -359,6 +361,8 @@ def _inventory(plane: DataPlane) -> None:
         make_ip(address, pool=pool)
     for n, host in enumerate(plane.hosts, 1):
         make_machine(hostname(n), datacenter=dc, address=host.address).pools.add(pool)
+    # Registered as an admin would: the planner records acks of registered gateways only.
+    gateway_register(name=GATEWAY_NAME, datacenter=dc)
 
 
 @pytest.fixture

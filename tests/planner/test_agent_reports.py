@@ -22,7 +22,8 @@ from tests.planner.conftest import Site
 
 pytestmark = pytest.mark.django_db
 HOST = "edge0.fra1.example.net"
-AT = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+# Within the contract's window of the planner's clock (reports are judged against it).
+AT = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 
 
 def _ack(**overrides: Any) -> dict[str, Any]:
@@ -133,8 +134,15 @@ def test_old_history_expires(site: Site) -> None:
     assert SliceUsage.objects.exists()  # the latest figures stay
 
 
-def test_usage_from_an_unknown_host_is_ignored(site: Site) -> None:
-    assert usage_record(hostname="ghost.example.net", at=AT, slices=_report(1)) == 0
+def test_usage_from_an_unknown_host_is_refused_and_counted(site: Site) -> None:
+    with pytest.raises(contract.ContractError, match="no machine by that name"):
+        usage_record(hostname="ghost.example.net", at=AT, slices=_report(1))
+    ghost = contract.usage_message(
+        hostname="ghost.example.net", serial=0, at=AT.timestamp(), slices=_report(1)
+    )
+    assert record_usage(**ghost) == 0
+    assert ReportRejection.objects.get(kind="usage", field="hostname").count == 1
+    assert not SliceUsage.objects.exists()
 
 
 def test_a_late_older_report_does_not_replace_newer_figures(site: Site) -> None:

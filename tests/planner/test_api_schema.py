@@ -110,6 +110,7 @@ DEEP_OBJECT = ('{"a":' * 5000 + "1" + "}" * 5000).encode()
 # A body each write accepts, so one hostile field at a time reaches the deepest checks.
 VALID_BODIES: dict[str, dict[str, object]] = {
     "/api/v1/datacenters": {"code": "ams1", "name": "Amsterdam", "country": "NL"},
+    "/api/v1/gateways": {"name": "gw-ams1", "datacenter": "fra1"},
     "/api/v1/pools": {"datacenter": "fra1", "purpose": "cdn", "country": "DE"},
     "/api/v1/ips": {"address": "192.0.2.77", "pool": 0, "state": "active"},
     "/api/v1/machines": {
@@ -132,6 +133,7 @@ def _valid_path(pool_id: int) -> dict[str, object]:
         "address": "192.0.2.1",
         "id": pool_id,
         "number": 1,
+        "name": "gw-fra1",
     }
 
 

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import json
+from io import StringIO
 from pathlib import Path
+from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
+from django.core.management import CommandError, call_command
+from django.test import Client
 from rest_framework.test import APIClient
 
+import contract
 from agent.bundle import BundleRejected, load_keys
 from agent.gateway import table_from_token
-from planner.models import Gateway
-from planner.services.steering import gateway_ack, steering_publish, steering_token
+from planner.models import AuditEntry, Gateway, ReportRejection
+from planner.services.plans import plan_apply_current
+from planner.services.steering import (
+    gateway_ack,
+    gateway_register,
+    steering_publish,
+    steering_token,
+)
 from planner.tasks import record_gateway_ack
 from tests.planner.conftest import Site
 
@@ -46,24 +58,83 @@ def test_the_gateway_refuses_a_table_for_another_datacenter(
     assert "sub='fra1'" in caught.value.detail
 
 
+def _gateway_ack(revision: int, etag: str, **extra: Any) -> contract.GatewayAck:
+    message = contract.gateway_ack_message(
+        name="gw1", datacenter="fra1", revision=revision, etag=etag, status="applied", **extra
+    )
+    return contract.validate_gateway_ack(message)
+
+
 def test_acks_record_which_gateway_runs_which_revision(
     clients: dict[str, APIClient], site: Site
 ) -> None:
-    record_gateway_ack(
+    for number in (2, 3):  # the site's plan is r1: acks may name up to r3
+        plan_apply_current(datacenter=site.datacenter, reason=f"r{number}")
+    gateway_register(name="gw1", datacenter=site.datacenter)
+    assert record_gateway_ack(**contract.gateway_ack_message(
         name="gw1", datacenter="fra1", revision=3, etag='"e3"', status="applied", slices=6
-    )
-    gateway_ack(name="gw1", datacenter="fra1", revision=2, etag='"e2"', status="applied")
+    ))  # fmt: skip
+    gateway_ack(ack=_gateway_ack(2, '"e2"'))
     stored = Gateway.objects.get(name="gw1")
     assert (stored.revision, stored.etag, stored.slices) == (3, '"e3"', 6)  # late ack ignored
     assert stored.last_seen is not None and stored.applied_at is not None
     applied_at = stored.applied_at
-    gateway_ack(name="gw1", datacenter="fra1", revision=3, etag='"e3"', status="applied")
+    gateway_ack(ack=_gateway_ack(3, '"e3"'))
     heartbeat = Gateway.objects.get(name="gw1")
     assert heartbeat.applied_at == applied_at
     assert heartbeat.last_seen and stored.last_seen and heartbeat.last_seen > stored.last_seen
     listed = clients["vera"].get("/api/v1/gateways").json()
     assert [(g["name"], g["datacenter"], g["revision"]) for g in listed] == [("gw1", "fra1", 3)]
-    assert (
-        record_gateway_ack(name="gw2", datacenter="nowhere", revision=1, etag="", status="applied")
-        is False
+
+
+def test_an_admin_registers_a_gateway_through_the_api_and_others_may_not(
+    clients: dict[str, APIClient], site: Site
+) -> None:
+    body = {"name": "gw-fra1", "datacenter": "fra1"}
+    assert clients["bob"].post("/api/v1/gateways", body, format="json").status_code == 403
+    assert not Gateway.objects.exists()
+    made = clients["alice"].post("/api/v1/gateways", body, format="json")
+    assert made.status_code == 201 and made.json()["datacenter"] == "fra1"
+    again = clients["alice"].post("/api/v1/gateways", body, format="json")
+    assert again.status_code == 400 and "name" in again.json()
+    bad = clients["alice"].post(
+        "/api/v1/gateways", {"name": "gw fra1\x00", "datacenter": "fra1"}, format="json"
+    )
+    assert bad.status_code == 400 and "name" in bad.json()
+    assert AuditEntry.objects.filter(model="planner.Gateway", action="create").count() == 1
+    assert record_gateway_ack(**_gateway_message("gw-fra1")) is True
+
+
+def test_an_unregistered_gateway_is_refused_from_then_on(
+    clients: dict[str, APIClient], site: Site
+) -> None:
+    gateway_register(name="gw-fra1", datacenter=site.datacenter)
+    assert clients["vera"].delete("/api/v1/gateways/gw-fra1").status_code == 403
+    assert clients["alice"].delete("/api/v1/gateways/gw-fra1").status_code == 204
+    assert record_gateway_ack(**_gateway_message("gw-fra1")) is False
+    assert not Gateway.objects.exists()
+    assert ReportRejection.objects.get(kind="gateway_ack", field="name").count == 1
+
+
+def test_the_admin_and_the_command_register_gateways(site: Site, client: Client) -> None:
+    client.force_login(User.objects.create_superuser("root", password="unused-Pa55"))
+    added = client.post(
+        "/admin/planner/gateway/add/", {"name": "gw-admin", "datacenter": site.datacenter.pk}
+    )
+    assert added.status_code == 302, added.content.decode()[:2000]
+    refused = client.post(
+        "/admin/planner/gateway/add/", {"name": "-bad name", "datacenter": site.datacenter.pk}
+    )
+    assert refused.status_code == 200 and "not a gateway name" in refused.content.decode()
+    out = StringIO()
+    call_command("gateway", "register", "gw-cli", "--datacenter", "fra1", stdout=out)
+    assert "registered gateway gw-cli in fra1" in out.getvalue()
+    with pytest.raises(CommandError, match="already exists"):
+        call_command("gateway", "register", "gw-cli", "--datacenter", "fra1")
+    assert sorted(Gateway.objects.values_list("name", flat=True)) == ["gw-admin", "gw-cli"]
+
+
+def _gateway_message(name: str) -> dict[str, Any]:
+    return contract.gateway_ack_message(
+        name=name, datacenter="fra1", revision=1, etag='"e1"', status="applied"
     )

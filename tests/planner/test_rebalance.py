@@ -25,7 +25,8 @@ from planner.tasks import record_usage
 from tests.planner.factories import make_datacenter, make_ip, make_machine, make_pool
 
 pytestmark = pytest.mark.django_db
-T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+# Hours before the real clock: usage reports are judged against it (contract window).
+T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=6)
 HOT, COLD, IDLE = "hot.rb1.example.net", "cold.rb1.example.net", "idle.rb1.example.net"
 
 
@@ -239,7 +240,8 @@ def test_runs_are_listed_and_counted_in_metrics(
     runs = clients["vera"].get("/api/v1/datacenters/rb1/rebalance/runs").json()["results"]
     assert [r["outcome"] for r in runs] == ["unchanged"]
     body = client.get("/metrics").content.decode()
-    assert 'portslice_rebalance_runs_total{datacenter="rb1",outcome="unchanged"} 1.0' in body
+    assert 'portslice_rebalance_runs_kept{datacenter="rb1",outcome="unchanged"} 1.0' in body
+    assert "portslice_rebalance_runs_total" not in body  # not a counter: it falls on expiry
 
 
 def test_the_default_schedules_are_in_the_database() -> None:

@@ -17,7 +17,7 @@ def drop_triggers(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("planner", "0007_machine_joined_at"),
+        ("planner", "0008_hostile_input"),
     ]
 
     operations = [
