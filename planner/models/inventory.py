@@ -127,6 +127,14 @@ class EgressPool(GeoFields):
     max_slices_per_machine = models.PositiveSmallIntegerField(
         null=True, blank=True, validators=[MinValueValidator(1)]
     )
+    aligned = models.BooleanField(
+        default=False,
+        help_text=(
+            "Each machine gets one contiguous port range, the same on every IP of the pool, "
+            "so unmodified programs can egress from it (agent exact-range mode). The pool "
+            "then serves at most as many machines as one IP has slices."
+        ),
+    )
 
     class Meta:
         ordering = ["datacenter__code", "purpose", "country"]
