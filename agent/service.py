@@ -43,7 +43,7 @@ from joserfc.jwk import OKPKey
 
 import contract
 from agent.bundle import Bundle, BundleRejected, verify
-from agent.config import AgentConfig
+from agent.config import EXACT, AgentConfig
 from agent.enforce import Enforcement, enforce
 from agent.state import StateCorrupt, StateStore
 
@@ -258,6 +258,8 @@ class Agent:
             manage_port_range=self.config.manage_port_range,
             manage_nftables=self.config.manage_nftables,
             add_addresses=self.config.add_addresses,
+            exact=self.config.port_range_mode == EXACT,
+            route_source=self.config.route_source,
         )
         self._write_status(bundle, enforcement)
         if self.observer is not None:
