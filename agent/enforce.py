@@ -338,7 +338,9 @@ def _exact_range_part(bundle: Bundle, *, manage: bool, route_source: str | None)
             set_netns_port_range(lo, hi)
         except OSError as error:
             return Part(FAILED, f"cannot set the netns port range to {lo}-{hi}: {error}")
-    detail = f"exact: netns port range is the active range {lo}-{hi} on {len(active_ips)} IPs"
+    count = len(active_ips)
+    detail = f"exact: netns port range is the active range {lo}-{hi} on {count} IP"
+    detail += "" if count == 1 else "s"
     draining = sum(1 for s in bundle.slices if s.state == "draining")
     if draining:
         detail += f"; {draining} draining slices left out (the guard still allows them)"

@@ -1,13 +1,16 @@
 """``manage.py demo_agents``: the quick start's demo machines, live (``make run``).
 
 Makes (once) the datacenter ``demo1``: one pool of 64-port slices on two shared
-IPs, three machines allowed to grow to three slices each, and a rebalance
+IPs, three machines allowed to grow to three slices each, an aligned pool whose
+one machine runs plain sockets in the agent's exact-range mode, and a rebalance
 policy that runs every minute over a two-minute window so the loop shows
 within minutes. Then, as root, one network namespace per machine with its
 agent enforcing with nftables, a gateway namespace steering answers by the
 plan, an origin, and a traffic generator per machine (hot, steady, and a
-burst that goes cold). Without root the agents run on this host unprivileged:
-nftables off, no namespace, no traffic (no shared address to send from).
+burst that goes cold, through the egress library; plain sockets that know
+nothing of portslice for the exact-range machine). Without root the agents
+run on this host unprivileged: nftables off, no namespace, no traffic (no
+shared address to send from).
 
 Ctrl-C (or honcho's SIGTERM) stops every child and deletes every namespace,
 and with them their nftables tables; a run that was killed outright is
@@ -50,6 +53,10 @@ MACHINES = [
     ("demo-b.demo1.example.net", "steady"),
     ("demo-c.demo1.example.net", "burst"),
 ]
+#: One more machine runs unmodified software (demo.traffic's plain sockets, no portslice
+#: code) in the agent's exact-range mode, on an aligned pool of its own (docs/agent.md).
+UNMODIFIED = "demo-u.demo1.example.net"
+UNMODIFIED_IP = "198.51.100.242"
 STEER_EVERY = 2.0
 PRIVILEGED = (
     "root: each agent in its own network namespace, nftables ON, "
@@ -101,7 +108,7 @@ class Command(BaseCommand):
             self._banner(UNPRIVILEGED)
         else:
             self._banner(PRIVILEGED)
-            self.topology.build(EGRESS_IPS, len(MACHINES))
+            self.topology.build([*EGRESS_IPS, UNMODIFIED_IP], len(MACHINES) + 1)
             self._steer(datacenter)
             self._spawn(
                 "origin", in_netns(self.topology.origin, *_python("demo.traffic", "listen"))
@@ -117,6 +124,20 @@ class Command(BaseCommand):
             traffic = _python("demo.traffic", "run", "--state", str(self._state(hostname)),
                               "--profile", profile, "--origin", ORIGIN)  # fmt: skip
             self._spawn(f"traffic {hostname}", in_netns(ns, *traffic))
+        self._start_unmodified()
+
+    def _start_unmodified(self) -> None:
+        """The exact-range machine: its agent, and plain sockets as its traffic."""
+        privileged = self.topology is not None
+        config = self._agent_config(UNMODIFIED, privileged=privileged, exact=privileged)
+        command = _python("agent", "--config", str(config), "run", "--loglevel", "WARNING")
+        if self.topology is None:
+            self._spawn(UNMODIFIED, command)  # cover mode: no namespace of its own here
+            return
+        ns = self.topology.agent_ns(len(MACHINES))
+        self._spawn(UNMODIFIED, in_netns(ns, *command))
+        plain = _python("demo.traffic", "plain", "--origin", ORIGIN)
+        self._spawn(f"traffic {UNMODIFIED}", in_netns(ns, *plain))
 
     def _banner(self, mode: str) -> None:
         # The web process of the same Procfile listens there (make run sets both;
@@ -124,10 +145,13 @@ class Command(BaseCommand):
         url = f"http://{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('WEB_PORT', '8000')}/"
         lines = [
             "",
-            f"demo: {len(MACHINES)} agents in datacenter {CODE} ({mode})",
+            f"demo: {len(MACHINES) + 1} agents in datacenter {CODE} ({mode})",
             f"demo: agent logs in {self.demo_dir}/<hostname>.log",
             "demo: bundles are applied within seconds; usage every 5 s; rebalance every minute",
             "demo: (hot machine grows, the burst one goes cold and leaves a draft to approve)",
+            f"demo: {UNMODIFIED} runs plain sockets, no portslice code, in exact-range mode"
+            if mode == PRIVILEGED
+            else f"demo: {UNMODIFIED} (exact-range mode and its plain sockets need root)",
             f"demo: open {url}  (admin: {url}admin/, password in var/admin-password)",
             "",
         ]
@@ -137,7 +161,7 @@ class Command(BaseCommand):
     def _state(self, hostname: str) -> Path:
         return self.demo_dir / hostname / "state"
 
-    def _agent_config(self, hostname: str, *, privileged: bool) -> Path:
+    def _agent_config(self, hostname: str, *, privileged: bool, exact: bool = False) -> Path:
         folder = self.demo_dir / hostname
         folder.mkdir(parents=True, exist_ok=True)
         broker = settings.CELERY_BROKER_URL
@@ -152,6 +176,8 @@ class Command(BaseCommand):
             "metrics_address": "off",
             "socket_path": str(folder / "agent.sock"),
         }
+        if exact:
+            values.update(port_range_mode="exact", route_source=UNMODIFIED_IP)
         if broker.startswith("filesystem"):
             values["broker_folder"] = str(
                 settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"]
@@ -226,11 +252,40 @@ def demo_datacenter_ensure(*, usable_lo: int) -> Datacenter:
     at all), else as it is."""
     existing = Datacenter.objects.filter(code=CODE).first()
     if existing is not None:
+        unmodified_machine_ensure(datacenter=existing, usable_lo=usable_lo)
         return existing
     with transaction.atomic():
         datacenter = _demo_inventory(usable_lo)
+        unmodified_machine_ensure(datacenter=datacenter, usable_lo=usable_lo, plan=False)
     plan_apply_current(datacenter=datacenter, reason="demo: first plan")
     return datacenter
+
+
+def unmodified_machine_ensure(*, datacenter: Datacenter, usable_lo: int, plan: bool = True) -> None:
+    """The exact-range machine and its aligned pool (one IP, 256-port slices), made once;
+    a datacenter made by an older demo gets them, and a plan, the first time."""
+    if Machine.objects.filter(hostname=UNMODIFIED).exists():
+        return
+    with transaction.atomic():
+        pool = model_save(
+            instance=EgressPool(),
+            values={
+                "datacenter": datacenter,
+                "purpose": "apps",
+                "country": "DE",
+                "slice_size": 256,
+                "slices_per_machine": 1,
+                "aligned": True,
+            },
+        )
+        assert isinstance(pool, EgressPool)
+        ip = {"address": UNMODIFIED_IP, "pool": pool, "usable_lo": usable_lo}
+        model_save(instance=EgressIP(), values=ip)
+        link = agent_link(len(MACHINES))[1]
+        values = {"hostname": UNMODIFIED, "datacenter": datacenter, "address": link}
+        machine_save(machine=Machine(), values=values, pools=[pool])
+    if plan:
+        plan_apply_current(datacenter=datacenter, reason="demo: the exact-range machine")
 
 
 def _demo_inventory(usable_lo: int) -> Datacenter:
