@@ -143,10 +143,40 @@ def plan_aligned(
 ) -> AlignedPlan:
     """Plan one aligned pool from its previous slices (those on its IPs); see the module doc."""
     result = AlignedPlan()
-    active = [layout for layout in layouts if layout.is_active]
-    space = _Space(active, policy.slice_size)
+    space = _Space([layout for layout in layouts if layout.is_active], policy.slice_size)
     live = _carry_live(previous, space, result, now)
     pool = layouts[0].pool if layouts else ""
+    ranges, targets = _settle_ranges(space, live, members, policy, usage, pool)
+    for machine in members:  # base demand first, for everyone
+        base = policy.slices_per_machine * machine.weight
+        had = _width(ranges[machine.name], policy)
+        if had < base:
+            ranges[machine.name] = _resize(space, ranges[machine.name], base, machine.name)
+            if ranges[machine.name] is None:
+                result.missing[machine.name] = base - had
+    if result.missing:
+        return result
+    for machine in members:  # then growth, best effort
+        if _width(ranges[machine.name], policy) < targets[machine.name]:
+            grown = _resize(space, ranges[machine.name], targets[machine.name], machine.name)
+            if grown is None:
+                result.growth_denied.append((machine.name, pool))
+            else:
+                ranges[machine.name] = grown
+    _materialize(result, layouts, live, ranges, policy.slice_size, drain_until)
+    return result
+
+
+def _settle_ranges(
+    space: _Space,
+    live: Mapping[str, list[Slice]],
+    members: Sequence[Machine],
+    policy: PoolPolicy,
+    usage: Mapping[Owner, float],
+    pool: str,
+) -> tuple[dict[str, Range | None], dict[str, int]]:
+    """Each member's range as it stands (None: none, or one that must move), cut to
+    its target when it runs cold, and claimed; and each member's target width."""
     ranges: dict[str, Range | None] = {}
     targets: dict[str, int] = {}
     for machine in members:
@@ -159,23 +189,7 @@ def plan_aligned(
             span = span if have <= target else (span[0], span[0] + target * policy.slice_size - 1)
             space.claim(span, machine.name)
         ranges[machine.name], targets[machine.name] = span, target
-    for machine in members:  # base demand first, for everyone
-        base = policy.slices_per_machine * machine.weight
-        if _width(ranges[machine.name], policy) < base:
-            ranges[machine.name] = _resize(space, ranges[machine.name], base, machine.name)
-            if ranges[machine.name] is None:
-                result.missing[machine.name] = base
-    if result.missing:
-        return result
-    for machine in members:  # then growth, best effort
-        if _width(ranges[machine.name], policy) < targets[machine.name]:
-            grown = _resize(space, ranges[machine.name], targets[machine.name], machine.name)
-            if grown is None:
-                result.growth_denied.append((machine.name, pool))
-            else:
-                ranges[machine.name] = grown
-    _materialize(result, layouts, live, ranges, policy.slice_size, drain_until)
-    return result
+    return ranges, targets
 
 
 def _carry_live(

@@ -213,15 +213,9 @@ def _pool_headroom(
     missing = sum(n for n in lacking if n > 0)
     per_ip = _typical_slots_per_ip(layouts, policy.slice_size)
     if policy.aligned:  # ranges take every IP's ports: only a first IP helps
-        return PoolHeadroom(
-            pool=pool,
-            slots_total=sum(_empty_slots(layout) for layout in active),
-            slots_free=free,
-            machines_unserved=sum(1 for n in lacking if n > 0),
-            slices_missing=missing,
-            slots_per_ip=per_ip,
-            ips_needed=1 if missing and not active else 0,
-        )
+        needed = 1 if missing and not active else 0
+    else:  # machines short of slices first take the free slots; only the rest needs IPs
+        needed = ips_needed(max(missing - free, 0), per_ip)
     return PoolHeadroom(
         pool=pool,
         slots_total=sum(_empty_slots(layout) for layout in active),
@@ -229,8 +223,7 @@ def _pool_headroom(
         machines_unserved=sum(1 for n in lacking if n > 0),
         slices_missing=missing,
         slots_per_ip=per_ip,
-        # Machines short of slices first take the free slots; only the rest needs IPs.
-        ips_needed=ips_needed(max(missing - free, 0), per_ip),
+        ips_needed=needed,
     )
 
 

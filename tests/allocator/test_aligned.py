@@ -50,35 +50,30 @@ def test_it_gives_each_machine_one_range_the_same_on_every_ip() -> None:
     }
 
 
-def test_it_widens_a_growing_range_into_the_free_slots_beside_it() -> None:
+def hot_after_a_first_plan(hot: str) -> Plan:
+    """Machines a, b and c planned from nothing, then planned again with ``hot`` running hot."""
     first = checked(Inputs(ips=IPS, machines=machines("a", "b", "c"), policies=POLICY, now=NOW))
-    grown = checked(
+    return checked(
         Inputs(
             ips=IPS,
             machines=machines("a", "b", "c"),
             previous=first.slices,
             policies=POLICY,
             now=NOW,
-            usage={("c", POOL): 0.95},
+            usage={(hot, POOL): 0.95},
         )
     )
+
+
+def test_it_widens_a_growing_range_into_the_free_slots_beside_it() -> None:
+    grown = hot_after_a_first_plan("c")
     assert ranges(grown)["c"] == {"192.0.2.240": (3072, 5119), "192.0.2.241": (3072, 5119)}
     assert grown.diff.machines_touched() == {"c"}
     assert not grown.diff.draining
 
 
 def test_it_moves_a_range_with_no_room_beside_it_and_drains_the_old_one() -> None:
-    first = checked(Inputs(ips=IPS, machines=machines("a", "b", "c"), policies=POLICY, now=NOW))
-    moved = checked(
-        Inputs(
-            ips=IPS,
-            machines=machines("a", "b", "c"),
-            previous=first.slices,
-            policies=POLICY,
-            now=NOW,
-            usage={("b", POOL): 0.95},
-        )
-    )
+    moved = hot_after_a_first_plan("b")
     assert ranges(moved)["b"] == {"192.0.2.240": (4096, 6143), "192.0.2.241": (4096, 6143)}
     assert ranges(moved, "draining")["b"] == {
         "192.0.2.240": (2048, 3071),
