@@ -319,6 +319,11 @@ def _port_range_part(bundle: Bundle, *, manage: bool) -> Part:
 
 def _exact_range_part(bundle: Bundle, *, manage: bool, route_source: str | None) -> Part:
     """Exact-range mode (:mod:`agent.exact`): the netns range is the active range, no wider."""
+    if not any(s.state == "active" for s in bundle.slices):
+        # A machine leaving: nothing to narrow to. Refusing would keep the previous
+        # bundle's guard, which still allows its slices; applying lets it end with them.
+        low, high = netns_port_range()
+        return Part(ON, f"exact: no active slice; netns port range {low}-{high} left as it is")
     try:
         lo, hi = exact_range(bundle)
     except NotOneRange as why:

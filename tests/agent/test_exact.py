@@ -326,3 +326,17 @@ def test_a_host_whose_slices_are_not_one_range_refuses_exact_mode_and_says_why(l
     assert "not the same range on every IP" in refused["port_range"]["detail"]
     assert refused["nftables"]["detail"] == "not applied: port range failed"
     assert tuple(refused["range"]) == OLD, "a refused bundle must leave the range as it was"
+
+
+def test_a_machine_left_with_no_active_slice_is_applied_and_its_guard_ends_the_old_ones(
+    lab,
+) -> None:
+    host, _log = lab
+    assert _enforce(host, _aligned(*OLD))["ok"]
+    leaving = _enforce(host, _aligned(*OLD, "draining"), serial=2)
+    assert leaving["ok"] and leaving["nftables"]["state"] == "on", leaving
+    assert "no active slice" in leaving["port_range"]["detail"]
+    gone = _enforce(host, [], serial=3)
+    assert gone["ok"] and gone["nftables"]["state"] == "on", gone
+    refused = [r for r in _plain(host, "tcp", 3) if isinstance(r, str)]
+    assert len(refused) == 3, "with no slice left the guard must refuse the shared IP"
