@@ -1,10 +1,12 @@
 """Exact-range mode: unmodified programs egress from their slice, on a real kernel.
 
-The host namespace plays a machine whose workload is curl and plain sockets
-(no portslice library): the agent's enforcement sets the namespace's port
-range to the machine's active aligned range and the default route's ``src`` to
-the shared IP; the origin namespace runs an HTTP server, a TCP echo server and
-a UDP echo server that log the source address and port of everything they see.
+The host namespace plays a machine whose workload is curl and plain sockets (no
+portslice library): the agent's enforcement sets the namespace's port range to
+the machine's active aligned range and the default route's ``src`` to the shared
+IP; the origin namespace runs an HTTP server, a TCP echo server and a UDP echo
+server that log the source address and port of everything they see. For plan
+changes the allocator plans the site (the host is machine ``c``) and the host
+gets c's slices, as its agent would in a bundle.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from agent.bundle import Bundle, BundleSlice
 from agent.exact import NotOneRange, exact_range
+from allocator import EgressIP, Machine, PoolPolicy, Slice, plan
 from tests.agent import netlab
 from tests.agent.netlab import PEER_V4, SHARED_V4, SHARED_V6, Netns
 from tests.support import need, need_root
@@ -28,7 +32,6 @@ HTTP_PORT, ECHO_PORT, UDP_PORT = 8080, 9002, 9003
 TRIES = 200
 OLD = (40960, 41983)  # a 1,024-port range: 200 bind-before-connects fit in it
 WIDER = (40960, 43007)  # the same range widened into the slot above it
-MOVED = (51200, 52223)  # where a range that could not widen moved to
 
 # The origin: HTTP, TCP echo and UDP echo; each logs "<proto> <source ip> <source port>".
 ORIGIN = """
@@ -228,7 +231,7 @@ def _inside(port: int, span: tuple[int, int]) -> bool:
 
 
 def test_it_merges_adjacent_slots_into_one_range_and_leaves_draining_out() -> None:
-    bundle = _bundle([*_aligned(*WIDER), *_aligned(*MOVED, "draining")])
+    bundle = _bundle([*_aligned(*WIDER), *_aligned(51200, 52223, "draining")])
     assert exact_range(bundle) == WIDER
 
 
@@ -285,29 +288,64 @@ def test_unmodified_curl_and_plain_sockets_egress_from_the_slice(lab) -> None:
         assert sorted(got) == sorted((SHARED_V4, port) for port in sent), f"origin missed {proto}"
 
 
+class Site:
+    """The allocator's side: machines a, b, c (and later d) on an aligned pool of the
+    two shared IPs, planned step by step; ``c`` is the host under test."""
+
+    POLICY = {"fra1/warp/DE": PoolPolicy(slice_size=1024, max_slices_per_machine=3, aligned=True)}
+    IPS = (EgressIP(SHARED_V4, "fra1/warp/DE"), EgressIP(SHARED_V6, "fra1/warp/DE"))
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 12, 5, 12, 0)
+        self.machines = [Machine(name, frozenset({"fra1/warp/DE"})) for name in "abc"]
+        self.slices: tuple[Slice, ...] = ()
+        self.touched: frozenset[str] = frozenset()
+
+    def replan(self, *, hot: str = "", later: timedelta = timedelta(0)) -> list[BundleSlice]:
+        """Plan again; return c's bundle slices (what its agent would be sent)."""
+        self.now += later
+        result = plan(
+            ips=self.IPS,
+            machines=self.machines,
+            previous=self.slices,
+            policies=self.POLICY,
+            now=self.now,
+            usage={(hot, "fra1/warp/DE"): 0.95} if hot else None,
+        )
+        self.slices, self.touched = result.slices, result.diff.machines_touched()
+        return [_slice(s.ip, s.lo, s.hi, s.state) for s in self.slices if s.machine == "c"]
+
+
 def test_a_long_lived_connection_survives_a_widening_and_a_move(lab) -> None:
     host, log = lab
-    assert _enforce(host, _aligned(*OLD))["ok"]
+    site = Site()
+    assert _enforce(host, site.replan())["ok"]
+    first = (3072, 4095)  # a, b and c hold one slot each from the bottom
     held = Held(host)
     held_port = int(held.readline().split()[1])
-    assert _inside(held_port, OLD)
+    assert _inside(held_port, first)
     assert held.ask() == "ok"
 
-    widened = _enforce(host, _aligned(*WIDER), serial=2)
-    assert widened["ok"] and tuple(widened["range"]) == WIDER, widened
+    widened = _enforce(host, site.replan(hot="c"), serial=2)
+    assert site.touched == {"c"}, "growing c touched another host"
+    assert widened["ok"] and tuple(widened["range"]) == (3072, 5119), widened
     assert held.ask() == "ok", "the widening broke an open connection"
-    assert all(_inside(port, WIDER) for _, port in _plain(host, "tcp", 40))
+    assert all(_inside(port, (3072, 5119)) for _, port in _plain(host, "tcp", 40))
 
-    moved = _enforce(host, [*_aligned(*WIDER, "draining"), *_aligned(*MOVED)], serial=3)
-    assert moved["ok"] and tuple(moved["range"]) == MOVED, moved
+    site.machines.append(Machine("d", frozenset({"fra1/warp/DE"})))
+    site.replan()  # d takes the slot above c: no room left beside c
+    assert site.touched == {"d"}
+    moved = _enforce(host, site.replan(hot="c"), serial=3)
+    assert site.touched == {"c"}, "moving c touched another host"
+    assert moved["ok"] and tuple(moved["range"]) == (6144, 9215), moved
     assert "draining slices left out" in moved["port_range"]["detail"]
     assert held.ask() == "ok", "the move cut a connection on the draining range"
     after = _plain(host, "tcp", 40) + [
         [line.split()[0], int(line.split()[1])] for line in _curl(host, 20)
     ]
-    assert all(_inside(port, MOVED) for _, port in after), after
+    assert all(_inside(port, (6144, 9215)) for _, port in after), after
 
-    ended = _enforce(host, _aligned(*MOVED), serial=4)  # the drain is over
+    ended = _enforce(host, site.replan(later=timedelta(hours=2)), serial=4)  # drain over
     assert ended["ok"]
     assert held.ask() != "ok", "the guard let a drained range keep sending"
     seen = _origin_log(log)
