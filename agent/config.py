@@ -9,6 +9,8 @@ The file (``--config PATH``, else ``$PORTSLICE_AGENT_CONFIG``, else
     state_dir = "/var/lib/portslice"
     manage_nftables = true
     manage_port_range = true
+    port_range_mode = "cover"            # "exact": the range is exactly the active slices
+    route_source = "off"                 # exact mode: a shared IP for the default route's src
     add_addresses = false                # add missing egress addresses on lo
     loopback_egress = false              # demo only: 127.0.0.0/8 counts as held
     usage_interval = 5                   # seconds
@@ -24,6 +26,7 @@ naming the key, where it came from, and the value.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import tomllib
@@ -36,6 +39,10 @@ ENV_PREFIX: Final = "PORTSLICE_AGENT_"
 CONFIG_ENV: Final = "PORTSLICE_AGENT_CONFIG"
 DEFAULT_CONFIG_PATH: Final = Path("/etc/portslice/agent.toml")
 METRICS_OFF: Final = "off"
+ROUTE_SOURCE_OFF: Final = "off"
+COVER: Final = "cover"
+EXACT: Final = "exact"
+PORT_RANGE_MODES: Final = (COVER, EXACT)
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
@@ -55,6 +62,12 @@ class AgentConfig:
     state_dir: Path = Path("/var/lib/portslice")
     manage_nftables: bool = True
     manage_port_range: bool = True
+    #: ``cover``: widen the netns port range over every live slice (for the library).
+    #: ``exact``: set it to exactly the active aligned range, for a namespace dedicated
+    #: to one workload whose programs pick ports themselves (:mod:`agent.exact`).
+    port_range_mode: str = COVER
+    #: In exact mode, the shared IP the namespace's default route gets as ``src``, or None.
+    route_source: str | None = None
     #: Add the slices' egress addresses on ``lo`` when they are missing (off: only report).
     add_addresses: bool = False
     #: Demo without root only: slices on 127.0.0.0/8 count as held (Linux answers on every
@@ -125,6 +138,19 @@ def _nonempty(text: str) -> str:
     return text.strip()
 
 
+def _port_range_mode(text: str) -> str:
+    mode = text.strip().lower()
+    if mode not in PORT_RANGE_MODES:
+        raise ValueError(f"expected one of {', '.join(PORT_RANGE_MODES)}")
+    return mode
+
+
+def _route_source(text: str) -> str | None:
+    if text.strip().lower() == ROUTE_SOURCE_OFF:
+        return None
+    return str(ipaddress.ip_address(text.strip()))  # raises "does not appear to be an IP"
+
+
 def _path(text: str) -> Path:
     return Path(_nonempty(text))
 
@@ -136,6 +162,8 @@ _PARSERS: Final[Mapping[str, Callable[[str], Any]]] = {
     "state_dir": _path,
     "manage_nftables": _bool,
     "manage_port_range": _bool,
+    "port_range_mode": _port_range_mode,
+    "route_source": _route_source,
     "add_addresses": _bool,
     "loopback_egress": _bool,
     "usage_interval": _interval,

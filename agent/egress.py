@@ -274,6 +274,15 @@ def ensure_netns_port_range(ranges: Iterable[tuple[int, int]]) -> bool:
     return low <= need_lo and need_hi <= high
 
 
+def set_netns_port_range(lo: int, hi: int) -> None:
+    """Set this namespace's range to exactly ``lo``-``hi`` (exact-range mode, :mod:`agent.exact`);
+    OSError when the sysctl cannot be written or the kernel refuses the range."""
+    try:
+        PORT_RANGE_SYSCTL.write_text(f"{lo} {hi}\n")
+    finally:
+        _forget_netns_range()
+
+
 # --- argument checks --------------------------------------------------------------------
 # Cached: connect_tcp must cost little more than the kernel's own connect(), and
 # ipaddress parsing alone would be a tenth of a loopback TCP handshake.

@@ -7,7 +7,10 @@ or ``failed`` (tried and could not):
   ``net.ipv4.ip_local_port_range``; a bound outside it is silently ignored
   (docs/design.md). Every live slice must lie inside the netns range, widened by
   :func:`agent.egress.ensure_netns_port_range` when ``manage_port_range`` is on.
-  If it cannot be made to cover them the bundle is *not* applied.
+  If it cannot be made to cover them the bundle is *not* applied. In exact-range
+  mode (:mod:`agent.exact`) the range is instead set to exactly the active
+  slices' one range, and a bundle whose active slices are not one range is
+  refused the same way, with the reason.
 * **nftables** — a table of our own, ``inet portslice``, that drops egress TCP
   and UDP from a shared IP whose source port lies outside this host's live
   slices (active and draining), counting drops per protocol and packets per
@@ -63,7 +66,8 @@ from agent.addresses import (
     slice_addresses,
 )
 from agent.bundle import Bundle, BundleSlice
-from agent.egress import ensure_netns_port_range, netns_port_range
+from agent.egress import ensure_netns_port_range, netns_port_range, set_netns_port_range
+from agent.exact import NotOneRange, RouteSourceError, exact_range, set_route_source
 
 log = logging.getLogger(__name__)
 
@@ -359,6 +363,46 @@ def _port_range_part(bundle: Bundle, *, manage: bool) -> Part:
     )
 
 
+def _exact_range_part(bundle: Bundle, *, manage: bool, route_source: str | None) -> Part:
+    """Exact-range mode (:mod:`agent.exact`): the netns range is the active range, no wider."""
+    if not any(s.state == "active" for s in bundle.slices):
+        # A machine leaving: nothing to narrow to. Refusing would keep the previous
+        # bundle's guard, which still allows its slices; applying lets it end with them.
+        low, high = netns_port_range()
+        return Part(ON, f"exact: no active slice; netns port range {low}-{high} left as it is")
+    try:
+        lo, hi = exact_range(bundle)
+    except NotOneRange as why:
+        return Part(FAILED, f"exact-range mode refused: {why}; the previous range stays")
+    active_ips = {ipaddress.ip_address(s.ip) for s in bundle.slices if s.state == "active"}
+    if route_source is not None and ipaddress.ip_address(route_source) not in active_ips:
+        return Part(FAILED, f"route_source {route_source} holds no active slice of this host")
+    low, high = netns_port_range()
+    if (low, high) != (lo, hi):
+        if not manage:
+            return Part(
+                FAILED,
+                f"netns port range {low}-{high} is not the active range {lo}-{hi}; "
+                "exact-range mode needs manage_port_range",
+            )
+        try:
+            set_netns_port_range(lo, hi)
+        except OSError as error:
+            return Part(FAILED, f"cannot set the netns port range to {lo}-{hi}: {error}")
+    count = len(active_ips)
+    detail = f"exact: netns port range is the active range {lo}-{hi} on {count} IP"
+    detail += "" if count == 1 else "s"
+    draining = sum(1 for s in bundle.slices if s.state == "draining")
+    if draining:
+        detail += f"; {draining} draining slices left out (the guard still allows them)"
+    if route_source is not None:
+        try:
+            detail += "; " + set_route_source(route_source)
+        except RouteSourceError as error:
+            return Part(FAILED, f"{detail}; {error}")
+    return Part(ON, detail)
+
+
 def _nftables_part(bundle: Bundle, *, manage: bool) -> Part:
     if not manage:
         return Part(OFF, "manage_nftables is off")
@@ -410,10 +454,20 @@ def enforce(
     manage_nftables: bool,
     add_addresses: bool = False,
     loopback_egress: bool = False,
+    exact: bool = False,
+    route_source: str | None = None,
 ) -> Enforcement:
     """Bring the port range, the nftables guard and the egress addresses in line with
-    ``bundle``; never raises for what the host refuses, it reports it."""
-    port_range = _port_range_part(bundle, manage=manage_port_range)
+    ``bundle``; never raises for what the host refuses, it reports it.
+
+    ``exact`` sets the port range to exactly the active range instead of widening
+    it over the live slices, and ``route_source`` (exact mode only) gives the
+    default route that ``src`` (see :mod:`agent.exact`).
+    """
+    if exact:
+        port_range = _exact_range_part(bundle, manage=manage_port_range, route_source=route_source)
+    else:
+        port_range = _port_range_part(bundle, manage=manage_port_range)
     if port_range.state == FAILED:
         # Guarding slices the kernel cannot honour would block this host's egress outright.
         return Enforcement(bundle.serial, port_range, Part(OFF, "not applied: port range failed"))

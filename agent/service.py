@@ -43,7 +43,7 @@ from joserfc.jwk import OKPKey
 
 import contract
 from agent.bundle import Bundle, BundleRejected, verify
-from agent.config import AgentConfig
+from agent.config import EXACT, AgentConfig
 from agent.enforce import Enforcement, enforce
 from agent.state import StateCorrupt, StateStore
 
@@ -259,6 +259,8 @@ class Agent:
             manage_nftables=self.config.manage_nftables,
             add_addresses=self.config.add_addresses,
             loopback_egress=self.config.loopback_egress,
+            exact=self.config.port_range_mode == EXACT,
+            route_source=self.config.route_source,
         )
         self._write_status(bundle, enforcement)
         if self.observer is not None:

@@ -15,6 +15,12 @@ from allocator.ports import USABLE_PORTS, PortRange
 
 # A CapacityError names at most this many machines per pool; the rest are counted.
 MACHINES_NAMED = 10
+ALIGNED_SHORT = (
+    "pool %(pool)r: %(machines)s left without a port range (%(names)s); the pool is "
+    "aligned, so every machine's range takes the same ports on every IP and more IP "
+    "addresses do not help: %(slots)s must be free on every IP (fewer machines, "
+    "a smaller slice_size or slices_per_machine, or a pool that is not aligned)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +57,8 @@ class Shortfall:
     ``ips_needed`` counts IPs shaped like the pool's typical one (its most common
     usable range, no reserved ports) that would hold the ``slices_missing``.
     ``slots_freed_by_drains`` is what the pool gains once its draining slices end.
+    An ``aligned`` pool needs no IPs but room on every IP (``ips_needed`` is 0):
+    its ``slices_missing`` count slots of the machines' ranges.
     """
 
     pool: str
@@ -59,12 +67,20 @@ class Shortfall:
     slots_per_ip: int
     ips_needed: int
     slots_freed_by_drains: int = 0
+    aligned: bool = False
 
     def __str__(self) -> str:
         count = len(self.machines_unserved)
         names = ", ".join(self.machines_unserved[:MACHINES_NAMED])
         if count > MACHINES_NAMED:
             names += f", and {count - MACHINES_NAMED} more"
+        if self.aligned:
+            return ALIGNED_SHORT % {
+                "pool": self.pool,
+                "machines": _counted(count, "machine"),
+                "names": names,
+                "slots": _counted(self.slices_missing, "more slot"),
+            }
         text = (
             f"pool {self.pool!r}: {_counted(count, 'machine')} left without slices ({names}); "
             f"you need at least {_counted(self.ips_needed, 'more IP address', 'es')}"
@@ -196,6 +212,10 @@ def _pool_headroom(
     ]
     missing = sum(n for n in lacking if n > 0)
     per_ip = _typical_slots_per_ip(layouts, policy.slice_size)
+    if policy.aligned:  # ranges take every IP's ports: only a first IP helps
+        needed = 1 if missing and not active else 0
+    else:  # machines short of slices first take the free slots; only the rest needs IPs
+        needed = ips_needed(max(missing - free, 0), per_ip)
     return PoolHeadroom(
         pool=pool,
         slots_total=sum(_empty_slots(layout) for layout in active),
@@ -203,8 +223,7 @@ def _pool_headroom(
         machines_unserved=sum(1 for n in lacking if n > 0),
         slices_missing=missing,
         slots_per_ip=per_ip,
-        # Machines short of slices first take the free slots; only the rest needs IPs.
-        ips_needed=ips_needed(max(missing - free, 0), per_ip),
+        ips_needed=needed,
     )
 
 

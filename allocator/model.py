@@ -71,11 +71,16 @@ class PoolPolicy:
     ports (times its weight). ``max_slices_per_machine`` turns on growth: a hot
     machine may get up to that many (times its weight); ``None`` means no growth,
     as Cloud NAT's dynamic allocation is off until a maximum is set.
+
+    ``aligned`` gives each machine one contiguous range of that many adjacent
+    slots, the same ports on every IP of the pool, so unmodified programs can
+    take their source ports from it (see :mod:`allocator.aligned`).
     """
 
     slice_size: int = 2048
     slices_per_machine: int = 1
     max_slices_per_machine: int | None = None
+    aligned: bool = False
 
     @property
     def growth_ceiling(self) -> int:

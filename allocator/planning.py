@@ -20,16 +20,25 @@ from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 from types import MappingProxyType
 
-from allocator.capacity import CapacityError, PoolCapacity, pool_capacities, shortfalls
+from allocator.aligned import AlignedPlan, plan_aligned
+from allocator.capacity import (
+    CapacityError,
+    PoolCapacity,
+    Shortfall,
+    pool_capacities,
+    shortfalls,
+    slots_per_ip,
+    typical_usable,
+)
 from allocator.carryover import Carried, Owner, carry_over
 from allocator.demand import Demand, settle_demand
 from allocator.diff import PlanDiff
 from allocator.grid import FreeSlots
-from allocator.inventory import Inventory
+from allocator.inventory import Inventory, address_order
 from allocator.model import EgressIP, Machine, PoolPolicy, Slice
 from allocator.placement import PoolSeats, seat_base, seat_growth
 
@@ -82,7 +91,12 @@ def plan(
         raise ValueError(f"drain_for={drain_for} must not be negative")
     with collector_paused():
         inventory = Inventory.build(ips, machines, policies)
-        return _plan(inventory, previous, now=now, drain_until=now + drain_for, usage=usage)
+        aligned = frozenset(pool for pool, policy in inventory.policies.items() if policy.aligned)
+        if not aligned:
+            return _plan(inventory, previous, now=now, drain_until=now + drain_for, usage=usage)
+        return _plan_with_aligned(
+            inventory, aligned, previous, now=now, drain_until=now + drain_for, usage=usage
+        )
 
 
 @contextmanager
@@ -216,3 +230,106 @@ def _merge_sorted(one: list[Slice], other: list[Slice], key: Callable[[Slice], i
         start = cut
     merged.extend(long[start:])
     return merged
+
+
+def _plan_with_aligned(
+    inventory: Inventory,
+    aligned: frozenset[str],
+    previous: Iterable[Slice],
+    *,
+    now: datetime,
+    drain_until: datetime,
+    usage: Mapping[Owner, float] | None,
+) -> Plan:
+    """Plan the aligned pools (:mod:`allocator.aligned`) beside the others and join
+    the two: a pool is one or the other, and no slice is in two pools."""
+    machines = list(inventory.machines.values())
+    rest = Inventory.build(
+        [layout.ip for layout in inventory.ips.values() if layout.pool not in aligned],
+        [replace(machine, pools=machine.pools - aligned) for machine in machines],
+        {pool: policy for pool, policy in inventory.policies.items() if pool not in aligned},
+    )
+    ours = Inventory.build(
+        [layout.ip for layout in inventory.ips.values() if layout.pool in aligned],
+        [replace(machine, pools=machine.pools & aligned) for machine in machines],
+        {pool: inventory.policies[pool] for pool in aligned},
+    )
+    own_previous: dict[str, list[Slice]] = {pool: [] for pool in aligned}
+    rest_previous = []
+    for slice_ in previous:
+        layout = inventory.ips.get(slice_.ip)
+        if layout is not None and layout.pool in aligned:
+            own_previous[layout.pool].append(slice_)
+        else:
+            rest_previous.append(slice_)
+    short: list[Shortfall] = []
+    try:
+        others = _plan(rest, rest_previous, now=now, drain_until=drain_until, usage=usage)
+    except CapacityError as error:
+        short.extend(error.shortfalls)
+    planned = {
+        pool: plan_aligned(
+            layouts=ours.pools[pool],
+            members=ours.members[pool],
+            policy=ours.policies[pool],
+            previous=sorted(own_previous[pool], key=lambda s: (inventory.ips[s.ip].rank, s.lo)),
+            usage=usage or {},
+            now=now,
+            drain_until=drain_until,
+        )
+        for pool in sorted(aligned)
+    }
+    short.extend(_aligned_shortfall(pool, result, ours) for pool, result in planned.items())
+    short = [shortfall for shortfall in short if shortfall.machines_unserved]
+    if short:
+        raise CapacityError(sorted(short, key=lambda shortfall: shortfall.pool))
+    return _joined(ours, others, list(planned.values()))
+
+
+def _aligned_shortfall(pool: str, result: AlignedPlan, inventory: Inventory) -> Shortfall:
+    per_ip = slots_per_ip(
+        typical_usable(layout.ip for layout in inventory.pools[pool]),
+        inventory.policies[pool].slice_size,
+    )
+    # With no active IP a first one helps; beyond that, only free ports on every IP do.
+    has_ip = any(layout.is_active for layout in inventory.pools[pool])
+    return Shortfall(
+        pool=pool,
+        machines_unserved=tuple(sorted(result.missing)),
+        slices_missing=sum(result.missing.values()),
+        slots_per_ip=per_ip,
+        ips_needed=0 if has_ip else 1,
+        aligned=has_ip,
+    )
+
+
+def _joined(ours: Inventory, others: Plan, planned: list[AlignedPlan]) -> Plan:
+    """One plan from the other pools' and the aligned pools', in canonical order."""
+
+    def canonical(slice_: Slice) -> tuple[tuple[int, bytes, str], int]:
+        return address_order(slice_.ip), slice_.lo  # freed slices may be on gone IPs
+
+    parts = {
+        kind.name: sorted(
+            [
+                *getattr(others.diff, kind.name),
+                *(s for p in planned for s in getattr(p, kind.name)),
+            ],
+            key=canonical,
+        )
+        for kind in fields(PlanDiff)
+    }
+    diff = PlanDiff(**{name: tuple(slices) for name, slices in parts.items()})
+    live = [*diff.added, *diff.revived, *diff.kept, *diff.draining, *diff.still_draining]
+    load = {address: n for p in planned for address, n in p.load.items()}
+    free = {address: room for p in planned for address, room in p.free.items()}
+    aligned_diff = PlanDiff(
+        **{name: tuple(s for p in planned for s in getattr(p, name)) for name in parts}
+    )
+    capacity = {**others.capacity, **pool_capacities(ours, aligned_diff, load, free)}
+    return Plan(
+        slices=tuple(sorted(live, key=canonical)),
+        diff=diff,
+        capacity={pool: capacity[pool] for pool in sorted(capacity)},
+        growth_denied=others.growth_denied + tuple(o for p in planned for o in p.growth_denied),
+    )

@@ -11,6 +11,12 @@ up or closing some every second so the number held follows the profile:
 * ``burst``: 90 % for ``--burst-seconds``, then 5 % (it grows, then runs cold
   and rebalance leaves a draft to take a slice back).
 
+``python -m demo.traffic plain --origin 203.0.113.1`` is unmodified software:
+plain ``socket.create_connection`` with no source address and no portslice
+code. It holds ``--hold`` connections, replacing the oldest each second; in
+the agent's exact-range mode the kernel takes their ports from the machine's
+range and the default route's ``src`` makes them leave from the shared IP.
+
 ``python -m demo.traffic listen --address 0.0.0.0 --port 80`` is the origin: a
 listener whose backlog holds the connections (never accepted, nothing sent).
 Without root the demo runs it on 127.0.0.1 and a free port.
@@ -80,6 +86,20 @@ def run(state_dir: Path, profile: str, origin: tuple[str, int], burst_seconds: f
         time.sleep(1)
 
 
+def plain(origin: tuple[str, int], hold: int) -> None:
+    held: list[socket.socket] = []
+    while True:
+        if len(held) >= hold:
+            held.pop(0).close()
+        while len(held) < hold:
+            try:
+                held.append(socket.create_connection(origin, timeout=2))
+            except OSError as error:  # no bundle applied yet, or the origin away: next tick
+                print(f"plain: {error}", file=sys.stderr, flush=True)
+                break
+        time.sleep(1)
+
+
 def listen(address: str, port: int) -> None:
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -98,6 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     runner.add_argument("--origin", required=True)
     runner.add_argument("--port", type=int, default=80)
     runner.add_argument("--burst-seconds", type=float, default=150.0)
+    unmodified = commands.add_parser("plain")
+    unmodified.add_argument("--origin", required=True)
+    unmodified.add_argument("--port", type=int, default=80)
+    unmodified.add_argument("--hold", type=int, default=64)
     listener = commands.add_parser("listen")
     listener.add_argument("--address", default="0.0.0.0")
     listener.add_argument("--port", type=int, default=80)
@@ -105,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if args.command == "listen":
         listen(args.address, args.port)
+    elif args.command == "plain":
+        plain((args.origin, args.port), args.hold)
     else:
         run(args.state, args.profile, (args.origin, args.port), args.burst_seconds)
 

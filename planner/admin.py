@@ -193,9 +193,18 @@ class DatacenterAdmin(ServiceAdmin):
 
 @admin.register(EgressPool)
 class EgressPoolAdmin(ServiceAdmin):
-    list_display = ["__str__", "datacenter", "purpose", "country", "region", "city", "slice_size"]
+    list_display = [
+        "__str__",
+        "datacenter",
+        "purpose",
+        "country",
+        "region",
+        "city",
+        "slice_size",
+        "aligned",
+    ]
     search_fields = ["purpose", "country", "city", "datacenter__code"]
-    list_filter = ["datacenter", "purpose", "country"]
+    list_filter = ["datacenter", "purpose", "country", "aligned"]
     list_select_related = ["datacenter"]
 
 

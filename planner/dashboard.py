@@ -567,7 +567,7 @@ def what_if(*, datacenter: Datacenter, question: WhatIf, now: datetime | None = 
         for n in range(1, question.add_ips + 1)
     ]
     policies = dict(inputs.policies)
-    changes = {
+    changes: dict[str, Any] = {
         name: value
         for name, value in (
             ("slice_size", question.slice_size),

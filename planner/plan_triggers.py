@@ -39,7 +39,7 @@ _TRIGGERS = {
     "planner_egresspool": [
         (
             "AFTER UPDATE",
-            "slice_size slices_per_machine max_slices_per_machine",
+            "slice_size slices_per_machine max_slices_per_machine aligned",
             [_MARK.format(true="{true}", pool="NEW.id")],
         ),
     ],

@@ -212,6 +212,7 @@ def _alloc_policy(pool: EgressPool) -> alloc.PoolPolicy:
         slice_size=pool.slice_size,
         slices_per_machine=pool.slices_per_machine,
         max_slices_per_machine=pool.max_slices_per_machine,
+        aligned=pool.aligned,
     )
 
 

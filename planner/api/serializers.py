@@ -75,6 +75,7 @@ class EgressPoolSerializer(serializers.ModelSerializer[EgressPool]):
             "slice_size",
             "slices_per_machine",
             "max_slices_per_machine",
+            "aligned",
         ]
 
 

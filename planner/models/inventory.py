@@ -141,6 +141,14 @@ class EgressPool(GeoFields):
         editable=False,
         help_text="An inventory change since its last plan: the next scoped plan covers it",
     )
+    aligned = models.BooleanField(
+        default=False,
+        help_text=(
+            "Each machine gets one contiguous port range, the same on every IP of the pool, "
+            "so unmodified programs can egress from it (agent exact-range mode). The pool "
+            "then serves at most as many machines as one IP has slices."
+        ),
+    )
 
     class Meta:
         ordering = ["datacenter__code", "purpose", "country"]

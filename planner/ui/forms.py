@@ -113,6 +113,7 @@ class PoolForm(forms.ModelForm):
             "slice_size",
             "slices_per_machine",
             "max_slices_per_machine",
+            "aligned",
         ]
 
 

@@ -35,6 +35,8 @@ keys_path = "/etc/portslice/keys"
 state_dir = "/srv/state"
 manage_nftables = false
 manage_port_range = false
+port_range_mode = "exact"
+route_source = "2001:DB8::7"
 usage_interval = 2.5
 metrics_address = "[::1]:9100"
 socket_path = "/run/x.sock"
@@ -49,6 +51,8 @@ socket_mode = "0600"
         state_dir=Path("/srv/state"),
         manage_nftables=False,
         manage_port_range=False,
+        port_range_mode="exact",
+        route_source="2001:db8::7",
         usage_interval=2.5,
         metrics_address=("::1", 9100),
         socket_path=Path("/run/x.sock"),
@@ -89,6 +93,12 @@ def test_it_finds_the_file_through_the_environment(tmp_path: Path) -> None:
         ("PORTSLICE_AGENT_HOSTNAME", "two words", "hostname='two words'"),
         ("PORTSLICE_AGENT_SOCKET_MODE", "rw", "socket_mode='rw'"),
         ("PORTSLICE_AGENT_STATE_DIR", " ", "state_dir=' ' is invalid (must not be empty)"),
+        (
+            "PORTSLICE_AGENT_PORT_RANGE_MODE",
+            "narrow",
+            "port_range_mode='narrow' is invalid (expected one of cover, exact)",
+        ),
+        ("PORTSLICE_AGENT_ROUTE_SOURCE", "shared", "route_source='shared' is invalid"),
     ],
 )
 def test_it_names_the_key_and_value_of_a_bad_setting(name: str, value: str, message: str) -> None:

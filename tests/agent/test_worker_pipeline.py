@@ -24,7 +24,9 @@ from agent.config import AgentConfig
 from agent.service import Agent
 settings = json.loads(sys.argv[1])
 config = AgentConfig(hostname=settings["hostname"], keys_path=Path(settings["keys"]),
-                     state_dir=Path(settings["state"]), manage_port_range=False)
+                     state_dir=Path(settings["state"]),
+                     manage_port_range=settings.get("manage_port_range", False),
+                     port_range_mode=settings.get("port_range_mode", "cover"))
 agent = Agent(config, load_keys(config.keys_path))
 startup = agent.start()
 acks = [agent.apply(token) for token in json.loads(sys.stdin.read())]
@@ -49,11 +51,12 @@ def _token(key: Any, serial: int, lo: int = 40000, hi: int = 40063, ip: str = SH
     return keys.sign(claims, key)
 
 
-def _apply(host: Netns, tmp: Path, *tokens: str) -> dict[str, Any]:
+def _apply(host: Netns, tmp: Path, *tokens: str, **config: object) -> dict[str, Any]:
     settings = {
         "hostname": keys.HOSTNAME,
         "keys": str(tmp / "keys.json"),
         "state": str(tmp / "state"),
+        **config,
     }
     out = host.python(APPLY, json.dumps(settings), input=json.dumps(tokens)).stdout
     return json.loads(out)
@@ -112,3 +115,35 @@ def test_a_missing_egress_address_is_acked_failed_until_it_is_there(
     again = _apply(host, tmp_path, token)["acks"][0]  # the planner resends a failed bundle
     assert (again["status"], again["note"]) == ("applied", "duplicate")
     assert again["enforcement"]["addresses"]["state"] == "on"
+
+
+def test_an_exact_range_agent_acks_slices_that_are_not_one_range_failed_with_why(
+    host: Netns, tmp_path: Path
+) -> None:
+    key = keys.generate_key()
+    netlab.write_jwks(tmp_path / "keys.json", keys.public(key))
+    now = int(time.time())
+    scattered = keys.claims(
+        iat=now,
+        exp=now + 3600,
+        serial=6,
+        slices=[
+            keys.slice_claim(SHARED_V4, 40000, 40063),
+            keys.slice_claim(SHARED_V4, 40128, 40191),
+        ],
+    )
+    exact = {"manage_port_range": True, "port_range_mode": "exact"}
+    result = _apply(host, tmp_path, _token(key, 5), keys.sign(scattered, key), **exact)
+    applied, refused = result["acks"]
+    assert applied["status"] == "applied", applied
+    assert "exact: netns port range is the active range 40000-40063" in str(applied["enforcement"])
+    assert (refused["status"], refused["reason"]) == ("failed", "enforcement_failed")
+    assert (
+        "exact-range mode refused: 198.51.100.7 holds 40000-40063, 40128-40191"
+        in (refused["detail"])
+    )
+    assert refused["applied_serial"] == 5
+    assert host.run("sysctl", "-n", "net.ipv4.ip_local_port_range").stdout.split() == [
+        "40000",
+        "40063",
+    ]

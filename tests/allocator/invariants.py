@@ -186,6 +186,9 @@ def check_served(inputs: Inputs, result: Plan) -> None:
     for machine in inputs.active_machines():
         for pool in machine.pools:
             owners.add((machine.name, pool))
+            if inputs.policy(pool).aligned:
+                check_served_aligned(inputs, result, machine, pool)
+                continue
             actives = _actives(result, inputs, machine.name, pool)
             size = inputs.policy(pool).slice_size
             assert all(slice_.size == size for slice_ in actives), f"{machine.name} wrong size"
@@ -222,6 +225,9 @@ def check_stable(inputs: Inputs, result: Plan) -> None:
     now_active = {place(slice_) for slice_ in result.slices if slice_.state == "active"}
     for machine in inputs.active_machines():
         for pool in machine.pools:
+            if inputs.policy(pool).aligned:
+                check_stable_aligned(inputs, result, machine, pool)
+                continue
             kept_before = sorted(
                 (
                     old
@@ -242,6 +248,8 @@ def check_stable(inputs: Inputs, result: Plan) -> None:
     for old in inputs.previous:
         if old.state == "active" and place(old) in now_active:
             continue
+        if inputs.ip(old.ip) is not None and inputs.policy(inputs.pool_of(old)).aligned:
+            continue  # a range that grows may move; check_stable_aligned holds the rest
         assert not inputs.keepable(old) or _wants_fewer(inputs, result, old), f"{old} lost"
 
 
@@ -308,6 +316,8 @@ def check_balanced_additions(inputs: Inputs, result: Plan) -> None:
     ]
     for address in {slice_.ip for slice_ in result.diff.added}:
         pool = inputs.pool_of(next(s for s in result.diff.added if s.ip == address))
+        if inputs.policy(pool).aligned:
+            continue  # every range is on every IP: nothing to spread
         for other in with_room:
             if other.pool == pool:
                 assert load[address] - 1 <= load[other.address], (
@@ -371,13 +381,24 @@ def check_shortfall(inputs: Inputs, error: CapacityError) -> None:
     that many more IPs per short pool serve everyone, one fewer does not."""
     assert error.shortfalls, "a CapacityError must name at least one pool"
     active = {machine.name: machine for machine in inputs.active_machines()}
+    aligned = set()
     for shortfall in error.shortfalls:
-        assert shortfall.machines_unserved and shortfall.ips_needed >= 1
+        assert shortfall.machines_unserved
         assert str(shortfall) in str(error)
         for name in shortfall.machines_unserved:
             assert shortfall.pool in active[name].pools
-    needed = {shortfall.pool: shortfall.ips_needed for shortfall in error.shortfalls}
-    with_more_ips(inputs, needed).plan()  # must not raise
+        if inputs.policy(shortfall.pool).aligned:
+            # Past its first IP, more IPs do not help an aligned pool: it says so.
+            aligned.add(shortfall.pool)
+            if _active_ips(inputs, shortfall.pool):
+                assert shortfall.aligned and shortfall.ips_needed == 0
+                assert "more IP addresses do not help" in str(shortfall)
+            else:
+                assert not shortfall.aligned and shortfall.ips_needed == 1
+        else:
+            assert shortfall.ips_needed >= 1
+    needed = {s.pool: s.ips_needed for s in error.shortfalls if s.pool not in aligned}
+    _plan_short_only_in(with_more_ips(inputs, needed), aligned)
     for pool in needed:
         one_fewer = {**needed, pool: needed[pool] - 1}
         try:
@@ -386,3 +407,107 @@ def check_shortfall(inputs: Inputs, error: CapacityError) -> None:
             assert pool in {shortfall.pool for shortfall in still_short.shortfalls}
         else:
             raise AssertionError(f"pool {pool!r} needed fewer IPs than {needed[pool]}")
+
+
+def _plan_short_only_in(inputs: Inputs, pools: set[str]) -> None:
+    """Plan, which may fail only for ``pools`` (aligned ones, which IPs cannot help)."""
+    try:
+        inputs.plan()
+    except CapacityError as error:
+        assert {shortfall.pool for shortfall in error.shortfalls} <= pools, str(error)
+
+
+# Aligned pools: one range per machine, the same ports on every active IP of the pool.
+
+
+def _active_ips(inputs: Inputs, pool: str) -> list[EgressIP]:
+    return [ip for ip in inputs.ips if ip.pool == pool and ip.state == "active"]
+
+
+def _intact_range(inputs: Inputs, machine: str, pool: str) -> list[int] | None:
+    """The slot starts of the machine's previous range if it was whole on every IP
+    that is active now (so it needs nothing filled in), else None."""
+    ips = _active_ips(inputs, pool)
+    held = [
+        old
+        for old in inputs.previous
+        if old.machine == machine and inputs.keepable(old) and inputs.pool_of(old) == pool
+    ]
+    starts = sorted({old.lo for old in held})
+    size = inputs.policy(pool).slice_size
+    if not starts or starts != list(range(starts[0], starts[-1] + 1, size)):
+        return None
+    for ip in ips:
+        if sorted(old.lo for old in held if old.ip == ip.address) != starts:
+            return None
+    return starts
+
+
+def _range_of(inputs: Inputs, result: Plan, machine: str, pool: str) -> list[int]:
+    """The machine's slot starts now, after checking they form one range on every active IP."""
+    actives = _actives(result, inputs, machine, pool)
+    size = inputs.policy(pool).slice_size
+    starts = sorted({slice_.lo for slice_ in actives})
+    if starts:
+        assert starts == list(range(starts[0], starts[-1] + 1, size)), f"{machine}: {starts}"
+    for ip in _active_ips(inputs, pool):
+        on_ip = sorted(slice_.lo for slice_ in actives if slice_.ip == ip.address)
+        assert on_ip == starts, f"{machine}/{pool}: {ip.address} holds {on_ip}, not {starts}"
+    active_ips = {ip.address for ip in _active_ips(inputs, pool)}
+    assert all(s.ip in active_ips for s in actives), f"{machine} holds a draining IP"
+    return starts
+
+
+def _common_free_run(inputs: Inputs, result: Plan, pool: str, slots: int) -> bool:
+    """Brute force: whether ``slots`` adjacent grid slots are free on every active IP."""
+    ips = _active_ips(inputs, pool)
+    size = inputs.policy(pool).slice_size
+    free_starts = None
+    for ip in ips:
+        origin = 0 if size & (size - 1) == 0 else ip.usable.lo
+        first = origin + -(-(ip.usable.lo - origin) // size) * size
+        taken = [(s.lo, s.hi) for s in result.slices if s.ip == ip.address]
+        taken += [(port, port) for port in ip.reserved]
+        here = {
+            start
+            for start in range(first, ip.usable.hi - size + 2, size)
+            if all(hi < start or start + size - 1 < lo for lo, hi in taken)
+        }
+        free_starts = here if free_starts is None else free_starts & here
+    return any(
+        all(start + n * size in (free_starts or set()) for n in range(slots))
+        for start in free_starts or set()
+    )
+
+
+def check_served_aligned(inputs: Inputs, result: Plan, machine: Machine, pool: str) -> None:
+    """Every active member holds one range of base to ceiling slots on every active IP;
+    a range that was whole follows usage, and growth fails only where no range that
+    wide is free on every IP."""
+    width = len(_range_of(inputs, result, machine.name, pool))
+    assert inputs.base(machine, pool) <= width <= inputs.ceiling(machine, pool), (
+        f"{machine.name}/{pool}: range of {width} slots"
+    )
+    before = _intact_range(inputs, machine.name, pool)
+    if before is None:
+        return
+    expected = expected_count(inputs, machine, pool, len(before))
+    if width != expected:
+        assert width == len(before) < expected, f"{machine.name}/{pool}: {width} != {expected}"
+        assert (machine.name, pool) in result.growth_denied
+        assert not _common_free_run(inputs, result, pool, expected), "growth denied with room"
+
+
+def check_stable_aligned(inputs: Inputs, result: Plan, machine: Machine, pool: str) -> None:
+    """A whole range stays put; one that shrinks keeps its lowest slots; one that
+    grows either keeps every slot (widened) or moves whole (its old slots drain)."""
+    before = _intact_range(inputs, machine.name, pool)
+    if before is None:
+        return
+    now = _range_of(inputs, result, machine.name, pool)
+    if len(now) <= len(before):
+        assert now == before[: len(now)], f"{machine.name}/{pool} renumbered: {before} -> {now}"
+    else:
+        assert set(before) <= set(now) or not set(before) & set(now), (
+            f"{machine.name}/{pool} half moved: {before} -> {now}"
+        )

@@ -43,6 +43,7 @@ def policies(draw: st.DrawFn) -> dict[str, PoolPolicy]:
                 slice_size=draw(st.sampled_from(SLICE_SIZES)),
                 slices_per_machine=base,
                 max_slices_per_machine=None if extra is None else base + extra,
+                aligned=draw(st.booleans()),
             )
     return chosen
 

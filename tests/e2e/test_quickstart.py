@@ -51,8 +51,18 @@ def _demo_state(database: Path) -> list[tuple[str, int, int, int]]:
         return db.execute(DEMO_STATE).fetchall()
 
 
-def _live(rows: list[tuple[str, int, int, int]]) -> bool:
-    return len(rows) == 3 and all(a == b > 0 and sockets > 0 for _, a, b, sockets in rows)
+def _live(rows: list[tuple[str, int, int, int]], *, machines: int = 4) -> bool:
+    # As root, three machines on the egress library and demo-u's plain sockets in
+    # exact-range mode; without root the three only (exact-range mode needs root).
+    return len(rows) == machines and all(a == b > 0 and sockets > 0 for _, a, b, sockets in rows)
+
+
+def _port_range_part(database: Path, hostname: str) -> dict[str, str]:
+    with sqlite3.connect(database, timeout=20) as db:
+        (enforcement,) = db.execute(
+            "SELECT enforcement FROM planner_machine WHERE hostname = ?", (hostname,)
+        ).fetchone()
+    return json.loads(enforcement)["port_range"]
 
 
 def test_make_run_shows_the_loop_live_and_ctrl_c_cleans_up(tmp_path: Path) -> None:
@@ -76,11 +86,13 @@ def test_make_run_shows_the_loop_live_and_ctrl_c_cleans_up(tmp_path: Path) -> No
         wait_for("the demo agents live", lambda: _live(_demo_state(var / "portslice.sqlite3")),
                  timeout=60)  # fmt: skip
         assert "nftables guard ON" in log.read_text()
+        exact = _port_range_part(var / "portslice.sqlite3", "demo-u.demo1.example.net")
+        assert exact["state"] == "on" and exact["detail"].startswith("exact:"), exact
         assert f"demo: open http://127.0.0.1:{port}/" in log.read_text()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
             assert b'portslice_slices{datacenter="demo1",state="active"}' in answer.read()
         namespaces = json.loads((var / "demo" / "namespaces.json").read_text())
-        assert len(namespaces) == 5  # gateway, origin, three agents
+        assert len(namespaces) == 6  # gateway, origin, four agents
     finally:
         os.kill(honcho.pid, signal.SIGINT)  # what Ctrl-C sends
         try:
@@ -202,7 +214,7 @@ def test_make_run_without_root_shows_the_loop_and_ctrl_c_ends_with_status_0(
         # Read as the account: a root reader could leave root-owned WAL files behind.
         read = [*_as(account, reach_root_python=reach), ".venv/bin/python", "-c", READ_AS_ACCOUNT]
         deadline = time.monotonic() + UNPRIVILEGED_BOUND
-        while not _live(_read_state(read, clone)):
+        while not _live(_read_state(read, clone), machines=3):
             if time.monotonic() > deadline or make.poll() is not None:
                 what = "three demo agents applied and live usage above 0 without root"
                 pytest.fail(f"{what}: not seen\n{log.read_text()[-4000:]}")

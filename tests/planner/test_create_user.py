@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth import authenticate, get_user_model
+from django.test import RequestFactory
 from django.core.management import CommandError, call_command
 from django.test import Client
 
@@ -32,7 +33,7 @@ def test_it_creates_a_user_with_the_role_who_can_log_in(
     tmp_path: Path, role: str, rank: int
 ) -> None:
     password, _ = _create(tmp_path, f"pat-{role}", role)
-    user = authenticate(username=f"pat-{role}", password=password)
+    user = authenticate(RequestFactory().post("/login/"), username=f"pat-{role}", password=password)
     assert user is not None and user_rank(user) == rank
     client = Client()
     assert client.login(username=f"pat-{role}", password=password)
@@ -43,7 +44,7 @@ def test_it_writes_the_password_under_var_by_default(settings: object, tmp_path:
     settings.VAR_DIR = tmp_path  # type: ignore[attr-defined]
     call_command("create_user", "vic", "--role", "viewer", stdout=io.StringIO())
     password = (tmp_path / "users" / "vic-password").read_text().strip()
-    assert authenticate(username="vic", password=password) is not None
+    assert authenticate(RequestFactory().post("/login/"), username="vic", password=password) is not None
 
 
 def test_a_taken_username_is_refused_naming_it_and_nothing_is_written(tmp_path: Path) -> None:

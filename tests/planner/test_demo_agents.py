@@ -1,4 +1,5 @@
-"""``manage.py demo_agents`` without root: loopback egress addresses inside the host's
+"""``manage.py demo_agents``: as root, its exact-range machine gets one range on an aligned
+pool; without root: loopback egress addresses inside the host's
 ephemeral range, allowed only by DEMO_LOOPBACK_EGRESS; a banner that promises only
 what the mode does; what reaches ``make run``'s output. And ``demo.foreground``:
 Ctrl-C is the normal end of ``make run``."""
@@ -14,13 +15,58 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from planner.management.commands import demo_agents as demo
-from planner.models import Datacenter, EgressIP, PortSlice
+from planner.models import Datacenter, EgressIP, EgressPool, Machine, PlanRevision, PortSlice
+from planner.services.keys import signing_key_generate
+from planner.services.plans import plan_apply_current
 from tests.e2e.loop import ROOT
 
 pytestmark = pytest.mark.django_db
 
 AGENT = "demo-a.demo1.example.net"
 LOOPBACK = demo.Mode(False, demo.LOOPBACK_EGRESS_IPS, (32768, 60999), ("127.0.0.1", 41000))
+AS_ROOT = demo.Mode(True, demo.EGRESS_IPS, (1024, 65535), (demo.ORIGIN, 80))
+
+
+def _ranges(hostname: str) -> set[tuple[str, int, int]]:
+    return set(
+        PortSlice.objects.filter(machine__hostname=hostname, state="active").values_list(
+            "ip__address", "lo", "hi"
+        )
+    )
+
+
+def test_as_root_the_exact_range_machine_gets_one_range_on_an_aligned_pool(
+    key_dir: Path,
+) -> None:
+    signing_key_generate()
+    datacenter = demo.demo_datacenter_ensure(mode=AS_ROOT)
+    machine = Machine.objects.get(hostname=demo.UNMODIFIED)
+    (pool,) = machine.pools.all()
+    assert pool.aligned and pool.datacenter == datacenter
+    (held,) = _ranges(demo.UNMODIFIED)
+    assert held[0] == demo.UNMODIFIED_IP and held[2] - held[1] + 1 == 256
+    for each in demo.MACHINES:
+        assert _ranges(each.hostname), f"{each.hostname} has no slice"
+    revisions = PlanRevision.objects.count()
+    demo.demo_datacenter_ensure(mode=AS_ROOT)  # the next make run: nothing new
+    assert PlanRevision.objects.count() == revisions
+
+
+def test_a_demo_datacenter_from_before_gets_the_machine_and_a_plan(key_dir: Path) -> None:
+    signing_key_generate()
+    datacenter = demo._demo_inventory(AS_ROOT)
+    plan_apply_current(datacenter=datacenter, reason="an older demo's first plan")
+    assert not EgressPool.objects.filter(aligned=True).exists()
+    again = demo.demo_datacenter_ensure(mode=AS_ROOT)
+    assert again == Datacenter.objects.get(code=demo.CODE)
+    assert len(_ranges(demo.UNMODIFIED)) == 1
+
+
+def test_without_root_there_is_no_exact_range_machine(settings: Any, key_dir: Path) -> None:
+    settings.DEMO_LOOPBACK_EGRESS = True
+    signing_key_generate()
+    demo.demo_datacenter_ensure(mode=LOOPBACK)
+    assert not Machine.objects.filter(hostname=demo.UNMODIFIED).exists()
 
 
 def test_without_root_the_demo_plans_loopback_slices_inside_the_ephemeral_range(

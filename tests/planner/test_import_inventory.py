@@ -205,3 +205,13 @@ def test_it_refuses_a_nul_byte_naming_the_place(tmp_path: Path, section: str, fi
 def test_it_refuses_json_nested_too_deeply(tmp_path: Path) -> None:
     with pytest.raises(CommandError, match="nested too deeply"):
         _run("import_inventory", _file(tmp_path, '{"datacenters": ' + "[" * 100_000))
+
+
+def test_a_json_pool_may_be_aligned_and_a_bad_value_is_named(tmp_path: Path) -> None:
+    pool = {**JSON_INVENTORY["pools"][0], "aligned": True}
+    _run("import_inventory", _file(tmp_path, json.dumps({**JSON_INVENTORY, "pools": [pool]})))
+    assert EgressPool.objects.get().aligned is True
+    bad = {**JSON_INVENTORY, "pools": [{**pool, "aligned": "maybe"}]}
+    with pytest.raises(CommandError, match=r"pools\[0\]: field 'aligned', value 'maybe'"):
+        _run("import_inventory", _file(tmp_path, json.dumps(bad), "bad"))
+    assert EgressPool.objects.get().aligned is True

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection
+from rest_framework.test import APIClient
 
 import allocator as alloc
 from planner.choices import RevisionStatus
@@ -20,6 +21,7 @@ from planner.models import (
     PortSlice,
 )
 from planner.services.plans import PlanConflict, plan_apply, plan_preview
+from tests.planner.conftest import Site
 from tests.planner.factories import make_datacenter, make_ip, make_machine, make_pool
 
 pytestmark = pytest.mark.django_db
@@ -202,3 +204,19 @@ def test_two_concurrent_applies_one_wins_one_conflicts(postgres: None) -> None:
             "ON a.ip_id = b.ip_id AND a.id < b.id AND a.lo <= b.hi AND b.lo <= a.hi"
         )
         assert cursor.fetchone() == (0,)
+
+
+def test_an_aligned_pool_gives_each_machine_one_range_on_every_ip_once_the_api_turns_it_on(
+    clients: dict[str, APIClient], site: Site
+) -> None:
+    pool = EgressPool.objects.get(datacenter=site.datacenter)
+    response = clients["bob"].patch(f"/api/v1/pools/{pool.pk}", {"aligned": True}, "json")
+    assert response.status_code == 200 and response.json()["aligned"] is True
+    _apply(site.datacenter)
+    owned = _owned()
+    for machine in site.machines:
+        mine = owned[machine.hostname]
+        assert len({(lo, hi) for _, lo, hi in mine}) == 1, f"{mine} is not one range"
+        assert {ip for ip, _, _ in mine} == {"192.0.2.1", "2001:db8::1"}
+    response = clients["bob"].patch(f"/api/v1/pools/{pool.pk}", {"aligned": "maybe"}, "json")
+    assert response.status_code == 400 and "aligned" in response.json()

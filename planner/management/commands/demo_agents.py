@@ -6,7 +6,10 @@ policy that runs every minute over a two-minute window so the loop shows
 within minutes. Then, as root, one network namespace per machine with its
 agent enforcing with nftables, a gateway namespace steering answers by the
 plan, an origin, and a traffic generator per machine (hot, steady, and a
-burst that goes cold). Without root the same loop runs on this host: the
+burst that goes cold, through the egress library), and one more machine on an
+aligned pool of its own that runs plain sockets knowing nothing of portslice, its
+agent in exact-range mode (root only: it sets its namespace's port range and
+default route). Without root the same loop runs on this host: the
 egress addresses are in 127.0.0.0/8 (Linux answers on all of them without
 privilege; the agents' ``loopback_egress`` and the planner's
 ``DEMO_LOOPBACK_EGRESS`` allow them, both off by default), the origin listens
@@ -60,6 +63,11 @@ EGRESS_IPS = ["198.51.100.240", "198.51.100.241"]
 LOOPBACK_EGRESS_IPS = ["127.51.100.240", "127.51.100.241"]
 LOOPBACK_ORIGIN = "127.0.0.1"
 PORT_RANGE_SYSCTL = Path("/proc/sys/net/ipv4/ip_local_port_range")
+#: As root one more machine runs unmodified software (demo.traffic's plain sockets, no
+#: portslice code) in the agent's exact-range mode, on an aligned pool of its own
+#: (docs/agent.md).
+UNMODIFIED = "demo-u.demo1.example.net"
+UNMODIFIED_IP = "198.51.100.242"
 STEER_EVERY = 2.0
 #: A line an agent or a generator repeats is shown again after this long at the soonest.
 REPEAT_AFTER = 60.0
@@ -182,7 +190,7 @@ class Command(BaseCommand):
         host, port = self.mode.origin
         origin = _python("demo.traffic", "listen", "--address", host, "--port", str(port))
         if self.topology is not None:
-            self.topology.build(EGRESS_IPS, len(MACHINES))
+            self.topology.build([*EGRESS_IPS, UNMODIFIED_IP], len(MACHINES) + 1)
             self._steer(datacenter)
             origin = in_netns(self.topology.origin, *origin)
         self._spawn("origin", origin)
@@ -197,10 +205,22 @@ class Command(BaseCommand):
                 agent, traffic = in_netns(ns, *agent), in_netns(ns, *traffic)
             self._spawn(machine.hostname, agent)
             self._spawn(f"traffic {machine.hostname}", traffic)
+        if self.topology is not None:
+            self._start_unmodified(origin=(host, port))
+
+    def _start_unmodified(self, *, origin: tuple[str, int]) -> None:
+        """The exact-range machine (root only): its agent, and plain sockets as its traffic."""
+        assert self.topology is not None
+        config = self._agent_config(UNMODIFIED, exact=True)
+        command = _python("agent", "--config", str(config), "run", "--loglevel", "WARNING")
+        ns = self.topology.agent_ns(len(MACHINES))
+        self._spawn(UNMODIFIED, in_netns(ns, *command))
+        plain = _python("demo.traffic", "plain", "--origin", origin[0], "--port", str(origin[1]))
+        self._spawn(f"traffic {UNMODIFIED}", in_netns(ns, *plain))
 
     def _warn_other_mode(self, datacenter: Datacenter) -> None:
-        found = sorted(EgressIP.objects.filter(pool__datacenter=datacenter).values_list(
-            "address", flat=True))  # fmt: skip
+        found = sorted(EgressIP.objects.filter(pool__datacenter=datacenter).exclude(
+            address=UNMODIFIED_IP).values_list("address", flat=True))  # fmt: skip
         if found and found != sorted(self.mode.egress_ips):
             other = "without root" if self.mode.privileged else "as root"
             message = OTHER_MODE.format(code=CODE, other=other, found=", ".join(found))
@@ -212,21 +232,28 @@ class Command(BaseCommand):
         url = f"http://{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('WEB_PORT', '8000')}/"
         lines = [
             "",
-            f"demo: {len(MACHINES)} agents in datacenter {CODE} ({mode})",
+            f"demo: {self._agents} agents in datacenter {CODE} ({mode})",
             f"demo: agent logs in {self.demo_dir}/<hostname>.log",
             "demo: agent warnings and errors show here too",
             "demo: bundles are applied within seconds; usage every 5 s; rebalance every minute",
             "demo: (hot machine grows, the burst one goes cold and leaves a draft to approve)",
+            f"demo: {UNMODIFIED} runs plain sockets, no portslice code, in exact-range mode"
+            if self.mode.privileged
+            else "demo: (the exact-range machine with plain sockets needs root: not started)",
             f"demo: open {url}  (admin: {url}admin/, password in var/admin-password)",
             "",
         ]
         self.stdout.write("\n".join(lines))
         self.stdout.flush()
 
+    @property
+    def _agents(self) -> int:
+        return len(MACHINES) + (1 if self.mode.privileged else 0)
+
     def _state(self, hostname: str) -> Path:
         return self.demo_dir / hostname / "state"
 
-    def _agent_config(self, hostname: str) -> Path:
+    def _agent_config(self, hostname: str, *, exact: bool = False) -> Path:
         folder = self.demo_dir / hostname
         folder.mkdir(parents=True, exist_ok=True)
         broker = settings.CELERY_BROKER_URL
@@ -242,6 +269,8 @@ class Command(BaseCommand):
             "metrics_address": "off",
             "socket_path": str(folder / "agent.sock"),
         }
+        if exact:
+            values.update(port_range_mode="exact", route_source=UNMODIFIED_IP)
         if broker.startswith("filesystem"):
             values["broker_folder"] = str(
                 settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"]
@@ -354,11 +383,42 @@ def demo_datacenter_ensure(*, mode: Mode) -> Datacenter:
     at all), else as it is."""
     existing = Datacenter.objects.filter(code=CODE).first()
     if existing is not None:
+        if mode.privileged:
+            unmodified_machine_ensure(datacenter=existing, usable_lo=mode.usable[0])
         return existing
     with transaction.atomic():
         datacenter = _demo_inventory(mode)
+        if mode.privileged:
+            unmodified_machine_ensure(datacenter=datacenter, usable_lo=mode.usable[0], plan=False)
     plan_apply_current(datacenter=datacenter, reason="demo: first plan")
     return datacenter
+
+
+def unmodified_machine_ensure(*, datacenter: Datacenter, usable_lo: int, plan: bool = True) -> None:
+    """The exact-range machine and its aligned pool (one IP, 256-port slices), made once;
+    a datacenter made by an older demo gets them, and a plan, the first time."""
+    if Machine.objects.filter(hostname=UNMODIFIED).exists():
+        return
+    with transaction.atomic():
+        pool = model_save(
+            instance=EgressPool(),
+            values={
+                "datacenter": datacenter,
+                "purpose": "apps",
+                "country": "DE",
+                "slice_size": 256,
+                "slices_per_machine": 1,
+                "aligned": True,
+            },
+        )
+        assert isinstance(pool, EgressPool)
+        ip = {"address": UNMODIFIED_IP, "pool": pool, "usable_lo": usable_lo}
+        model_save(instance=EgressIP(), values=ip)
+        link = agent_link(len(MACHINES))[1]
+        values = {"hostname": UNMODIFIED, "datacenter": datacenter, "address": link}
+        machine_save(machine=Machine(), values=values, pools=[pool])
+    if plan:
+        plan_apply_current(datacenter=datacenter, reason="demo: the exact-range machine")
 
 
 def _demo_inventory(mode: Mode) -> Datacenter:

@@ -17,7 +17,7 @@ def drop_triggers(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("planner", "0008_hostile_input"),
+        ("planner", "0009_aligned_pool"),
     ]
 
     operations = [
