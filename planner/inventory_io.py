@@ -63,7 +63,14 @@ class InventoryError(ValueError):
 
     def __init__(self, where: str, field: str, value: Any, message: str) -> None:
         self.where, self.field, self.value, self.message = where, field, value, message
+        # The same record's other wrong fields: one error per field, this one first.
+        self.also: list[InventoryError] = []
         super().__init__(f"{where}: field {field!r}, value {value!r}: {message}")
+
+    @property
+    def every(self) -> list[InventoryError]:
+        """This error and the same record's other wrong fields."""
+        return [self, *self.also]
 
 
 @dataclass(frozen=True)

@@ -62,8 +62,10 @@ class _Importer:
     def write(self, record: InventoryRecord) -> None:
         unknown = set(record.values) - FIELDS[record.kind]
         if unknown:
-            name = sorted(unknown)[0]
-            raise InventoryError(record.where, name, record.values[name], "unknown field")
+            raise _one_per_field(
+                InventoryError(record.where, name, record.values[name], "unknown field")
+                for name in sorted(unknown)
+            )
         getattr(self, f"_write_{record.kind}")(record)
         self.counts[record.kind] += 1
 
@@ -132,13 +134,26 @@ def _save(record: InventoryRecord, instance: models.Model, values: dict[str, Any
     try:
         model_save(instance=instance, values=values)
     except ValidationError as error:
-        name, messages = next(iter(error.message_dict.items()))
-        value = record.values.get(name, getattr(instance, name, None))
-        raise InventoryError(record.where, name, value, " ".join(messages)) from None
+        raise _one_per_field(
+            InventoryError(
+                record.where,
+                name,
+                record.values.get(name, getattr(instance, name, None)),
+                " ".join(messages),
+            )
+            for name, messages in error.message_dict.items()
+        ) from None
     except InventoryConflict as conflict:
         field_name = min(set(values) & _FIT_FIELDS, default="record")
         value = record.values.get(field_name, str(instance))
         raise InventoryError(record.where, field_name, value, str(conflict)) from None
+
+
+def _one_per_field(errors: Iterable[InventoryError]) -> InventoryError:
+    """The first error, carrying the record's other wrong fields (``also``)."""
+    first, *rest = errors
+    first.also = rest
+    return first
 
 
 class InventoryConflict(Conflict):
@@ -474,7 +489,7 @@ def inventory_import_check(*, records: Iterable[InventoryRecord]) -> list[Invent
                 with transaction.atomic():
                     importer.write(record)
             except InventoryError as error:
-                errors.append(error)
+                errors.extend(error.every)
                 importer = _Importer()  # its caches may hold rows the savepoint undid
             if len(errors) >= IMPORT_ERRORS_LISTED:
                 break

@@ -735,7 +735,7 @@ def inventory_import(request: HttpRequest) -> HttpResponse:
             counts = inventory.inventory_import(records=records)
         except InventoryError as error:
             # Refused whole; list every bad row, not only the first, so one fix round does.
-            errors = _import_errors(records) or [error]
+            errors = _import_errors(records) or error.every
         except Conflict as error:  # another writer holds a datacenter: try again later
             refused = str(error)
         else:

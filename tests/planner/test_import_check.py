@@ -35,3 +35,23 @@ def test_a_good_file_has_no_errors() -> None:
     good = DOCUMENT.replace('"bad dc"', '"ams2"').replace("XX", "NL").replace("m_2", "m2.x.net")
     assert inventory_import_check(records=parse_inventory(good)) == []
     assert not Datacenter.objects.exists()
+
+
+THREE_WRONG = """{
+  "datacenters": [{"code": "ams1", "name": "Amsterdam", "country": "NL"}],
+  "machines": [{"hostname": "m_3", "datacenter": "ams1", "address": "10.1.0.9",
+                "state": "sideways",
+                "weight": 0, "colour": "red"}]
+}"""
+
+
+def test_it_reports_every_wrong_field_of_one_record() -> None:
+    errors = inventory_import_check(records=parse_inventory(THREE_WRONG))
+    # The unknown field is refused before the model checks the rest.
+    assert [(e.where, e.field, e.value) for e in errors] == [("machines[0]", "colour", "red")]
+    known = THREE_WRONG.replace(', "colour": "red"', "")
+    errors = inventory_import_check(records=parse_inventory(known))
+    assert {e.where for e in errors} == {"machines[0]"}
+    wrong = {e.field: e.value for e in errors}
+    assert wrong == {"hostname": "m_3", "state": "sideways", "weight": 0}
+    assert not Machine.objects.exists()
