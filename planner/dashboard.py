@@ -299,6 +299,44 @@ def datacenter_headroom(*, datacenter: Datacenter) -> dict[str, alloc.PoolHeadro
     return found
 
 
+def _pool_highs(
+    *, datacenter: Datacenter, since: datetime, unit: type[TruncMinute] | type[TruncHour]
+) -> dict[tuple[int, Any], list[int]]:
+    """Per (pool id, ``unit`` of time) since ``since``: [sockets, ports sampled], where
+    sockets are each slice's high-water of that unit capped at its size, summed.
+
+    An agent may report several times a unit: summing every report counted one
+    socket several times, so the peak went past 100 %. Two GROUP BYs in SQL: per
+    slice and unit, then per IP and unit; the pools are added up here.
+    """
+    pool_of = dict(
+        EgressIP.objects.filter(pool__datacenter=datacenter).values_list("address", "pool_id")
+    )
+    highs = (
+        UsageSample.objects.filter(machine__datacenter=datacenter, at__gte=since)
+        .annotate(unit=unit("at"))
+        .values_list("ip", "lo", "hi", "unit")
+        .annotate(high=Max("sockets"))
+        .order_by()
+    )
+    inner, params = highs.query.sql_with_params()
+    per_ip = (
+        "SELECT ip, unit,"
+        " SUM(CASE WHEN high < hi - lo + 1 THEN high ELSE hi - lo + 1 END),"
+        " SUM(hi - lo + 1)"
+        f" FROM ({inner}) AS highs GROUP BY ip, unit"
+    )
+    totals: dict[tuple[int, Any], list[int]] = defaultdict(lambda: [0, 0])
+    with connection.cursor() as cursor:
+        cursor.execute(per_ip, params)
+        for ip, moment, sockets, ports in cursor.fetchall():
+            if str(ip) in pool_of:  # psycopg may load inet as an address object
+                total = totals[(pool_of[str(ip)], moment)]
+                total[0] += sockets
+                total[1] += ports
+    return totals
+
+
 def _pool_peaks(
     datacenter: Datacenter, slices: dict[int, tuple[int, int]], now: datetime
 ) -> dict[int, float]:
@@ -310,32 +348,7 @@ def _pool_peaks(
     out now and the ports of the slices sampled that minute (a slice drained
     since still counts its ports). So a peak is never above 100 %.
     """
-    pool_of = dict(
-        EgressIP.objects.filter(pool__datacenter=datacenter).values_list("address", "pool_id")
-    )
-    highs = (
-        UsageSample.objects.filter(machine__datacenter=datacenter, at__gte=now - PEAK_WINDOW)
-        .annotate(minute=TruncMinute("at"))
-        .values_list("ip", "lo", "hi", "minute")
-        .annotate(high=Max("sockets"))
-        .order_by()
-    )
-    inner, params = highs.query.sql_with_params()
-    # The second GROUP BY in SQL: one row per IP and minute, not per slice and minute.
-    per_ip = (
-        "SELECT ip, minute,"
-        " SUM(CASE WHEN high < hi - lo + 1 THEN high ELSE hi - lo + 1 END),"
-        " SUM(hi - lo + 1)"
-        f" FROM ({inner}) AS highs GROUP BY ip, minute"
-    )
-    per_minute: dict[tuple[int, Any], list[int]] = defaultdict(lambda: [0, 0])
-    with connection.cursor() as cursor:
-        cursor.execute(per_ip, params)
-        for ip, minute, sockets, ports in cursor.fetchall():
-            if str(ip) in pool_of:  # psycopg may load inet as an address object
-                total = per_minute[(pool_of[str(ip)], minute)]
-                total[0] += sockets
-                total[1] += ports
+    per_minute = _pool_highs(datacenter=datacenter, since=now - PEAK_WINDOW, unit=TruncMinute)
     peaks: dict[int, float] = {}
     for (pool_id, _), (sockets, sampled) in per_minute.items():
         ports = max(slices.get(pool_id, (0, 0))[1] or 0, sampled)
@@ -369,31 +382,8 @@ def pool_use_over_time(*, datacenter: Datacenter, now: datetime | None = None) -
         .select_related("datacenter")
         .order_by("purpose", "country", "region", "city", "pk")
     )
-    pool_of = dict(
-        EgressIP.objects.filter(pool__datacenter=datacenter).values_list("address", "pool_id")
-    )
-    highs = (
-        UsageSample.objects.filter(machine__datacenter=datacenter, at__gte=first)
-        .annotate(hour=TruncHour("at"))
-        .values_list("ip", "lo", "hi", "hour")
-        .annotate(high=Max("sockets"))
-        .order_by()
-    )
-    inner, params = highs.query.sql_with_params()
-    per_ip = (
-        "SELECT ip, hour,"
-        " SUM(CASE WHEN high < hi - lo + 1 THEN high ELSE hi - lo + 1 END),"
-        " SUM(hi - lo + 1)"
-        f" FROM ({inner}) AS highs GROUP BY ip, hour"
-    )
-    totals: dict[tuple[int, datetime], list[int]] = defaultdict(lambda: [0, 0])
-    with connection.cursor() as cursor:
-        cursor.execute(per_ip, params)
-        for ip, hour, sockets, ports in cursor.fetchall():
-            if str(ip) in pool_of:
-                total = totals[(pool_of[str(ip)], _as_aware(hour))]
-                total[0] += sockets
-                total[1] += ports
+    highs = _pool_highs(datacenter=datacenter, since=first, unit=TruncHour)
+    totals = {(pool_id, _as_aware(hour)): total for (pool_id, hour), total in highs.items()}
     # Over the ports handed out now, as the pools table's use and peak (or the ports
     # that reported, if more: a slice since drained), so the three figures agree.
     handed = dict(
