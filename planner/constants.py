@@ -68,3 +68,7 @@ ERR_DRAFT_STALE = (
     "Draft %(number)d was planned on inputs that have changed since; "
     "rebalance will draft again, or preview and apply by hand."
 )
+
+# A pool's columns the allocator's PoolPolicy takes, by the same names: one list for
+# the planner's inputs, imports and the dirty-pool trigger's policy columns.
+POLICY_FIELDS = ("slice_size", "slices_per_machine", "max_slices_per_machine", "aligned")

@@ -22,6 +22,7 @@ from planner.choices import BundleStatus
 from planner.models import ConfigBundle, Machine, PortSlice, RebalanceRun, ReportRejection
 from planner.selectors import (
     draft_revisions,
+    machine_status_counts,
     machines_stale_count,
     pool_headroom,
 )
@@ -68,6 +69,15 @@ class PlannerCollector(Collector):
         for dc, n in machines_stale_count().items():
             stale.add_metric([dc], n)
         yield stale
+        statuses = GaugeMetricFamily(
+            "portslice_machines_status",
+            "Machines per status of their agent (only enforcing is healthy)",
+            labels=["datacenter", "status"],
+        )
+        for dc, counts in machine_status_counts().items():
+            for status, n in counts.items():
+                statuses.add_metric([dc, status], n)
+        yield statuses
         rejected = CounterMetricFamily(
             "portslice_reports_rejected",
             "Agent messages refused for breaking the contract (never stored)",

@@ -16,7 +16,7 @@ from django.db.models.functions import Trunc
 from django.utils import timezone
 
 import allocator as alloc
-from planner import forecast, signing
+from planner import constants, forecast, signing
 from planner.choices import AgentStatus, BundleStatus, MachineState, RevisionStatus, SliceState
 from planner.constants import USABLE_PORT_COUNT
 from planner.inventory_io import GeofeedEntry
@@ -98,11 +98,12 @@ def planner_inputs(
         pools = pools.filter(pk__in=list(pool_ids))
     keys: dict[int, str] = {}
     policies: dict[str, alloc.PoolPolicy] = {}
-    for pk, purpose, country, region, city, size, base, ceiling in pools.values_list(
-        "pk", *POOL_NAME_FIELDS, "slice_size", "slices_per_machine", "max_slices_per_machine"
+    for pk, purpose, country, region, city, *policy in pools.values_list(
+        "pk", *POOL_NAME_FIELDS, *constants.POLICY_FIELDS
     ):
         keys[pk] = pool_key(datacenter.code, purpose, country, region, city)
-        policies[keys[pk]] = alloc.PoolPolicy(size, base, ceiling)
+        named = dict(zip(constants.POLICY_FIELDS, policy, strict=True))
+        policies[keys[pk]] = alloc.PoolPolicy(**named)
     addresses: dict[int, str] = {}
     ips = []
     for pk, address, pool_id, lo, hi, reserved, state in (
@@ -208,12 +209,7 @@ def _alloc_ip(ip: EgressIP, pool: EgressPool) -> alloc.EgressIP:
 
 
 def _alloc_policy(pool: EgressPool) -> alloc.PoolPolicy:
-    return alloc.PoolPolicy(
-        slice_size=pool.slice_size,
-        slices_per_machine=pool.slices_per_machine,
-        max_slices_per_machine=pool.max_slices_per_machine,
-        aligned=pool.aligned,
-    )
+    return alloc.PoolPolicy(**{name: getattr(pool, name) for name in constants.POLICY_FIELDS})
 
 
 def _alloc_slices(slices: QuerySet[PortSlice]) -> tuple[alloc.Slice, ...]:

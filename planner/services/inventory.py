@@ -34,7 +34,7 @@ from planner.services.plans import Change, PlanPreview, plan_apply, plan_preview
 from planner.signing import SigningKeyMissing
 
 POOL_KEY_FIELDS = ("purpose", "country", "region", "city")
-POLICY_FIELDS = ("slice_size", "slices_per_machine", "max_slices_per_machine", "aligned")
+POLICY_FIELDS = constants.POLICY_FIELDS
 FIELDS = {
     "datacenters": {"code", "name", "country", "region", "city"},
     "pools": {"datacenter", *POOL_KEY_FIELDS, *POLICY_FIELDS},

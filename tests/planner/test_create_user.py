@@ -35,7 +35,9 @@ def test_it_creates_a_user_with_the_role_who_can_log_in(
     user = authenticate(RequestFactory().post("/login/"), username=f"pat-{role}", password=password)
     assert user is not None and user_rank(user) == rank
     client = Client()
-    assert client.login(username=f"pat-{role}", password=password)
+    assert client.login(
+        request=RequestFactory().post("/login/"), username=f"pat-{role}", password=password
+    )
     assert client.get("/").status_code == 200  # every role reads the overview
 
 

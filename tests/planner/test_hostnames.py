@@ -83,7 +83,7 @@ def test_the_migration_reports_bad_rows_and_keeps_them(
     # Rows written before the check (update() skips validation), as an old database holds them.
     Machine.objects.filter(pk=site.machines[0].pk).update(hostname="m9.\u017fite.net")
     Gateway.objects.create(name="{'a': 1}", datacenter=site.datacenter)
-    migration = importlib.import_module("planner.migrations.0007_i15_hostile_input")
+    migration = importlib.import_module("planner.migrations.0008_hostile_input")
     migration.report_bad_names(apps, None)
     out = capsys.readouterr().out
     assert "2 name(s) the contract refuses" in out

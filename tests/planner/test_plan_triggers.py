@@ -13,7 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from planner.plan_triggers import trigger_names
+from planner import constants
+from planner.plan_triggers import _TRIGGERS, trigger_names
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,3 +57,8 @@ def test_it_restores_triggers_a_table_rebuild_dropped(tmp_path: Path) -> None:
 
     _migrate(database, tmp_path)
     assert set(trigger_names()) <= _triggers(database)
+
+
+def test_a_policy_change_marks_its_pool_whatever_policy_field_changed() -> None:
+    (pool_trigger,) = _TRIGGERS["planner_egresspool"]
+    assert set(pool_trigger[1].split()) == set(constants.POLICY_FIELDS)

@@ -22,6 +22,8 @@ from planner.models import (
     SliceUsage,
     UsageSample,
 )
+from planner.selectors import bundles_due
+from planner.services.bundles import bundles_send
 from tests.planner.conftest import Site
 from tests.planner.factories import make_machine, make_pool
 
@@ -175,9 +177,12 @@ def test_metrics_show_delivery_lag(site: Site) -> None:
         r'^portslice_bundle_oldest_unapplied_age_seconds\{datacenter="fra1"\} (\S+)$', text, re.M
     )
     assert age is not None and 1790 < float(age.group(1)) < 1900
-    assert 'portslice_machines_never_seen{datacenter="fra1"} 2.0' in text
     assert 'portslice_gateway_revision_lag{datacenter="fra1",gateway="gw1"} 1.0' in text
     assert re.search(r'^portslice_reconcile_backlog_bundles\{datacenter="fra1"\} 3.0$', text, re.M)
+    # Sent and never answered: the two agents that never reported (resends back off).
+    bundles_send(bundles=bundles_due(), send=lambda hostname, token: None)
+    text = Client().get("/metrics").content.decode()
+    assert 'portslice_machines_never_seen{datacenter="fra1"} 2.0' in text
 
 
 def test_metrics_reuse_the_forecast_for_a_step(site: Site) -> None:

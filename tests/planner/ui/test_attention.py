@@ -15,6 +15,16 @@ from planner.services.plans import plan_preview
 from planner.services.rebalance import PlanUsage, rebalance_policy_save, revision_draft
 from tests.planner.factories import make_machine
 from tests.planner.ui.fixtures import UiSite
+from tests.planner.ui.test_machine_status import (
+    ADDRESSES_MISSING,
+    ADDRESSES_ON,
+    EDGE0,
+    EDGE1,
+    EDGE2,
+    GUARD_ON,
+    RANGE_ON,
+    ack,
+)
 from tests.planner.ui.test_pages import _text
 
 
@@ -73,6 +83,8 @@ def test_approving_without_the_confirmation_applies_nothing(
 def test_unplanned_changes_and_hot_slices_are_listed_with_what_rebalancing_will_do(
     clients: dict[str, Client], ui_site: UiSite
 ) -> None:
+    for hostname in (EDGE0, EDGE1, EDGE2):  # every agent enforcing: nothing to look at
+        ack(hostname, RANGE_ON, GUARD_ON, ADDRESSES_ON)
     text = _text(clients["vera"].get("/datacenters/fra1/"))
     assert "Nothing waits for a person" in text
     make_machine("edge3.fra1.example.net", datacenter=ui_site.datacenter).pools.add(ui_site.warp)
@@ -85,3 +97,14 @@ def test_unplanned_changes_and_hot_slices_are_listed_with_what_rebalancing_will_
     assert "edge0.fra1.example.net" in text.split("hot threshold")[1][:200]
     overview = _text(clients["vera"].get("/"))
     assert "Needs attention in fra1" in overview and "1 added" in overview
+
+
+def test_agents_not_enforcing_are_listed_by_status(
+    clients: dict[str, Client], ui_site: UiSite
+) -> None:
+    ack(EDGE0, RANGE_ON, GUARD_ON, ADDRESSES_ON)
+    ack(EDGE1, RANGE_ON, GUARD_ON, ADDRESSES_MISSING)
+    html = clients["vera"].get("/datacenters/fra1/").content.decode()
+    item = html.split('data-item="agents"')[1].split("</li>")[0]
+    # edge1 failed, edge2 never reported: named by status; edge0 is not counted.
+    assert "1 failed" in item and "1 never seen" in item and "enforcing" not in item
