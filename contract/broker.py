@@ -4,7 +4,9 @@ kombu's filesystem transport creates a message file and then writes it; a
 consumer polling the folder can take the file in between and read nothing (a
 ``JSONDecodeError`` that stops the worker). Here each message is written under
 a hidden name and renamed into place, so a consumer only ever sees whole
-messages. Both the planner and the agents use it for ``filesystem://``.
+messages; a new exchange table is likewise created whole before kombu writes
+the first binding into it. Both the planner and the agents use it for
+``filesystem://``.
 
 kombu is imported when the transport is asked for, not when this module is:
 importing kombu loads Django's ``Promise`` where Django is installed, and the
@@ -35,6 +37,26 @@ def filesystem_transport() -> type:
             partial = final.with_name(f".{name}.part")
             partial.write_bytes(dumps(message).encode())
             os.replace(partial, final)
+
+        def _queue_bind(  # type: ignore[override]
+            self, exchange: str, routing_key: str, pattern: str, queue: str
+        ) -> None:
+            # kombu creates a new exchange table empty and then locks and writes it: a
+            # publisher opening it in between reads nothing (a JSONDecodeError on
+            # publish). Create it whole first, then let kombu add the binding under
+            # its lock.
+            table: Path = self._exchange_file(exchange)  # type: ignore[attr-defined]
+            self.control_folder.mkdir(exist_ok=True)
+            if not table.exists():
+                partial = table.with_name(f".{table.name}.{uuid.uuid4()}.part")
+                partial.write_bytes(dumps([]).encode())
+                try:
+                    os.link(partial, table)  # whole or not at all; the first creator wins
+                except FileExistsError:
+                    pass
+                finally:
+                    partial.unlink()
+            super()._queue_bind(exchange, routing_key, pattern, queue)
 
     class Transport(filesystem.Transport):
         pass
