@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -56,6 +56,9 @@ class PlannerInputs:
     machines: tuple[alloc.Machine, ...]
     previous: tuple[alloc.Slice, ...]
     policies: dict[str, alloc.PoolPolicy]
+    #: Each pool's ``plan_version`` as read (planner/plan_triggers.py): what a
+    #: preview's digest is over.
+    versions: dict[str, int] = field(default_factory=dict)
 
 
 def next_revision_number(*, datacenter: Datacenter) -> int:
@@ -81,7 +84,7 @@ def current_revision(*, datacenter: Datacenter) -> int:
 
 
 def planner_inputs(
-    *, datacenter: Datacenter, pool_ids: Collection[int] | None = None
+    *, datacenter: Datacenter, pool_ids: Collection[int] | None = None, lock: bool = False
 ) -> PlannerInputs:
     """The allocator's inputs for the datacenter, or for the pools ``pool_ids`` only.
 
@@ -92,18 +95,27 @@ def planner_inputs(
     Read lean, as a plan reads 100,000 slices: tuples rather than model
     instances, no default ordering (the allocator sorts), ids rather than
     joins, each pool's key computed once.
+
+    With ``lock`` (inside a transaction), the pools' rows are locked first: a
+    write to any of their inputs bumps its pool's row (planner/plan_triggers.py),
+    so it waits for this transaction, and the versions read are those of the
+    inputs read after them.
     """
     pools = EgressPool.objects.filter(datacenter=datacenter).order_by()
     if pool_ids is not None:
         pools = pools.filter(pk__in=list(pool_ids))
+    if lock:  # in id order, as every locker of several pools
+        pools = pools.order_by("pk").select_for_update()
     keys: dict[int, str] = {}
     policies: dict[str, alloc.PoolPolicy] = {}
-    for pk, purpose, country, region, city, *policy in pools.values_list(
-        "pk", *POOL_NAME_FIELDS, *constants.POLICY_FIELDS
+    versions: dict[str, int] = {}
+    for pk, version, purpose, country, region, city, *policy in pools.values_list(
+        "pk", "plan_version", *POOL_NAME_FIELDS, *constants.POLICY_FIELDS
     ):
         keys[pk] = pool_key(datacenter.code, purpose, country, region, city)
         named = dict(zip(constants.POLICY_FIELDS, policy, strict=True))
         policies[keys[pk]] = alloc.PoolPolicy(**named)
+        versions[keys[pk]] = version
     addresses: dict[int, str] = {}
     ips = []
     for pk, address, pool_id, lo, hi, reserved, state in (
@@ -134,7 +146,7 @@ def planner_inputs(
         names[pk] = hostname
         machines.append(alloc.Machine(hostname, frozenset(served.get(pk, ())), weight, state))
     previous = _scope_slices(addresses, names)
-    return PlannerInputs(tuple(ips), tuple(machines), previous, policies)
+    return PlannerInputs(tuple(ips), tuple(machines), previous, policies, versions)
 
 
 # The fields a pool's key is made of, after its datacenter's code.

@@ -6,12 +6,12 @@ from planner.plan_triggers import trigger_sql
 
 
 def create_triggers(apps, schema_editor):
-    for statement in trigger_sql(schema_editor.connection.vendor)[0]:
+    for statement in trigger_sql(schema_editor.connection.vendor, 1)[0]:
         schema_editor.execute(statement)
 
 
 def drop_triggers(apps, schema_editor):
-    for statement in trigger_sql(schema_editor.connection.vendor)[1]:
+    for statement in trigger_sql(schema_editor.connection.vendor, 1)[1]:
         schema_editor.execute(statement)
 
 

@@ -141,6 +141,16 @@ class EgressPool(GeoFields):
         editable=False,
         help_text="An inventory change since its last plan: the next scoped plan covers it",
     )
+    # Bumped by the database on every committed change to an input of this pool's
+    # plan (planner/plan_triggers.py): a preview's digest is over these.
+    plan_version = models.BigIntegerField(
+        default=0,
+        editable=False,
+        help_text="Bumped by every change to an input of this pool's plan, its slices included",
+    )
+    # Which transaction and statement last bumped plan_version (PostgreSQL): one
+    # bump per pool and statement however many rows the statement writes.
+    plan_stamp = models.CharField(max_length=64, blank=True, default="", editable=False)
     aligned = models.BooleanField(
         default=False,
         help_text=(

@@ -126,33 +126,25 @@ def shortfalls_as_list(shortfalls: Iterable[alloc.Shortfall]) -> list[dict[str, 
 def inputs_digest(inputs: PlannerInputs, *, now: datetime, usage: Usage | None = None) -> str:
     """SHA-256 over everything a plan depends on, in a canonical order.
 
-    The inventory, the pool policies, the live slices (and which of their drains
-    have ended at ``now``) and the usage figures the allocator is given: if any
-    of these differ, the plan may differ, and so does the digest.
+    The planned pools (keys, policies) and each one's ``plan_version``, which the
+    database bumps on every committed change to any input of its plan: its IPs,
+    the machines serving it (and their weight and state), its policy and its
+    live slices (planner/plan_triggers.py). Then what changes with no write:
+    which drains have ended at ``now``, and the usage figures the allocator is
+    given. If any of these differ, the plan may differ, and so does the digest;
+    it costs a pass over the slices, not a sort and a hash of every one.
     """
-    at = now.timestamp()
-    with alloc.collector_paused():  # a tuple per slice, none in a cycle
-        canonical = (
-            sorted(
-                (ip.address, ip.pool, ip.usable.lo, ip.usable.hi, sorted(ip.reserved), ip.state)
-                for ip in inputs.ips
-            ),
-            sorted((m.name, sorted(m.pools), m.weight, m.state) for m in inputs.machines),
-            sorted(
-                (
-                    s.ip,
-                    s.lo,
-                    s.hi,
-                    s.machine,
-                    s.state,
-                    s.drain_until.timestamp() if s.drain_until else 0.0,
-                    bool(s.drain_until and s.drain_until.timestamp() <= at),
-                )
-                for s in inputs.previous
-            ),
-            sorted((pool, astuple(policy)) for pool, policy in inputs.policies.items()),
-            sorted((owner, round(value, 4)) for owner, value in (usage or {}).items()),
-        )
+    ended = sorted(
+        (s.ip, s.lo)
+        for s in inputs.previous
+        if s.drain_until is not None and s.drain_until <= now and s.state == SliceState.DRAINING
+    )
+    canonical = (
+        sorted(inputs.versions.items()),
+        sorted((pool, astuple(policy)) for pool, policy in inputs.policies.items()),
+        ended,
+        sorted((owner, round(value, 4)) for owner, value in (usage or {}).items()),
+    )
     return hashlib.sha256(repr(canonical).encode()).hexdigest()
 
 
@@ -194,11 +186,11 @@ def _scope(
 
 
 def _inputs(
-    datacenter: Datacenter, now: datetime, usage: Usage | None, full: bool
+    datacenter: Datacenter, now: datetime, usage: Usage | None, full: bool, *, lock: bool = False
 ) -> PlannerInputs:
     scope = _scope(datacenter, now, usage, full)
     with alloc.collector_paused():  # 100,000 slices read as objects, none in a cycle
-        return planner_inputs(datacenter=datacenter, pool_ids=scope)
+        return planner_inputs(datacenter=datacenter, pool_ids=scope, lock=lock)
 
 
 def _preview(
@@ -219,7 +211,13 @@ def _preview(
 
 
 def _inputs_after(
-    datacenter: Datacenter, change: Change, now: datetime, usage: Usage | None, full: bool
+    datacenter: Datacenter,
+    change: Change,
+    now: datetime,
+    usage: Usage | None,
+    full: bool,
+    *,
+    lock: bool = False,
 ) -> PlannerInputs:
     """The inventory after ``change``, with the live slices from before it: a removed
     IP's slices then show in the diff as freed rather than silently gone."""
@@ -227,7 +225,7 @@ def _inputs_after(
     if scope is not None:
         scope |= change.pools()
     with alloc.collector_paused():
-        before = planner_inputs(datacenter=datacenter, pool_ids=scope).previous
+        before = planner_inputs(datacenter=datacenter, pool_ids=scope, lock=lock).previous
     change.write()
     with alloc.collector_paused():
         after = planner_inputs(datacenter=datacenter, pool_ids=scope)
@@ -284,10 +282,12 @@ def plan_apply(
         datacenter_lock(datacenter.pk, code=datacenter.code)
         if draft is not None:
             _check_still_draft(datacenter, draft)
+        # The scope's pool rows locked, so the versions the digest is checked
+        # against are those of the inputs read and planned (see planner_inputs).
         if change is None:
-            inputs = _inputs(datacenter, now, usage, full)
+            inputs = _inputs(datacenter, now, usage, full, lock=True)
         else:
-            inputs = _inputs_after(datacenter, change, now, usage, full)
+            inputs = _inputs_after(datacenter, change, now, usage, full, lock=True)
         _check_digest(datacenter, inputs, inputs_digest, now, usage, full)
         plan = _compute_plan(inputs, now, usage)
         revision = _record_revision(datacenter, plan, user, reason, now, draft)

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -18,7 +19,13 @@ import allocator as alloc
 from planner.models import ConfigBundle, EgressIP, EgressPool, Machine, PortSlice
 from planner.services import inventory
 from planner.services.keys import signing_key_generate
-from planner.services.plans import PlanPreview, plan_apply, plan_apply_current, plan_preview
+from planner.services.plans import (
+    PlanConflict,
+    PlanPreview,
+    plan_apply,
+    plan_apply_current,
+    plan_preview,
+)
 from tests.planner.factories import make_datacenter, make_ip, make_machine, make_pool
 
 pytestmark = pytest.mark.django_db
@@ -272,3 +279,72 @@ def test_it_marks_the_pools_each_kind_of_change_affects() -> None:
     assert dirty() == {"warp"}
     EgressPool.objects.filter(purpose="warp").update(max_slices_per_machine=4)
     assert dirty() == set()  # the same value again changes nothing
+
+
+def test_every_change_to_a_pools_inputs_bumps_its_version_and_only_its() -> None:
+    """The digest is over these versions: a change that bumped none would be applied
+    over unseen, and a bump of an untouched pool would refuse applies for nothing."""
+    pools = _site([(0,), (1,)], ips_per_pool=1, size=8192)
+    seen = dict(EgressPool.objects.values_list("purpose", "plan_version"))
+
+    def bumped() -> set[str]:
+        now = dict(EgressPool.objects.values_list("purpose", "plan_version"))
+        changed = {purpose for purpose, version in now.items() if version != seen[purpose]}
+        seen.update(now)
+        return changed
+
+    h0 = Machine.objects.get(hostname="h0.ams1.example.net")
+    Machine.objects.filter(pk=h0.pk).update(last_seen=NOW, applied_serial=3)
+    assert bumped() == set()  # agent reports change no plan
+    Machine.objects.filter(pk=h0.pk).update(weight=3)
+    assert bumped() == {"warp"}
+    h0.pools.add(pools["int"])
+    assert bumped() == {"int"}
+    EgressIP.objects.filter(pool=pools["cdn"]).update(usable_hi=60000)
+    assert bumped() == {"cdn"}
+    EgressPool.objects.filter(purpose="warp").update(aligned=True)
+    assert bumped() == {"warp"}
+    EgressPool.objects.filter(purpose="warp").update(plan_dirty=False)
+    assert bumped() == set()  # bookkeeping, not an input
+
+    # Slices too, whoever writes them: the plan's own writes, and a raw UPDATE.
+    plan_apply_current(datacenter=h0.datacenter, reason="test", full=True)
+    assert bumped() == {"warp", "cdn", "int"}
+    PortSlice.objects.filter(ip__pool=pools["warp"]).update(lo=F("lo") + 1)
+    assert bumped() == {"warp"}
+    EgressPool.objects.update(plan_dirty=False)
+    PortSlice.objects.filter(ip__pool=pools["int"]).delete()
+    assert bumped() == {"int"}
+    # Slices are the plan's output: writing them bumps, it does not ask for a plan.
+    assert not EgressPool.objects.filter(plan_dirty=True).exists()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite bumps per row")
+def test_a_statement_of_many_rows_bumps_its_pool_once() -> None:
+    """10,000 memberships in one import must not update the pool row 10,000 times."""
+    pools = _site([], ips_per_pool=1, size=8192)
+    dc = pools["warp"].datacenter
+    machines = Machine.objects.bulk_create(
+        Machine(hostname=f"b{n}.ams1.example.net", datacenter=dc, address="10.0.0.2")
+        for n in range(300)
+    )
+    before = EgressPool.objects.get(purpose="warp").plan_version
+    Machine.pools.through.objects.bulk_create(
+        Machine.pools.through(machine_id=m.pk, egresspool_id=pools["warp"].pk) for m in machines
+    )
+    assert EgressPool.objects.get(purpose="warp").plan_version == before + 1
+    Machine.pools.through.objects.filter(egresspool_id=pools["warp"].pk).delete()
+    assert EgressPool.objects.get(purpose="warp").plan_version == before + 2
+
+
+def test_a_slice_written_behind_the_planners_back_refuses_the_previewed_apply() -> None:
+    _site([(0,), (0, 1)], ips_per_pool=1, size=8192)
+    dc = Machine.objects.get(hostname="h0.ams1.example.net").datacenter
+    plan_apply_current(datacenter=dc, reason="test", full=True)
+    preview = plan_preview(datacenter=dc, full=True)
+    PortSlice.objects.filter(ip__pool__purpose="cdn").update(hi=F("hi") - 1)
+    with pytest.raises(PlanConflict):
+        plan_apply(datacenter=dc, inputs_digest=preview.inputs_digest, reason="test", full=True)
+    fresh = plan_preview(datacenter=dc, full=True)
+    assert fresh.inputs_digest != preview.inputs_digest
+    plan_apply(datacenter=dc, inputs_digest=fresh.inputs_digest, reason="test", full=True)
