@@ -11,6 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
+from django.db import connection
 from django.db.models import Count, F, Max, Min, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Trunc
 from django.utils import timezone
@@ -131,20 +132,27 @@ def planner_inputs(
                 address, keys[pool_id], alloc.PortRange(lo, hi), frozenset(reserved), state
             )
         )
-    memberships = Machine.pools.through.objects.filter(egresspool_id__in=list(keys)).order_by()
-    served: dict[int, set[str]] = {}
-    for machine_id, pool_id in memberships.values_list("machine_id", "egresspool_id"):
-        served.setdefault(machine_id, set()).add(keys[pool_id])
-    machine_rows = Machine.objects.filter(datacenter=datacenter).order_by()
-    if pool_ids is not None:  # a semi-join: thousands of ids are no list to send
-        machine_rows = machine_rows.filter(pk__in=memberships.values("machine_id"))
-    names: dict[int, str] = {}
-    machines = []
-    for pk, hostname, weight, state in machine_rows.values_list(
-        "pk", "hostname", "weight", "state"
-    ):
-        names[pk] = hostname
-        machines.append(alloc.Machine(hostname, frozenset(served.get(pk, ())), weight, state))
+    # The machines serving the scope's pools, one row per (machine, pool) served:
+    # a machine serving none of them plans nothing here (the owner of a slice it
+    # still drains is named by _scope_slices).
+    memberships = (
+        Machine.pools.through.objects.filter(egresspool_id__in=list(keys))
+        .order_by()
+        .values_list(
+            "machine_id", "egresspool_id", "machine__hostname", "machine__weight", "machine__state"
+        )
+    )
+    served: dict[int, tuple[str, int, str, list[str]]] = {}
+    for machine_id, pool_id, hostname, weight, state in memberships:
+        found = served.get(machine_id)
+        if found is None:
+            served[machine_id] = found = (hostname, weight, state, [])
+        found[3].append(keys[pool_id])
+    names = {pk: hostname for pk, (hostname, _, _, _) in served.items()}
+    machines = [
+        alloc.Machine(hostname, frozenset(pools), weight, state)
+        for hostname, weight, state, pools in served.values()
+    ]
     previous = _scope_slices(addresses, names)
     return PlannerInputs(tuple(ips), tuple(machines), previous, policies, versions)
 
@@ -274,16 +282,45 @@ def bundle_slices(*, machine_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
 
 def shared_prefixes(*, datacenter_ids: Iterable[int]) -> dict[int, list[str]]:
     """Each datacenter's egress addresses (every state: a drained IP is still someone's
-    address) collapsed into prefixes, IPv4 first: what every host's guard covers."""
+    address) collapsed into prefixes, IPv4 first: what every host's guard covers.
+
+    Every apply signs bundles with these, so on PostgreSQL the database finds the
+    runs of consecutive IPv4 addresses (a window over its ``inet`` column) and
+    sends only those: a datacenter of 34,000 IPs is a few runs, not 34,000 rows
+    to read and sort here (0.06 s of every join at 1,000,000 slices).
+    """
+    ids = list(datacenter_ids)
+    ips = EgressIP.objects.filter(pool__datacenter_id__in=ids).order_by()
+    v4_runs: dict[int, list[tuple[int, int]]] = {dc: [] for dc in ids}
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_V4_RUNS_SQL, [ids])
+            for dc, first, last in cursor.fetchall():
+                v4_runs[dc].append((first, last))
+        ips = ips.filter(address__contains=":")  # IPv6, if any: counted here
     addresses: dict[int, list[str]] = {}
-    rows = (
-        EgressIP.objects.filter(pool__datacenter_id__in=list(datacenter_ids))
-        .order_by()
-        .values_list("pool__datacenter_id", "address")
-    )
-    for dc, address in rows:
+    for dc, address in ips.values_list("pool__datacenter_id", "address"):
         addresses.setdefault(dc, []).append(address)
-    return {dc: collapsed_prefixes(found) for dc, found in addresses.items()}
+    result = {}
+    for dc in ids:
+        # IPv4 first: the database's runs (PostgreSQL), or every address here.
+        prefixes = _prefixes(sorted(v4_runs[dc]), 4) + collapsed_prefixes(addresses.get(dc, []))
+        if prefixes:
+            result[dc] = prefixes
+    return result
+
+
+# Gaps and islands: consecutive addresses less their rank are constant along a run.
+_V4_RUNS_SQL = """
+SELECT datacenter_id, min(n), max(n) FROM (
+    SELECT p.datacenter_id, i.address - '0.0.0.0'::inet AS n,
+           (i.address - '0.0.0.0'::inet)
+           - row_number() OVER (PARTITION BY p.datacenter_id ORDER BY i.address) AS island
+    FROM planner_egressip i JOIN planner_egresspool p ON p.id = i.pool_id
+    WHERE p.datacenter_id = ANY(%s) AND family(i.address) = 4
+) numbered
+GROUP BY datacenter_id, island
+"""
 
 
 def collapsed_prefixes(addresses: Iterable[str]) -> list[str]:
@@ -294,7 +331,6 @@ def collapsed_prefixes(addresses: Iterable[str]) -> list[str]:
     addresses = list(addresses)
     prefixes = []
     for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
-        make = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
         numbers = sorted(
             {
                 int.from_bytes(socket.inet_pton(family, address), "big")
@@ -302,17 +338,24 @@ def collapsed_prefixes(addresses: Iterable[str]) -> list[str]:
                 if (":" in address) == (version == 6)
             }
         )
-        runs: list[list[int]] = []
+        runs: list[tuple[int, int]] = []
         for number in numbers:
             if runs and runs[-1][1] == number - 1:
-                runs[-1][1] = number
+                runs[-1] = (runs[-1][0], number)
             else:
-                runs.append([number, number])
-        for first, last in runs:
-            prefixes += [
-                str(net) for net in ipaddress.summarize_address_range(make(first), make(last))
-            ]
+                runs.append((number, number))
+        prefixes += _prefixes(runs, version)
     return prefixes
+
+
+def _prefixes(runs: Iterable[tuple[int, int]], version: int) -> list[str]:
+    """Each run (first, last) of consecutive addresses as its fewest prefixes, in order."""
+    make = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+    return [
+        str(net)
+        for first, last in runs
+        for net in ipaddress.summarize_address_range(make(first), make(last))
+    ]
 
 
 def bundle_claims(
