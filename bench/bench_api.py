@@ -36,7 +36,7 @@ django.setup()
 from django.db import connection  # noqa: E402
 from django.test.utils import setup_test_environment  # noqa: E402
 
-from bench.timing import best_of  # noqa: E402
+from bench.timing import analyze, best_of  # noqa: E402
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 STEERING_BUDGET_S = 1.0
@@ -67,7 +67,9 @@ def build_steering_datacenter() -> Any:
     Machine.pools.through.objects.bulk_create(
         Machine.pools.through(machine_id=m.pk, egresspool_id=p.pk) for m in machines for p in pools
     )
+    analyze()
     plan_apply_current(datacenter=dc, reason="bench", now=NOW)
+    analyze()
     return dc
 
 

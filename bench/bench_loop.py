@@ -14,7 +14,7 @@ not the kernel). About five minutes.
    creates it, through the preview and apply calls, publish, delivery, the
    agent's verify and apply (in its own network namespace, nftables on), to
    its ack in the database (Redis). Baseline: the apply call alone (plan,
-   write, sign). Target: p95 <= 2 s.
+   write, sign). Target: p95 <= 1 s.
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ from django.test.utils import setup_test_environment  # noqa: E402
 
 AGENTS = 20
 ROUNDS = 15
-JOINS = 10
+JOINS = 15
 TARGET_S = 2.0
+# A join, from the API call to its agent enforcing (issue 16: plan only the changed pools).
+JOIN_TARGET_S = 1.0
 # A planner worker of 2 processes, one per CPU here: acks of different machines
 # are recorded side by side. Agents report usage every 5 s, their default.
 WORKER_PROCESSES = 2
@@ -186,14 +188,18 @@ def _has_key() -> bool:
 
 
 def bench_join() -> dict[str, float]:
-    """JOINS machines join the 100,000-slice datacenter, one at a time, through the API."""
+    """JOINS machines join the 100,000-slice datacenter, one at a time, through the API,
+    after one that warms the worker and the agents up."""
     from django.contrib.auth.models import User
     from rest_framework.test import APIClient
 
     from bench.bench_api import build_steering_datacenter
     from planner.models import ConfigBundle, EgressPool, Machine
+    from planner.services.keys import signing_key_generate
     from tests.e2e.loop import Loop, PrivateRedis
 
+    if not _has_key():  # the apply part made one, unless it was skipped
+        signing_key_generate()
     dc = build_steering_datacenter()
     pools = list(EgressPool.objects.filter(datacenter=dc).values_list("pk", flat=True))[:4]
     client = APIClient()
@@ -204,7 +210,9 @@ def bench_join() -> dict[str, float]:
     # In network namespaces with nftables, as on a host: the joining machine's
     # slices may lie anywhere in 1024-65535, so its agent widens the netns range.
     loop = Loop(folder, server.url, server.socket_url, netns=True, usage_interval=5)
-    hosts = [f"join{n}.big1.example.net" for n in range(JOINS)]
+    # One more host than measured: the first join warms the worker and the agents'
+    # first apply (nftables, imports) and is not counted.
+    hosts = [f"join{n}.big1.example.net" for n in range(JOINS + 1)]
     totals: list[float] = []
     phases: dict[str, list[float]] = {"create": [], "preview": [], "apply": [], "deliver": []}
     try:
@@ -230,6 +238,8 @@ def bench_join() -> dict[str, float]:
             loop.send("planner.publish_revision", bundle.revision_id)
             wait_until(_acked(machine))
             marks.append(time.perf_counter())
+            if n == 0:
+                continue
             for name, start, end in zip(phases, marks, marks[1:], strict=False):
                 phases[name].append(end - start)
             totals.append(marks[-1] - marks[0])
@@ -241,7 +251,7 @@ def bench_join() -> dict[str, float]:
     a50, _ = percentiles(phases["apply"])
     print(
         f"  join: API call -> agent enforcing p50 {p50:.3f} s, p95 {p95:.3f} s "
-        f"({'meets' if p95 <= TARGET_S else 'MISSES'} p95 <= {TARGET_S} s); p50 by step: "
+        f"({'meets' if p95 <= JOIN_TARGET_S else 'MISSES'} p95 <= {JOIN_TARGET_S} s); p50 by step: "
         + ", ".join(f"{name} {percentiles(times)[0]:.3f} s" for name, times in phases.items())
         + f"; the apply call alone is {a50 / p50:.0%} of the total"
     )
@@ -266,7 +276,8 @@ def main() -> None:
             f"{platform.python_version()}, {os.cpu_count()} CPUs, {platform.machine()}"
         )
         print(f"apply -> every agent acked ({AGENTS} agents, {ROUNDS} rounds):")
-        for kind in os.environ.get("BENCH_BROKERS", "redis,rabbitmq,filesystem").split(","):
+        brokers = os.environ.get("BENCH_BROKERS", "redis,rabbitmq,filesystem")
+        for kind in filter(None, brokers.split(",")):  # BENCH_BROKERS= : the join only
             bench_apply(kind)
         print(f"a machine joins a 100,000-slice datacenter ({JOINS} joins, Redis):")
         bench_join()

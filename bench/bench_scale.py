@@ -53,6 +53,8 @@ django.setup()
 from django.db import connection  # noqa: E402
 from django.test.utils import setup_test_environment  # noqa: E402
 
+from bench.timing import analyze  # noqa: E402
+
 POOLS = 50
 SLOTS_PER_IP = 31  # 2,048-port slices in 1024-65535
 ROUNDS = 15
@@ -117,12 +119,6 @@ def build(slices: int) -> Any:
     plan_apply_current(datacenter=dc, reason="bench", full=True)
     analyze()
     return dc
-
-
-def analyze() -> None:
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("ANALYZE")
 
 
 def bench_size(slices: int, client: Any) -> dict[str, float]:

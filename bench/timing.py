@@ -15,3 +15,13 @@ def best_of(runs: int, work: Callable[[], Any]) -> tuple[float, Any]:
         result = work()
         best = min(best, time.perf_counter() - start)
     return best, result
+
+
+def analyze() -> None:
+    """``ANALYZE`` the benchmark's database after a bulk load, as autovacuum would have it
+    before production plans on it (PostgreSQL; SQLite plans without statistics)."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE")

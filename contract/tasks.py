@@ -13,6 +13,8 @@ ACK_TASK: Final = "planner.record_ack"
 USAGE_TASK: Final = "planner.record_usage"
 #: planner → planner: put a revision's pending bundles on the agents' queues.
 PUBLISH_TASK: Final = "planner.publish_revision"
+#: planner → planner, after :data:`PUBLISH_TASK`: sign and send a datacenter's steering table.
+STEERING_TASK: Final = "planner.publish_steering"
 
 #: planner → gateway, on ``gateway_queue(datacenter)``: ``gateway.apply_steering(token)``.
 GATEWAY_APPLY_TASK: Final = "gateway.apply_steering"

@@ -229,6 +229,9 @@ BUNDLE_TTL_SECONDS = envint("BUNDLE_TTL_SECONDS", 7 * 24 * 3600)
 # Plan applies and inventory writes of one datacenter take turns (planner/services/locks.py);
 # a writer waits this long for the turn, then gets 409 "try again".
 PLAN_LOCK_WAIT_SECONDS = envint("PLAN_LOCK_WAIT_SECONDS", 10)
+# A steering table waiting for another process's publish (planner.tasks.publish_steering)
+# tries again this much later.
+STEERING_RETRY_SECONDS = 0.5
 # How long a slice taken from its machine keeps steering to it (make-before-break).
 DRAIN_SECONDS = envint("DRAIN_SECONDS", int(DEFAULT_DRAIN.total_seconds()))
 

@@ -23,10 +23,11 @@ from planner import selectors
 from planner.audit import acting_as
 from planner.celery import app
 from planner.choices import BundleStatus
-from planner.models import ConfigBundle, PlanRevision
+from planner.models import ConfigBundle, Datacenter, PlanRevision
 from planner.services import bundles as bundle_services
 from planner.services import plans, rebalance, reports
 from planner.services import steering as steering_services
+from planner.services.locks import steering_publish_lock
 
 logger = logging.getLogger(__name__)
 
@@ -77,15 +78,42 @@ def _send_steering(datacenter: str, token: str) -> None:
 
 @shared_task(name=contract.PUBLISH_TASK, autoretry_for=(OSError,), retry_backoff=True)
 def publish_revision(revision_id: int) -> int:
+    """Put the revision's pending bundles on their agents' queues, then ask for the
+    steering table in a task of its own: signing 100,000 rows takes seconds, and
+    the agents' acks should not wait behind it."""
     bundles = ConfigBundle.objects.filter(
         revision_id=revision_id, status=BundleStatus.PENDING
     ).select_related("machine")
     with acting_as("system:celery"):
         sent = bundle_services.bundles_send(bundles=bundles, send=_send_bundle)
-    revision = PlanRevision.objects.select_related("datacenter").filter(pk=revision_id).first()
-    if revision is not None:
-        steering_services.steering_publish(datacenter=revision.datacenter, send=_send_steering)
+    revision = PlanRevision.objects.filter(pk=revision_id).values_list("datacenter_id", "number")
+    for datacenter_id, number in revision:
+        publish_steering.apply_async((datacenter_id, number), queue=contract.PLANNER_QUEUE)
     return sent
+
+
+@shared_task(
+    name=contract.STEERING_TASK,
+    bind=True,
+    max_retries=None,
+    autoretry_for=(OSError,),
+    retry_backoff=True,
+)
+def publish_steering(self: Any, datacenter_id: int, revision: int) -> bool:
+    """Sign and send the datacenter's steering table as of now, for revision ``revision``.
+
+    One at a time per datacenter (:func:`planner.services.locks.steering_publish_lock`):
+    while another process publishes, this one retries shortly. Skipped when a
+    newer revision has been applied since: that revision's own task publishes a
+    table that has this one's slices too. True when a table was sent.
+    """
+    with steering_publish_lock(datacenter_id) as mine:
+        if not mine:
+            raise self.retry(countdown=settings.STEERING_RETRY_SECONDS)
+        datacenter = Datacenter.objects.filter(pk=datacenter_id).first()
+        if datacenter is None or selectors.current_revision(datacenter=datacenter) > revision:
+            return False
+        return steering_services.steering_publish(datacenter=datacenter, send=_send_steering)
 
 
 def _consume(kind: str, message: dict[str, Any], store: Callable[[], int]) -> int:

@@ -8,6 +8,9 @@ plan's computation and its write.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from django.conf import settings
 from django.db import OperationalError, connection
 
@@ -49,3 +52,31 @@ def datacenter_lock(datacenter_id: int | None, *, code: str = "") -> None:
         raise DatacenterBusy(constants.ERR_LOCKED % {"datacenter": code or datacenter_id}) from None
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL lock_timeout = 0")
+
+
+# pg_try_advisory_lock(key1, key2): key1 names what is locked, key2 the datacenter.
+_STEERING_LOCK = 0x5354  # "ST"
+
+
+@contextmanager
+def steering_publish_lock(datacenter_id: int) -> Iterator[bool]:
+    """Whether this process may sign and send the datacenter's steering table now: one
+    at a time per datacenter, so a burst of plans keeps at most one worker process
+    busy with tables (100,000 rows each) and the others free for the agents' acks.
+
+    A session-level advisory lock, not a transaction: nothing else waits on it,
+    and a worker that dies releases it with its connection. SQLite (the quick
+    start, one worker process) always may.
+    """
+    if connection.vendor != "postgresql":
+        yield True
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [_STEERING_LOCK, datacenter_id])
+        (acquired,) = cursor.fetchone()
+    try:
+        yield bool(acquired)
+    finally:
+        if acquired:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [_STEERING_LOCK, datacenter_id])

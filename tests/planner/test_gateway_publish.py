@@ -7,16 +7,21 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from celery.exceptions import Retry
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.test import Client
 from rest_framework.test import APIClient
 
 import contract
 from agent.bundle import BundleRejected, load_keys
 from agent.gateway import table_from_token
+from planner.celery import app
 from planner.models import AuditEntry, Gateway, ReportRejection
+from planner.services.locks import steering_publish_lock
 from planner.services.plans import plan_apply_current
 from planner.services.steering import (
     gateway_ack,
@@ -24,7 +29,7 @@ from planner.services.steering import (
     steering_publish,
     steering_token,
 )
-from planner.tasks import record_gateway_ack
+from planner.tasks import publish_steering, record_gateway_ack
 from tests.planner.conftest import Site
 
 pytestmark = pytest.mark.django_db
@@ -138,3 +143,52 @@ def _gateway_message(name: str) -> dict[str, Any]:
     return contract.gateway_ack_message(
         name=name, datacenter="fra1", revision=1, etag='"e1"', status="applied"
     )
+
+
+def _gateway_messages(datacenter: str) -> list[Any]:
+    """What the in-process broker (tests/environment.py: memory://) holds for the gateway."""
+    queue = app.connection_for_read().SimpleQueue(contract.gateway_queue(datacenter))
+    found = []
+    try:
+        while True:
+            message = queue.get(block=False)
+            found.append(message.decode())
+            message.ack()
+    except queue.Empty:
+        return found
+    finally:
+        queue.close()
+
+
+def test_the_steering_table_is_sent_for_the_newest_revision_only(
+    clients: dict[str, APIClient], site: Site, tmp_path: Path
+) -> None:
+    """A burst of plans sends one table per revision still newest when its task runs."""
+    _gateway_messages("fra1")
+    older = plan_apply_current(datacenter=site.datacenter, reason="r2")
+    newest = plan_apply_current(datacenter=site.datacenter, reason="r3")
+    assert publish_steering(site.datacenter.pk, older.number) is False
+    assert _gateway_messages("fra1") == []
+    assert publish_steering(site.datacenter.pk, newest.number) is True
+    [((token,), _, _)] = _gateway_messages("fra1")
+    table = table_from_token(token, keys=_keys(clients, tmp_path), datacenter="fra1")
+    assert table.revision == newest.number
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the lock is PostgreSQL's")
+def test_a_steering_table_waits_while_another_process_publishes_one(site: Site) -> None:
+    _gateway_messages("fra1")
+    other = psycopg.connect(
+        "postgresql://{USER}@{HOST}:{PORT}/{NAME}".format(**connection.settings_dict),
+        autocommit=True,
+    )
+    try:
+        with steering_publish_lock(site.datacenter.pk) as mine:
+            assert mine  # free: this connection takes it
+        other.execute("SELECT pg_advisory_lock(%s, %s)", [0x5354, site.datacenter.pk])
+        with pytest.raises(Retry):
+            publish_steering(site.datacenter.pk, 1)
+        assert _gateway_messages("fra1") == []
+    finally:
+        other.close()  # its lock goes with its session
+    assert publish_steering(site.datacenter.pk, 1) is True
