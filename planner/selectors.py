@@ -132,29 +132,44 @@ def planner_inputs(
                 address, keys[pool_id], alloc.PortRange(lo, hi), frozenset(reserved), state
             )
         )
-    # The machines serving the scope's pools, one row per (machine, pool) served:
-    # a machine serving none of them plans nothing here (the owner of a slice it
-    # still drains is named by _scope_slices).
-    memberships = (
-        Machine.pools.through.objects.filter(egresspool_id__in=list(keys))
-        .order_by()
-        .values_list(
-            "machine_id", "egresspool_id", "machine__hostname", "machine__weight", "machine__state"
-        )
-    )
-    served: dict[int, tuple[str, int, str, list[str]]] = {}
-    for machine_id, pool_id, hostname, weight, state in memberships:
-        found = served.get(machine_id)
-        if found is None:
-            served[machine_id] = found = (hostname, weight, state, [])
-        found[3].append(keys[pool_id])
-    names = {pk: hostname for pk, (hostname, _, _, _) in served.items()}
-    machines = [
-        alloc.Machine(hostname, frozenset(pools), weight, state)
-        for hostname, weight, state, pools in served.values()
-    ]
+    names: dict[int, str] = {}
+    machines = []
+    for pk, hostname, weight, state, served in _serving_machines(datacenter, keys, pool_ids):
+        names[pk] = hostname
+        machines.append(alloc.Machine(hostname, frozenset(served), weight, state))
     previous = _scope_slices(addresses, names)
     return PlannerInputs(tuple(ips), tuple(machines), previous, policies, versions)
+
+
+def _serving_machines(
+    datacenter: Datacenter, keys: dict[int, str], pool_ids: Collection[int] | None
+) -> Iterable[tuple[int, str, int, str, list[str]]]:
+    """(id, hostname, weight, state, keys of the pools it serves) of each machine
+    serving a pool of ``keys``: a machine serving none of them plans nothing here
+    (the owner of a slice it still drains is named by _scope_slices).
+
+    Every pool: the memberships as pairs of ids (100,000 at 100,000 slices) and
+    the datacenter's machines once. A few pools: one joined row per membership,
+    which reads a pool of 20,000 machines in two thirds of the time.
+    """
+    memberships = Machine.pools.through.objects.filter(egresspool_id__in=list(keys)).order_by()
+    served: dict[int, list[str]] = {}
+    if pool_ids is None:
+        for machine_id, pool_id in memberships.values_list("machine_id", "egresspool_id"):
+            served.setdefault(machine_id, []).append(keys[pool_id])
+        rows = Machine.objects.filter(datacenter=datacenter).order_by()
+        for pk, hostname, weight, state in rows.values_list("pk", "hostname", "weight", "state"):
+            if pk in served:
+                yield pk, hostname, weight, state, served[pk]
+        return
+    found: dict[int, tuple[str, int, str]] = {}
+    for machine_id, pool_id, hostname, weight, state in memberships.values_list(
+        "machine_id", "egresspool_id", "machine__hostname", "machine__weight", "machine__state"
+    ):
+        served.setdefault(machine_id, []).append(keys[pool_id])
+        found[machine_id] = (hostname, weight, state)
+    for pk, (hostname, weight, state) in found.items():
+        yield pk, hostname, weight, state, served[pk]
 
 
 # The fields a pool's key is made of, after its datacenter's code.
