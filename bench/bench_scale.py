@@ -15,6 +15,9 @@ pool (one slice each), IPs to fit. Per size, median and p95 of:
 - a scoped join over the API, in process (DRF, no gunicorn): create a machine
   serving one pool, preview, apply (plan, write the diff, sign its bundle).
   Target: <= 0.3 s median, <= 0.5 s p95 at every size;
+- the datacenter page and the overview, each the first view after a write (a
+  join applied), with imports and templates warm. Target (at 80,000 slices,
+  bench_ui): the datacenter page <= 0.4 s;
 - the same join over HTTP against gunicorn with several workers (as
   docker-compose.yml runs it): each call may land on a different worker, so
   no worker's memory helps the next call. Target as above.
@@ -26,6 +29,7 @@ smallest and the largest size: about 1 for the full plan, about 0 for a join.
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import math
 import os
@@ -182,8 +186,46 @@ def bench_size(slices: int, client: Any) -> dict[str, float]:
         f"(target <= {JOIN_MEDIAN_S} / {JOIN_P95_S} s: {'met' if met else 'MISSED'})"
     )
     print(f"    of which (medians): {medians}")
+    more = itertools.count(ROUNDS + 1)
+    pages = cold_pages(dc, lambda: join(next(more)))
     http_s = http_joins(dc, pool_ids, pure_s[0])
-    return {"slices": stored, "pure": pure_s[0], "full": full_s[0], "join": join_s[0], **http_s}
+    return {
+        "slices": stored,
+        "pure": pure_s[0],
+        "full": full_s[0],
+        "join": join_s[0],
+        **pages,
+        **http_s,
+    }
+
+
+def cold_pages(dc: Any, write: Callable[[], None]) -> dict[str, float]:
+    """The datacenter page and the overview as the first view after ``write``: best and
+    worst of 3, each after a write of its own and a warm-up view before it."""
+    from django.conf import settings
+    from django.contrib.auth.models import User
+    from django.test import Client, override_settings
+
+    browser = Client()
+    browser.force_login(User.objects.get(username="bench"))
+    found = {}
+    # No collectstatic here: the pages name the source files (as the tests do).
+    plain = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
+    storages = override_settings(STORAGES={**settings.STORAGES, "staticfiles": plain})
+    for name, url in (("page", f"/datacenters/{dc.code}/"), ("overview", "/")):
+        with storages:
+            assert browser.get(url).status_code == 200  # warm: imports, templates
+        samples = []
+        for _ in range(3):
+            write()
+            with storages:
+                start = time.perf_counter()
+                assert browser.get(url).status_code == 200
+                samples.append(time.perf_counter() - start)
+        found[name] = min(samples)
+        print(f"  {name} {url}, first view after a write: best {min(samples):.3f} s, "
+              f"worst {max(samples):.3f} s")  # fmt: skip
+    return found
 
 
 def http_joins(dc: Any, pool_ids: list[int], pure: float) -> dict[str, float]:
@@ -321,7 +363,7 @@ def main() -> None:
         client.force_authenticate(User.objects.create_superuser("bench", password="unused-Pa55"))
         results = [bench_size(size, client) for size in sizes]
         if len(results) > 1:
-            names = ("pure", "full", "join", "http")
+            names = ("pure", "full", "join", "page", "overview", "http")
             exponents = (f"{name} {growth(results, name):.2f}" for name in names)
             print("growth exponent k (time ~ slices^k): " + ", ".join(exponents))
     finally:
