@@ -17,7 +17,7 @@ import pytest
 from django.db import connection
 from rest_framework.test import APIClient
 
-from planner.models import EgressPool, PortSlice
+from planner.models import EgressPool, Machine, PortSlice
 from tests.planner.conftest import Site
 from tests.planner.factories import make_ip, make_machine
 
@@ -115,3 +115,35 @@ def test_applies_racing_inventory_writes_never_fail_with_a_500(
         _assert_consistent()
     # Both orders happened: some writes and applies won, some were refused.
     assert seen[201] and seen[409], seen
+
+
+def test_scoped_joins_of_two_pools_racing_each_other_never_fail_with_a_500(
+    postgres: None, clients: dict[str, APIClient], site: Site
+) -> None:
+    """Each join plans only the dirty pools, under the datacenter's lock and the pools'
+    row locks: racing joins serialize, the later one is refused (409) or still fits,
+    and a last plan serves everyone."""
+    alice, bob = clients["alice"], clients["bob"]
+    pools = [EgressPool.objects.get()]
+    for n, purpose in enumerate(("cdn", "int")):
+        pool = EgressPool.objects.create(datacenter=site.datacenter, purpose=purpose, country="DE")
+        make_ip(f"203.0.113.{n + 1}", pool=pool)
+        pools.append(pool)
+    seen: Counter[int] = Counter()
+    for n in range(ROUNDS // 2):
+        for client, pool in ((alice, pools[1]), (bob, pools[2])):
+            body = {"hostname": f"j{n}-{pool.purpose}.fra1.example.net", "datacenter": "fra1",
+                    "address": f"10.7.{n}.{pool.pk % 250}", "pools": [pool.pk]}  # fmt: skip
+            assert client.post("/api/v1/machines", body, format="json").status_code == 201
+        codes = _race(partial(_apply, alice), partial(_apply, bob))
+        assert len(codes) == 2 and all(code < 500 for code in codes), codes
+        seen.update(codes)
+        _assert_consistent()
+    assert _apply(alice) == 201
+    unserved = [
+        m.hostname
+        for m in Machine.objects.filter(hostname__startswith="j")
+        if not m.slices.exists()
+    ]
+    assert not unserved, unserved
+    assert seen[201], seen
