@@ -21,7 +21,8 @@ from django.db.models import F, Max
 import allocator as alloc
 from planner import charts, forecast, heatmap
 from planner.choices import AgentStatus, RevisionStatus
-from planner.dashboard import RebalanceOutlook, datacenter_headroom, rebalance_outlook
+from planner.dashboard import RebalanceOutlook, rebalance_outlook
+from planner.headroom import datacenter_headroom
 from planner.models import AuditEntry, Datacenter, EgressPool, Gateway, PlanRevision, SliceUsage
 from planner.selectors import (
     current_revision,

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.core.cache import cache
 from django.db import connection
 from django.db.models import Count, F, Max, Sum
 from django.db.models.functions import TruncHour, TruncMinute
@@ -20,8 +19,8 @@ import allocator as alloc
 from allocator.capacity import typical_usable
 from planner.choices import AgentStatus, BundleStatus, MachineState, RevisionStatus
 from planner.constants import USABLE_PORT_COUNT
+from planner.headroom import datacenter_headroom
 from planner.models import (
-    AuditEntry,
     ConfigBundle,
     Datacenter,
     EgressIP,
@@ -37,7 +36,6 @@ from planner.selectors import machine_status_counts, planner_inputs, pool_headro
 PEAK_WINDOW = timedelta(hours=1)
 HISTORY_WINDOW = timedelta(hours=24)
 WHAT_IF_DRAIN = timedelta(hours=1)
-HEADROOM_CACHE_SECONDS = 600
 
 
 #: How each status is shown: only "applied and enforcing" is green.
@@ -272,31 +270,6 @@ def pool_rows(*, datacenter: Datacenter, now: datetime | None = None) -> list[Po
         )
         for pool in pools
     ]
-
-
-def datacenter_headroom(*, datacenter: Datacenter) -> dict[str, alloc.PoolHeadroom]:
-    """Room per pool key now, counted by the allocator (no planning).
-
-    Counting means loading every live slice (over a second at 80,000), so the
-    answer is cached under the newest audit entry: every write it depends on
-    (inventory rows, pools served, slices written by a plan) is audited, and
-    a new entry makes a new key. Usage and agent acks do not change it.
-    """
-    newest = AuditEntry.objects.aggregate(newest=Max("id"))["newest"] or 0
-    key = f"portslice:headroom:{datacenter.pk}:{newest}"
-    found: dict[str, alloc.PoolHeadroom] | None = cache.get(key)
-    if found is None:
-        inputs = planner_inputs(datacenter=datacenter)
-        found = dict(
-            alloc.headroom(
-                ips=inputs.ips,
-                machines=inputs.machines,
-                slices=inputs.previous,
-                policies=inputs.policies,
-            )
-        )
-        cache.set(key, found, HEADROOM_CACHE_SECONDS)
-    return found
 
 
 def _pool_highs(

@@ -19,6 +19,7 @@ import allocator as alloc
 from planner import constants, forecast, signing
 from planner.choices import AgentStatus, BundleStatus, MachineState, RevisionStatus, SliceState
 from planner.constants import USABLE_PORT_COUNT
+from planner.headroom import datacenter_headroom
 from planner.inventory_io import GeofeedEntry
 from planner.models import (
     ConfigBundle,
@@ -357,19 +358,14 @@ def gateways(*, datacenter: Datacenter | None = None) -> QuerySet[Gateway]:
 def pool_headroom() -> list[alloc.PoolHeadroom]:
     """Per pool: its slots, free slots, machines short of slices and IPs needed.
 
-    The allocator's own counting (:func:`allocator.headroom`: reserved ports,
-    weights and the slot grid), over each datacenter's planner inputs; a few
-    queries per datacenter and no planning, cheap enough for every scrape.
+    The allocator's own counting (:func:`allocator.headroom_of_counts`: reserved
+    ports, weights, IP states and the slot grid), fed by counts the database
+    makes (:mod:`planner.headroom`); four queries per datacenter, no slice
+    loaded, and cached until the next audited write: cheap enough for every scrape.
     """
     result: list[alloc.PoolHeadroom] = []
     for datacenter in Datacenter.objects.order_by("code"):
-        inputs = planner_inputs(datacenter=datacenter)
-        found = alloc.headroom(
-            ips=inputs.ips,
-            machines=inputs.machines,
-            slices=inputs.previous,
-            policies=inputs.policies,
-        )
+        found = datacenter_headroom(datacenter=datacenter)
         result.extend(found[pool] for pool in sorted(found))
     return result
 

@@ -33,6 +33,7 @@ from planner import charts, dashboard, heatmap, selectors
 from planner.api import filters
 from planner.attention import datacenter_attention, revision_counts
 from planner.choices import AgentStatus, MachineState, RevisionStatus
+from planner.headroom import datacenter_headroom
 from planner.history import ReadableEntry, readable_entries
 from planner.inventory_io import InventoryError, parse_inventory
 from planner.models import AuditEntry, Datacenter, EgressIP, EgressPool, Machine, PlanRevision
@@ -299,7 +300,7 @@ def plan_page(
 
 def capacity_rows(datacenter: Datacenter, preview: plans.PlanPreview) -> list[dict[str, Any]]:
     """Per pool: slots before (now) and after the plan, and the IPs a short pool needs."""
-    before = dashboard.datacenter_headroom(datacenter=datacenter)
+    before = datacenter_headroom(datacenter=datacenter)
     after = preview.plan.capacity if preview.plan is not None else {}
     short = {s.pool: s for s in preview.shortfalls}
     pools = EgressPool.objects.filter(datacenter=datacenter).order_by("purpose", "country", "pk")
