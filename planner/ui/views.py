@@ -125,18 +125,21 @@ def datacenter_detail(request: HttpRequest, code: str) -> HttpResponse:
     controls = heatmap_controls(datacenter, query, pools=[row.pool for row in pools])
     wanted = request.GET.get("highlight", "").strip()[:200]
     controls["highlight"] = wanted
+    health = dashboard.machine_health(datacenter=datacenter)
     context = {
         "search": search_resolve(query=wanted) if wanted else None,
         "datacenter": datacenter,
         "pools": pools,
-        "health": dashboard.machine_health(datacenter=datacenter),
+        "health": health,
         "heatmap": controls,
         "ip_count": sum(row.ips for row in pools),
-        "attention": datacenter_attention(datacenter=datacenter),
+        "attention": datacenter_attention(datacenter=datacenter, counts=health.counts),
         "next": reverse("datacenter", kwargs={"code": datacenter.code}),
         "thresholds": dashboard.use_thresholds(datacenter=datacenter),
         "use_over_time": charts.use_over_time_figure(
-            dashboard.pool_use_over_time(datacenter=datacenter)
+            dashboard.pool_use_over_time(
+                datacenter=datacenter, handed={row.pool.pk: row.ports_handed_out for row in pools}
+            )
         ),
     }
     return page(request, "ui/datacenter.html", context)
