@@ -137,7 +137,10 @@ def headroom_counted(*, datacenter: Datacenter) -> dict[str, alloc.PoolHeadroom]
                 address, keys[pool_id], alloc.PortRange(lo, hi), frozenset(reserved), state
             )
         )
-    arguments = {"datacenter": datacenter.pk, "active": MachineState.ACTIVE.value}
+    arguments: dict[str, int | str] = {
+        "datacenter": datacenter.pk,
+        "active": MachineState.ACTIVE.value,
+    }
     taken: dict[str, list[tuple[int, int]]] = {}
     members: dict[str, Counter[tuple[int, int]]] = {}
     with connection.cursor() as cursor:

@@ -14,11 +14,17 @@ datacenter page and ``GET /api/v1/datacenters/{code}/heatmap`` both serve it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
+
+from django.core.cache import cache
+from django.db.models import TextField
+from django.db.models.functions import Cast
 
 import allocator as alloc
 import contract
@@ -27,6 +33,7 @@ from allocator.inventory import address_order
 from allocator.ports import PortRange, free_gaps, ranges_of_ports
 from planner import constants
 from planner.choices import SliceState
+from planner.headroom import newest_audit_entry
 from planner.models import Datacenter, EgressIP, EgressPool, Machine, PortSlice, pool_key
 from planner.selectors import current_revision
 
@@ -217,8 +224,9 @@ def stored_slices(
     """The live slices on ``rows``' IPs, with the latest usage when asked.
 
     ``per_bucket`` False leaves out the 64-port bucket counts (spread evenly
-    instead): a pool-wide row does not need them, and decoding 80,000 of them
-    costs most of a second.
+    instead): a pool-wide row does not need them. When they are read, they come
+    as the database's JSON text and are decoded in one ``json.loads`` of them
+    all: one call per slice (what a JSONField does) cost half a second at 80,000.
     """
     addresses = {row.ip for row in rows}
     if not addresses:
@@ -233,16 +241,21 @@ def stored_slices(
     if with_usage:
         fields += ["usage__tcp", "usage__udp"]
         if per_bucket:
-            fields.append("usage__buckets")
+            queryset = queryset.annotate(buckets_json=Cast("usage__buckets", TextField()))
+            fields.append("buckets_json")
+    found = [values for values in queryset.values_list(*fields) if values[0] in addresses]
+    buckets: list[dict[str, int]] = (
+        json.loads("[" + ",".join(values[8] or "{}" for values in found) + "]")
+        if with_usage and per_bucket
+        else []
+    )
     result = []
-    for values in queryset.values_list(*fields):
-        if values[0] not in addresses:
-            continue
+    for number, values in enumerate(found):
         sockets: int | None = None
-        buckets: dict[str, int] = {}
+        counts: dict[str, int] = {}
         if with_usage and values[6] is not None:
             sockets = values[6] + values[7]
-            buckets = (values[8] or {}) if per_bucket else {}
+            counts = (buckets[number] or {}) if per_bucket else {}
         result.append(
             CellSlice(
                 values[0],
@@ -252,7 +265,7 @@ def stored_slices(
                 values[4],
                 values[5],
                 sockets=sockets,
-                buckets=buckets,
+                buckets=counts,
             )
         )
     return result
@@ -357,15 +370,26 @@ def datacenter_heatmap(
     rows, pools = ip_rows(datacenter=datacenter, filters=filters)
     if filters.collapse is None:
         filters = replace(filters, collapse=len(rows) > COLLAPSE_ABOVE)
-    slices = stored_slices(
-        rows=rows,
-        with_usage=mode == UTILIZATION,
-        datacenter=datacenter,
-        per_bucket=not filters.collapse,
-    )
-    return build_heatmap(
-        datacenter=datacenter, mode=mode, rows=rows, pools=pools, slices=slices, filters=filters
-    )
+    coloured = mode == OWNERSHIP and not filters.collapse
+    key = colours_key(datacenter=datacenter, filters=filters) if coloured else None
+    # 80,000 slices and a million cells, none in a reference cycle: the cyclic
+    # collector rescanning them again and again cost a tenth of the build.
+    with alloc.collector_paused():
+        slices = stored_slices(
+            rows=rows,
+            with_usage=mode == UTILIZATION,
+            datacenter=datacenter,
+            per_bucket=not filters.collapse,
+        )
+        return build_heatmap(
+            datacenter=datacenter,
+            mode=mode,
+            rows=rows,
+            pools=pools,
+            slices=slices,
+            filters=filters,
+            colour_key=key,
+        )
 
 
 def build_heatmap(
@@ -376,7 +400,10 @@ def build_heatmap(
     pools: dict[int, EgressPool],
     slices: list[CellSlice],
     filters: HeatmapFilter,
+    colour_key: str | None = None,
 ) -> Heatmap:
+    """The picture of ``slices`` on ``rows``; ``colour_key`` (:func:`colours_key`), for
+    the stored slices only, lets an ownership grid take its colouring from the cache."""
     width = bucket_width((pool.slice_size for pool in pools.values()), filters.bucket)
     edges = column_edges(width)
     collapse = filters.collapse
@@ -396,6 +423,8 @@ def build_heatmap(
         defaultdict(lambda: MACHINE_BASE)
         if collapse or mode != OWNERSHIP
         else _machine_colours(rows, by_ip)
+        if colour_key is None
+        else cached_colours(colour_key, rows, by_ip)
     )
     z: list[list[Any]] = []
     hover: list[list[Any]] = []
@@ -481,6 +510,36 @@ def fit_range(
     if end - start > FIT_AT_MOST * (edges[-1] - edges[0]):
         return None
     return start, end
+
+
+# The colouring outlives no write (its key changes); this only bounds the cache's size.
+COLOURS_CACHE_SECONDS = 600
+
+
+def colours_key(*, datacenter: Datacenter, filters: HeatmapFilter) -> str:
+    """Where the colouring of the datacenter's stored slices under ``filters`` is cached.
+
+    The colours depend on the live slices and on which rows sit next to which;
+    both change only with an audited write (a plan apply, drains ending, which
+    apply a plan, an inventory edit), so the key holds the newest audit entry,
+    with the filters that choose the rows. Read it before the slices: a write
+    in between then leaves the colours under the key it made obsolete.
+    """
+    chosen = repr((filters.pool, filters.purpose, filters.country.upper(), filters.ip))
+    rows = hashlib.sha256(chosen.encode()).hexdigest()[:16]
+    return f"portslice:colours:{datacenter.pk}:{newest_audit_entry()}:{rows}"
+
+
+def cached_colours(
+    key: str, rows: Sequence[IpRow], by_ip: dict[str, list[CellSlice]]
+) -> dict[tuple[int, str], int]:
+    """:func:`_machine_colours`, from the cache every web process shares if another
+    view picked them already under ``key``."""
+    found: dict[tuple[int, str], int] | None = cache.get(key)
+    if found is None:
+        found = _machine_colours(rows, by_ip)
+        cache.set(key, found, COLOURS_CACHE_SECONDS)
+    return found
 
 
 def _machine_colours(
@@ -573,6 +632,9 @@ class _Grid:
         self.columns = len(edges) - 1
         self._templates: dict[tuple[int, int, tuple[int, ...], int], list[int]] = {}
         self._spans: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        self._columns: dict[tuple[int, int], tuple[int, int]] = {}
+        # Utilization of (sockets, ports) as drawn: thousands of cells share a few pairs.
+        self._ratios: dict[tuple[float, int], float] = {}
         self._bucket_columns: dict[str, int] = {}
 
     def column(self, port: int) -> int:
@@ -619,9 +681,17 @@ class _Grid:
                     kept += 1
             else:
                 code = colour[(row.pool_id, cell.machine)]
-            a, b = self.column(cell.lo), self.column(cell.hi)
+            a, b = self.columns_of(cell.lo, cell.hi)
             values[a : b + 1] = [code] * (b - a + 1)
         return values
+
+    def columns_of(self, lo: int, hi: int) -> tuple[int, int]:
+        """The first and last column ``lo``-``hi`` touches; cached like :meth:`spans`."""
+        key = (lo, hi)
+        found = self._columns.get(key)
+        if found is None:
+            found = self._columns[key] = (self.column(lo), self.column(hi))
+        return found
 
     def ports_in(self, index: int, lo: int, hi: int) -> int:
         return max(0, min(hi, self.edges[index + 1] - 1) - max(lo, self.edges[index]) + 1)
@@ -644,15 +714,27 @@ class _Grid:
 
     def sockets_per_column(self, cell: CellSlice) -> dict[int, float]:
         """Sockets of a slice per column: from its 64-port buckets, else spread evenly."""
-        per_column: dict[int, float] = defaultdict(float)
+        per_column: dict[int, float] = {}
         if cell.buckets:
+            columns = self._bucket_columns
             for bucket_lo, sockets in cell.buckets.items():
-                per_column[self.bucket_column(bucket_lo)] += sockets
+                index = columns.get(bucket_lo)
+                if index is None:
+                    index = self.bucket_column(bucket_lo)
+                per_column[index] = per_column.get(index, 0.0) + sockets
         elif cell.sockets:
             size = cell.hi - cell.lo + 1
             for index, ports in self.spans(cell.lo, cell.hi):
-                per_column[index] += cell.sockets * ports / size
+                per_column[index] = per_column.get(index, 0.0) + cell.sockets * ports / size
         return per_column
+
+    def ratio(self, sockets: float, ports: int) -> float:
+        """A cell's utilization: sockets over ports, at most 1, to four places."""
+        key = (sockets, ports)
+        found = self._ratios.get(key)
+        if found is None:
+            found = self._ratios[key] = round(min(sockets / ports, 1.0), 4)
+        return found
 
     def utilization_row(self, row: IpRow, cells: Sequence[CellSlice]) -> list[Any]:
         grey = {UNUSABLE: UTIL_UNUSABLE, RESERVED: UTIL_RESERVED, FREE: None}
@@ -665,7 +747,7 @@ class _Grid:
             per_column = self.sockets_per_column(cell)
             for index, ports in self.spans(cell.lo, cell.hi):
                 if ports:
-                    values[index] = round(min(per_column.get(index, 0.0) / ports, 1.0), 4)
+                    values[index] = self.ratio(per_column.get(index, 0.0), ports)
         return values
 
 
