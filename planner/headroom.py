@@ -5,7 +5,8 @@ grid, reserved ports, IP states, weights, aligned pools); the database only
 counts what they need:
 
 - per egress IP, the port runs its live slices cover, touching slices merged
-  (gaps and islands): a packed IP is one run, however many slices it holds;
+  (gaps and islands): a packed IP is one run from one GROUP BY, however many
+  slices it holds, and only fragmented IPs are walked slice by slice;
 - per pool, how many of its active machines have each (weight, live slices
   held in the pool), from one GROUP BY of memberships and slices.
 
@@ -40,18 +41,29 @@ DATACENTER_IPS = """
 SELECT i.id FROM {ip} i JOIN {pool} p ON p.id = i.pool_id WHERE p.datacenter_id = %(datacenter)s
 """
 
-# The slices that begin or end a run of touching slices on their IP: a packed IP
-# gives two rows (one, if one slice). Slices of an IP never overlap (the table's
-# exclusion constraint), so a run ends exactly where the next slice does not
-# start on the following port.
+# The runs of touching slices per IP, as (ip, lo, hi, starts, ends) rows of the
+# slices that begin or end one. Slices of an IP never overlap (the table's
+# exclusion constraint), so an IP whose slices' ports add up to the span from
+# its lowest to its highest port is one run (a packed IP: one row, from one
+# GROUP BY); only the others are walked with a window, where a run ends exactly
+# where the next slice does not start on the following port.
 RUN_EDGES = """
+WITH spans AS (
+    SELECT ip_id, min(lo) AS lo, max(hi) AS hi,
+           sum(hi - lo + 1) = max(hi) - min(lo) + 1 AS whole
+    FROM {slice}
+    WHERE ip_id IN (%(ips)s)
+    GROUP BY ip_id
+)
+SELECT ip_id, lo, hi, true, true FROM spans WHERE whole
+UNION ALL
 SELECT ip_id, lo, hi, starts, ends
 FROM (
     SELECT s.ip_id, s.lo, s.hi,
            s.lo - 1 IS DISTINCT FROM lag(s.hi) OVER next_to AS starts,
            s.hi + 1 IS DISTINCT FROM lead(s.lo) OVER next_to AS ends
     FROM {slice} s
-    WHERE s.ip_id IN (%(ips)s)
+    WHERE s.ip_id IN (SELECT ip_id FROM spans WHERE NOT whole)
     WINDOW next_to AS (PARTITION BY s.ip_id ORDER BY s.lo)
 ) edges
 WHERE starts OR ends

@@ -64,6 +64,11 @@ def busy_datacenter(code: str, net: int) -> Datacenter:
     machines[1].pools.add(bare)
     retired = make_machine(f"r.{code}.example.net", datacenter=dc, state=MachineState.RETIRED)
     retired.pools.set([bare])
+    # A slice freed from the middle of a packed IP: two runs there (a drain that
+    # ended), where the packed IPs are one.
+    packed = PortSlice.objects.filter(ip__address=f"198.51.{net}.4").order_by("lo")
+    assert packed.count() >= 3
+    packed[1].delete()
     return dc
 
 
