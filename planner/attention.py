@@ -17,15 +17,15 @@ from typing import Any
 
 from django.core.cache import cache
 from django.db import connection
-from django.db.models import Count, F, FloatField, Max, Value, Window
+from django.db.models import Count, F, FloatField, Value, Window
 from django.db.models.functions import Cast, Collate, Least
 
 import allocator as alloc
 from planner import charts, forecast, heatmap
 from planner.choices import AgentStatus, RevisionStatus
 from planner.dashboard import RebalanceOutlook, rebalance_outlook
-from planner.headroom import datacenter_headroom
-from planner.models import AuditEntry, Datacenter, EgressPool, Gateway, PlanRevision, SliceUsage
+from planner.headroom import datacenter_headroom, newest_audit_entry
+from planner.models import Datacenter, EgressPool, Gateway, PlanRevision, SliceUsage
 from planner.selectors import (
     current_revision,
     machine_status_counts,
@@ -201,8 +201,7 @@ def pending_changes(*, datacenter: Datacenter) -> str:
     Cached under the newest audit entry (every inventory write is audited), for a
     minute at most, since drains ending change it without an entry.
     """
-    newest = AuditEntry.objects.aggregate(newest=Max("id"))["newest"] or 0
-    key = f"portslice:pending:{datacenter.pk}:{newest}"
+    key = f"portslice:pending:{datacenter.pk}:{newest_audit_entry()}"
     found: str | None = cache.get(key)
     if found is None:
         preview = plan_preview(datacenter=datacenter)

@@ -20,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from itertools import repeat
 from typing import Any
 
 from django.core.cache import cache
@@ -553,52 +554,54 @@ def _machine_colours(
     all ten are taken around a machine does its colour repeat a neighbour's. Colours
     repeat across pools, which is fine: the hover names the host.
     """
-    touching: dict[tuple[int, str], set[str]] = defaultdict(set)
+    # Pairs of machines whose slices touch, per pool, gathered first (a row's
+    # neighbours in one C-level zip): 80,000 slices give as many pairs, most twice.
+    pairs: set[tuple[int, str, str]] = set()
     above: tuple[int, list[CellSlice]] | None = None
     for row in rows:
         cells = by_ip.get(row.ip, [])
-        for left, right in zip(cells, cells[1:], strict=False):
-            _touch(touching, row.pool_id, left.machine, right.machine)
-        if above is not None and above[0] == row.pool_id:
-            _touch_overlapping(touching, row.pool_id, above[1], cells)
-        above = (row.pool_id, cells)
+        names = [cell.machine for cell in cells]
+        pool = row.pool_id
+        pairs.update(zip(repeat(pool), names, names[1:]))
+        if above is not None and above[0] == pool:
+            pairs.update(_overlapping(pool, above[1], cells))
+        above = (pool, cells)
+    touching: dict[tuple[int, str], set[str]] = defaultdict(set)
+    for pool, one, other in pairs:
+        if one != other:
+            touching[(pool, one)].add(other)
+            touching[(pool, other)].add(one)
     owners: dict[int, set[str]] = defaultdict(set)
     for row in rows:
         owners[row.pool_id].update(cell.machine for cell in by_ip.get(row.ip, ()))
     colours: dict[tuple[int, str], int] = {}
-    for pool, names in owners.items():
+    for pool, names_of_pool in owners.items():
         used = [0] * MACHINE_COLOURS  # the least used free colour: all ten get used
-        for rank, name in enumerate(sorted(names)):
+        for rank, name in enumerate(sorted(names_of_pool)):
             taken = {colours.get((pool, other)) for other in touching[(pool, name)]}
             free = [c for c in range(MACHINE_COLOURS) if MACHINE_BASE + c not in taken]
-            pick = min(free, key=lambda c: (used[c], c)) if free else rank % MACHINE_COLOURS
+            # The first of the least used: free is in palette order.
+            pick = min(free, key=used.__getitem__) if free else rank % MACHINE_COLOURS
             used[pick] += 1
             colours[(pool, name)] = MACHINE_BASE + pick
     return colours
 
 
-def _touch(touching: dict[tuple[int, str], set[str]], pool: int, one: str, other: str) -> None:
-    if one != other:
-        touching[(pool, one)].add(other)
-        touching[(pool, other)].add(one)
-
-
-def _touch_overlapping(
-    touching: dict[tuple[int, str], set[str]],
-    pool: int,
-    upper: list[CellSlice],
-    lower: list[CellSlice],
-) -> None:
+def _overlapping(
+    pool: int, upper: list[CellSlice], lower: list[CellSlice]
+) -> list[tuple[int, str, str]]:
     """Machines whose slices overlap in ports on two neighbouring rows (both sorted by lo)."""
+    found = []
     i = j = 0
     while i < len(upper) and j < len(lower):
         a, b = upper[i], lower[j]
         if a.hi >= b.lo and b.hi >= a.lo:
-            _touch(touching, pool, a.machine, b.machine)
+            found.append((pool, a.machine, b.machine))
         if a.hi <= b.hi:
             i += 1
         else:
             j += 1
+    return found
 
 
 def _slice_use(cell: CellSlice) -> float | None:
