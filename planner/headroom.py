@@ -42,11 +42,13 @@ SELECT i.id FROM {ip} i JOIN {pool} p ON p.id = i.pool_id WHERE p.datacenter_id 
 """
 
 # The runs of touching slices per IP, as (ip, lo, hi, starts, ends) rows of the
-# slices that begin or end one. Slices of an IP never overlap (the table's
-# exclusion constraint), so an IP whose slices' ports add up to the span from
-# its lowest to its highest port is one run (a packed IP: one row, from one
-# GROUP BY); only the others are walked with a window, where a run ends exactly
-# where the next slice does not start on the following port.
+# slices that begin or end one. Slices of an IP never overlap (NoOverlapConstraint:
+# an exclusion constraint on PostgreSQL, the writers' check on SQLite), so an IP
+# whose slices' ports add up to the span from its lowest to its highest port is
+# one run (a packed IP: one row, from one GROUP BY); only the others are walked
+# with a window, where a run ends exactly where the next slice does not start on
+# the following port (-2: no slice there, never a port next to one). Runs on
+# PostgreSQL and on SQLite (the quick start) alike.
 RUN_EDGES = """
 WITH spans AS (
     SELECT ip_id, min(lo) AS lo, max(hi) AS hi,
@@ -60,8 +62,8 @@ UNION ALL
 SELECT ip_id, lo, hi, starts, ends
 FROM (
     SELECT s.ip_id, s.lo, s.hi,
-           s.lo - 1 IS DISTINCT FROM lag(s.hi) OVER next_to AS starts,
-           s.hi + 1 IS DISTINCT FROM lead(s.lo) OVER next_to AS ends
+           coalesce(lag(s.hi) OVER next_to, -2) <> s.lo - 1 AS starts,
+           coalesce(lead(s.lo) OVER next_to, -2) <> s.hi + 1 AS ends
     FROM {slice} s
     WHERE s.ip_id IN (SELECT ip_id FROM spans WHERE NOT whole)
     WINDOW next_to AS (PARTITION BY s.ip_id ORDER BY s.lo)
