@@ -20,7 +20,6 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from itertools import repeat
 from typing import Any
 
 from django.core.cache import cache
@@ -556,47 +555,52 @@ def _machine_colours(
     """
     # Pairs of machines whose slices touch, per pool, gathered first (a row's
     # neighbours in one C-level zip): 80,000 slices give as many pairs, most twice.
-    pairs: set[tuple[int, str, str]] = set()
+    pairs: dict[int, set[tuple[str, str]]] = defaultdict(set)
+    owners: dict[int, set[str]] = defaultdict(set)
     above: tuple[int, list[CellSlice]] | None = None
     for row in rows:
         cells = by_ip.get(row.ip, [])
         names = [cell.machine for cell in cells]
-        pool = row.pool_id
-        pairs.update(zip(repeat(pool), names, names[1:]))
-        if above is not None and above[0] == pool:
-            pairs.update(_overlapping(pool, above[1], cells))
-        above = (pool, cells)
-    touching: dict[tuple[int, str], set[str]] = defaultdict(set)
-    for pool, one, other in pairs:
-        if one != other:
-            touching[(pool, one)].add(other)
-            touching[(pool, other)].add(one)
-    owners: dict[int, set[str]] = defaultdict(set)
-    for row in rows:
-        owners[row.pool_id].update(cell.machine for cell in by_ip.get(row.ip, ()))
+        pairs[row.pool_id].update(zip(names, names[1:], strict=False))
+        owners[row.pool_id].update(names)
+        if above is not None and above[0] == row.pool_id:
+            pairs[row.pool_id].update(_overlapping(above[1], cells))
+        above = (row.pool_id, cells)
     colours: dict[tuple[int, str], int] = {}
     for pool, names_of_pool in owners.items():
-        used = [0] * MACHINE_COLOURS  # the least used free colour: all ten get used
-        for rank, name in enumerate(sorted(names_of_pool)):
-            taken = {colours.get((pool, other)) for other in touching[(pool, name)]}
-            free = [c for c in range(MACHINE_COLOURS) if MACHINE_BASE + c not in taken]
-            # The first of the least used: free is in palette order.
-            pick = min(free, key=used.__getitem__) if free else rank % MACHINE_COLOURS
-            used[pick] += 1
-            colours[(pool, name)] = MACHINE_BASE + pick
+        for name, code in _pool_colours(names_of_pool, pairs[pool]).items():
+            colours[(pool, name)] = code
     return colours
 
 
-def _overlapping(
-    pool: int, upper: list[CellSlice], lower: list[CellSlice]
-) -> list[tuple[int, str, str]]:
+def _pool_colours(owners: set[str], pairs: set[tuple[str, str]]) -> dict[str, int]:
+    """The colours of one pool's ``owners``, given the ``pairs`` whose slices touch."""
+    touching: dict[str, set[str]] = defaultdict(set)
+    for one, other in pairs:
+        if one != other:
+            touching[one].add(other)
+            touching[other].add(one)
+    colours: dict[str, int] = {}
+    used = [0] * MACHINE_COLOURS  # the least used free colour: all ten get used
+    palette = range(MACHINE_COLOURS)
+    for rank, name in enumerate(sorted(owners)):
+        taken = {colours.get(other) for other in touching[name]}
+        free = [c for c in palette if MACHINE_BASE + c not in taken]
+        # The first of the least used: free is in palette order.
+        pick = min(free, key=used.__getitem__) if free else rank % MACHINE_COLOURS
+        used[pick] += 1
+        colours[name] = MACHINE_BASE + pick
+    return colours
+
+
+def _overlapping(upper: list[CellSlice], lower: list[CellSlice]) -> list[tuple[str, str]]:
     """Machines whose slices overlap in ports on two neighbouring rows (both sorted by lo)."""
     found = []
     i = j = 0
     while i < len(upper) and j < len(lower):
         a, b = upper[i], lower[j]
         if a.hi >= b.lo and b.hi >= a.lo:
-            found.append((pool, a.machine, b.machine))
+            found.append((a.machine, b.machine))
         if a.hi <= b.hi:
             i += 1
         else:
