@@ -692,15 +692,21 @@ def _machine_need(pool: EgressPool, weight: int, sockets: int, hot: float) -> in
 
 
 def _forecast_members(pools: QuerySet[EgressPool] | None = None) -> dict[int, Members]:
-    """Per pool id: its machines that are not retired, with join time and weight."""
+    """Per pool id: its machines that are not retired, with join time and weight.
+
+    Each machine's join time and weight read once, the memberships as id pairs:
+    reading them per membership converted 40,000 timestamps for 1,000 machines.
+    """
     links = Machine.pools.through.objects.exclude(machine__state=MachineState.RETIRED)
     if pools is not None:
         links = links.filter(egresspool__in=pools)
+    machines = Machine.objects.filter(pk__in=links.values("machine_id")).order_by()
+    joined = {
+        pk: (at, weight) for pk, at, weight in machines.values_list("pk", "joined_at", "weight")
+    }
     members: dict[int, Members] = {}
-    for pool_id, machine_id, joined, weight in links.values_list(
-        "egresspool_id", "machine_id", "machine__joined_at", "machine__weight"
-    ):
-        members.setdefault(pool_id, {})[machine_id] = (joined, weight)
+    for pool_id, machine_id in links.order_by().values_list("egresspool_id", "machine_id"):
+        members.setdefault(pool_id, {})[machine_id] = joined[machine_id]
     return members
 
 
