@@ -98,7 +98,7 @@ def test_cached_colours_follow_each_audited_write_and_the_rows_chosen(key_dir: P
     plan_apply_current(datacenter=dc, reason="first", full=True)
     cache.clear()
     before = _ownership(dc)
-    calls = []
+    calls: list[int] = []
     with mock.patch("planner.heatmap._machine_colours", side_effect=record(calls)):
         assert _ownership(dc) == before
         assert calls == []  # from the cache
