@@ -220,8 +220,7 @@ def hot_slices(*, datacenter: Datacenter, above: float) -> tuple[int, list[HotSl
 
     Counted (a window over the whole match, so one query) and ranked in the
     database: a busy datacenter has tens of thousands of hot slices, and the
-    strip names five. Ties go by host name in code-point
-    order, as Python sorts.
+    strip names five. Ties go by host name in code-point order, as Python sorts.
     """
     rows = (
         SliceUsage.objects.filter(slice__ip__pool__datacenter=datacenter)
