@@ -12,6 +12,7 @@ from allocator.capacity import (
     PoolHeadroom,
     Shortfall,
     headroom,
+    headroom_of_counts,
     ips_needed,
     slots_per_ip,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "Slice",
     "collector_paused",
     "headroom",
+    "headroom_of_counts",
     "ips_needed",
     "misfits",
     "plan",

@@ -9,8 +9,8 @@ from itertools import chain
 
 from allocator.diff import PlanDiff
 from allocator.grid import FreeSlots, count_slots, grid_origin
-from allocator.inventory import Inventory, IpLayout
-from allocator.model import EgressIP, Machine, PoolPolicy, Slice
+from allocator.inventory import DEFAULT_POLICY, Inventory, IpLayout
+from allocator.model import EgressIP, Machine, PoolPolicy, Slice, validate_policy
 from allocator.ports import USABLE_PORTS, PortRange
 
 # A CapacityError names at most this many machines per pool; the rest are counted.
@@ -170,6 +170,11 @@ class PoolHeadroom:
     ips_needed: int
 
 
+#: Per pool: how many of the active machines serving it have each ``(weight, slices
+#: held in the pool)``; the one summary of machines and slices headroom needs.
+MemberCounts = Mapping[str, Mapping[tuple[int, int], int]]
+
+
 def headroom(
     *,
     ips: Iterable[EgressIP],
@@ -177,40 +182,80 @@ def headroom(
     slices: Iterable[Slice],
     policies: Mapping[str, PoolPolicy],
 ) -> dict[str, PoolHeadroom]:
-    """Each pool's :class:`PoolHeadroom` given the live ``slices``: cheap enough to scrape."""
+    """Each pool's :class:`PoolHeadroom` given the live ``slices``: cheap enough to scrape.
+
+    The counts :func:`headroom_of_counts` takes, made from the objects: the
+    planner's pages compute the same counts in the database instead.
+    """
     inventory = Inventory.build(ips, machines, policies)
     live = [s for s in slices if s.ip in inventory.ips]
-    runs = _runs_by_ip(live)
     held: Counter[tuple[str, str]] = Counter((s.machine, inventory.ips[s.ip].pool) for s in live)
+    members: dict[str, Counter[tuple[int, int]]] = {pool: Counter() for pool in inventory.pools}
+    for pool, serving in inventory.members.items():
+        for machine in serving:
+            members[pool][(machine.weight, held[(machine.name, pool)])] += 1
+    return _headroom(inventory.pools, inventory.policies, _runs_by_ip(live), members)
+
+
+def headroom_of_counts(
+    *,
+    ips: Iterable[EgressIP],
+    policies: Mapping[str, PoolPolicy],
+    taken: Mapping[str, Sequence[tuple[int, int]]],
+    members: MemberCounts,
+) -> dict[str, PoolHeadroom]:
+    """Each pool's :class:`PoolHeadroom` from counts, by the rules :func:`headroom` uses.
+
+    ``taken``: per IP address, the port runs its live slices cover, sorted by
+    ``lo``; touching or overlapping runs may come merged or not, the free
+    slots are the same. ``members``: per pool, :data:`MemberCounts`; a pool
+    that only machines no longer active serve is listed with no counts. The
+    pools are those of ``ips`` and those ``members`` names.
+    """
+    inventory = Inventory.build(ips, (), policies)
+    pools = dict(inventory.pools)
+    chosen = dict(inventory.policies)
+    for pool in members:
+        if pool not in pools:
+            pools[pool] = ()
+            chosen[pool] = validate_policy(policies.get(pool, DEFAULT_POLICY))
+    return _headroom(pools, chosen, taken, members)
+
+
+def _headroom(
+    pools: Mapping[str, Sequence[IpLayout]],
+    policies: Mapping[str, PoolPolicy],
+    taken: Mapping[str, Sequence[tuple[int, int]]],
+    members: MemberCounts,
+) -> dict[str, PoolHeadroom]:
     return {
-        pool: _pool_headroom(pool, layouts, inventory, runs, held)
-        for pool, layouts in inventory.pools.items()
+        pool: _pool_headroom(pool, pools[pool], policies[pool], taken, members.get(pool, {}))
+        for pool in sorted(pools)
     }
 
 
 def _pool_headroom(
     pool: str,
     layouts: Sequence[IpLayout],
-    inventory: Inventory,
-    runs: Mapping[str, list[tuple[int, int]]],
-    held: Counter[tuple[str, str]],
+    policy: PoolPolicy,
+    taken: Mapping[str, Sequence[tuple[int, int]]],
+    members: Mapping[tuple[int, int], int],
 ) -> PoolHeadroom:
-    policy = inventory.policies[pool]
     active = [layout for layout in layouts if layout.is_active]
     free = sum(
         count_slots(
             layout.ip.usable,
-            layout.taken_with_reserved(runs.get(layout.address, [])),
+            layout.taken_with_reserved(list(taken.get(layout.address, ()))),
             layout.slice_size,
             layout.origin,
         )
         for layout in active
     )
-    lacking = [
-        machine.weight * policy.slices_per_machine - held[(machine.name, pool)]
-        for machine in inventory.members[pool]
-    ]
-    missing = sum(n for n in lacking if n > 0)
+    # What each machine lacks of what it is due, a machine's draining slices counted as held.
+    lacking = {
+        (weight, held): weight * policy.slices_per_machine - held for weight, held in members
+    }
+    missing = sum(n * members[shape] for shape, n in lacking.items() if n > 0)
     per_ip = _typical_slots_per_ip(layouts, policy.slice_size)
     if policy.aligned:  # ranges take every IP's ports: only a first IP helps
         needed = 1 if missing and not active else 0
@@ -220,7 +265,7 @@ def _pool_headroom(
         pool=pool,
         slots_total=sum(_empty_slots(layout) for layout in active),
         slots_free=free,
-        machines_unserved=sum(1 for n in lacking if n > 0),
+        machines_unserved=sum(members[shape] for shape, n in lacking.items() if n > 0),
         slices_missing=missing,
         slots_per_ip=per_ip,
         ips_needed=needed,

@@ -8,18 +8,24 @@ A generated datacenter of 1,000 machines and 4,000 egress IPs: 40 pools of
 so 80,000 live slices, each with a usage report. Measured through Django's
 test client (middleware, templates, gzip included), best of 3:
 
-- the datacenter page's HTML, cold (the first view after a write counts the
-  allocator's headroom of every pool) and warm (that count cached);
+- the datacenter page's HTML, cold and warm. Cold is the first view after a
+  write (an applied plan: a new audit entry, so the headroom per pool is
+  counted again) with Python's imports and the templates warm (a warm-up
+  view first), best, median and worst of 5 writes; then with every cache
+  emptied (the pools' forecasts too, which are kept a minute whatever is
+  written); warm is a view with nothing new;
 - the heatmap data as the page loads it (automatic: one row per pool here),
   one pool drilled down, and the whole datacenter with one row per IP, in
-  ownership and utilization mode;
+  ownership and utilization mode; every-IP ownership also as the first view
+  after a write (the colouring picked again, not taken from the cache; 5 writes);
 - bytes over the wire: gzip as the app sends it, plus plotly.js as whitenoise
   serves it pre-compressed.
 
 Baseline: the obvious per-slice figure, ``plotly.graph_objects`` with one
 horizontal bar per slice (a trace per machine, hover text per slice) from the
 ORM's model instances, serialized with ``fig.to_json()``.
-Targets: each server time <= 1 s; page + data <= 3 MB over the wire.
+Targets: each server time <= 1 s, the page cold after a write <= 0.4 s,
+every-IP ownership <= 0.5 s (issue 16); page + data <= 3 MB over the wire.
 """
 
 from __future__ import annotations
@@ -51,6 +57,12 @@ from bench.timing import best_of  # noqa: E402
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 POOLS, IPS_PER_POOL, MACHINES = 40, 100, 1000
 BUDGET_S, BUDGET_MB = 1.0, 3.0
+# Issue 16's targets: the page cold after a write, every-IP ownership and utilization.
+COLD_BUDGET_S = 0.4
+# Writes (each an applied plan) and first views per cold figure.
+REPEATS = 5
+API = "/datacenters/big1/heatmap.json"
+BUDGETS_S = {f"{API}?mode=ownership&collapse=0": 0.5, f"{API}?mode=utilization&collapse=0": 1.0}
 
 
 def build() -> Any:
@@ -97,7 +109,38 @@ def build() -> Any:
         ),
         batch_size=5000,
     )
+    with connection.cursor() as cursor:  # what autovacuum would do before long
+        cursor.execute("ANALYZE")
     return dc
+
+
+def write(dc: Any) -> None:
+    """An audited write, as an operator's would be: a plan applied (nothing left to move)."""
+    from planner.services.plans import plan_apply_current
+
+    plan_apply_current(datacenter=dc, reason="bench write")
+
+
+def after_write(dc: Any, client: Any, url: str) -> float:
+    """Seconds of the first GET of ``url`` after a write."""
+    write(dc)
+    start = time.perf_counter()
+    fetch(client, url)
+    return time.perf_counter() - start
+
+
+def spread(seconds: list[float]) -> str:
+    """Best, median and worst: a single request on a shared box varies."""
+    ordered = sorted(seconds)
+    return (
+        f"best {ordered[0]:.3f} s, median {ordered[len(ordered) // 2]:.3f} s, "
+        f"worst {ordered[-1]:.3f} s"
+    )
+
+
+def load_average() -> str:
+    """The machine's 1, 5 and 15 minute load averages: the box is shared."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def naive_figure(dc: Any) -> bytes:
@@ -147,6 +190,7 @@ def main() -> None:
     try:
         import plotly
         from django.contrib.auth.models import User
+        from django.core.cache import cache
         from django.test import Client
 
         print(
@@ -161,29 +205,45 @@ def main() -> None:
         )
         client = Client()
         client.force_login(User.objects.create_superuser("bench", password="unused-Pa55"))
-        api = "/datacenters/big1/heatmap.json"  # the API's body, gzipped, as the page loads it
+        api = API  # the API's body, gzipped, as the page loads it
         pool = dc.pools.order_by("pk").first().pk
+        every_ip = f"{api}?mode=ownership&collapse=0"
         cases = [
-            ("datacenter page HTML, warm (headroom cached)", "/datacenters/big1/"),
+            ("datacenter page HTML, warm (nothing written since)", "/datacenters/big1/"),
             ("heatmap data as the page loads it (auto: per pool)", f"{api}?mode=ownership"),
             ("  utilization, per pool", f"{api}?mode=utilization"),
             ("  one pool drilled down (100 IPs)", f"{api}?mode=ownership&pool={pool}&collapse=0"),
-            ("  every IP, ownership (4,000 rows)", f"{api}?mode=ownership&collapse=0"),
+            ("  every IP, ownership (4,000 rows; colouring cached)", every_ip),
             ("  every IP, utilization (4,000 rows)", f"{api}?mode=utilization&collapse=0"),
         ]
-        from django.core.cache import cache
-
-        cache.clear()
-        cold_s, _ = best_of(1, partial(fetch, client, "/datacenters/big1/"))
+        print(f"  load average before: {load_average()}")
+        fetch(client, "/datacenters/big1/")  # warm-up: imports, templates, connections
+        colds = [after_write(dc, client, "/datacenters/big1/") for _ in range(REPEATS)]
+        verdict = "met" if min(colds) <= COLD_BUDGET_S else "MISSED"
         print(
-            f"  datacenter page HTML, cold (first view after a write: the allocator's "
-            f"headroom counted): {cold_s:.3f} s"
+            f"  datacenter page HTML, cold (first view after a write: headroom counted "
+            f"again): {spread(colds)} ({verdict})"
+        )
+        emptied = []
+        for _ in range(REPEATS):
+            cache.clear()
+            start = time.perf_counter()
+            fetch(client, "/datacenters/big1/")
+            emptied.append(time.perf_counter() - start)
+        print(
+            f"  datacenter page HTML, every cache empty (headroom, and the pools' forecasts "
+            f"kept a minute): {spread(emptied)}"
+        )
+        first = [after_write(dc, client, every_ip) for _ in range(REPEATS)]
+        print(
+            f"  every IP, ownership, first view after a write (colouring picked again): "
+            f"{spread(first)}"
         )
         results = {}
         for label, url in cases:
             seconds, (sent, plain) = best_of(3, partial(fetch, client, url))
             results[url] = (seconds, len(sent))
-            verdict = "met" if seconds <= BUDGET_S else "MISSED"
+            verdict = "met" if seconds <= BUDGETS_S.get(url, BUDGET_S) else "MISSED"
             print(f"  {label}: {seconds:.3f} s ({verdict}), {mb(len(plain))}, {mb(len(sent))} gzip")
         naive_s, naive = best_of(1, lambda: naive_figure(dc))
         print(
@@ -195,12 +255,13 @@ def main() -> None:
         js = (Path(plotly.__file__).parent / "package_data/plotly.min.js").read_bytes()
         js_gz = len(gzip.compress(js, 9))
         page = results["/datacenters/big1/"][1]
-        first = page + js_gz + results[f"{api}?mode=ownership"][1]
+        opens = page + js_gz + results[f"{api}?mode=ownership"][1]
         worst = page + js_gz + results[f"{api}?mode=ownership&collapse=0"][1]
         print(f"  plotly.min.js: {mb(len(js))}, {mb(js_gz)} gzip (cached after the first page)")
-        for label, total in (("page as it opens", first), ("page + every-IP data", worst)):
+        for label, total in (("page as it opens", opens), ("page + every-IP data", worst)):
             verdict = "met" if total / 1e6 <= BUDGET_MB else "MISSED"
             print(f"  over the wire, {label} (HTML + plotly.js + data): {mb(total)} ({verdict})")
+        print(f"  load average after: {load_average()}")
     finally:
         connection.creation.destroy_test_db(old_name, verbosity=0)
         for pem in Path(os.environ["SIGNING_KEY_DIR"]).glob("*.pem"):

@@ -16,13 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.cache import cache
-from django.db.models import F, Max
+from django.db import connection
+from django.db.models import Count, F, FloatField, Value, Window
+from django.db.models.functions import Cast, Collate, Least
 
 import allocator as alloc
 from planner import charts, forecast, heatmap
 from planner.choices import AgentStatus, RevisionStatus
-from planner.dashboard import RebalanceOutlook, datacenter_headroom, rebalance_outlook
-from planner.models import AuditEntry, Datacenter, EgressPool, Gateway, PlanRevision, SliceUsage
+from planner.dashboard import RebalanceOutlook, rebalance_outlook
+from planner.headroom import datacenter_headroom, newest_audit_entry
+from planner.models import Datacenter, EgressPool, Gateway, PlanRevision, SliceUsage
 from planner.selectors import (
     current_revision,
     machine_status_counts,
@@ -121,8 +124,12 @@ AGENT_PROBLEMS = (
 )
 
 
-def datacenter_attention(*, datacenter: Datacenter, pictures: bool = True) -> Attention:
-    """Everything on ``datacenter`` that waits for a person, most urgent first."""
+def datacenter_attention(
+    *, datacenter: Datacenter, pictures: bool = True, counts: dict[str, int] | None = None
+) -> Attention:
+    """Everything on ``datacenter`` that waits for a person, most urgent first.
+
+    ``counts``, machines per status, spares a page that shows them a second count."""
     policy = rebalance_policy(datacenter=datacenter)
     attention = Attention(
         datacenter=datacenter,
@@ -144,7 +151,8 @@ def datacenter_attention(*, datacenter: Datacenter, pictures: bool = True) -> At
     attention.short = [
         room for room in datacenter_headroom(datacenter=datacenter).values() if room.ips_needed
     ]
-    counts = machine_status_counts(datacenter=datacenter).get(datacenter.code, {})
+    if counts is None:
+        counts = machine_status_counts(datacenter=datacenter).get(datacenter.code, {})
     attention.agents = [
         (status.label, counts[status.value])
         for status in AGENT_PROBLEMS
@@ -193,8 +201,7 @@ def pending_changes(*, datacenter: Datacenter) -> str:
     Cached under the newest audit entry (every inventory write is audited), for a
     minute at most, since drains ending change it without an entry.
     """
-    newest = AuditEntry.objects.aggregate(newest=Max("id"))["newest"] or 0
-    key = f"portslice:pending:{datacenter.pk}:{newest}"
+    key = f"portslice:pending:{datacenter.pk}:{newest_audit_entry()}"
     found: str | None = cache.get(key)
     if found is None:
         preview = plan_preview(datacenter=datacenter)
@@ -209,7 +216,12 @@ def pending_changes(*, datacenter: Datacenter) -> str:
 
 
 def hot_slices(*, datacenter: Datacenter, above: float) -> tuple[int, list[HotSlice]]:
-    """How many live slices report a use above ``above``, and the hottest few by name."""
+    """How many live slices report a use above ``above``, and the hottest few by name.
+
+    Counted (a window over the whole match, so one query) and ranked in the
+    database: a busy datacenter has tens of thousands of hot slices, and the
+    strip names five. Ties go by host name in code-point order, as Python sorts.
+    """
     rows = (
         SliceUsage.objects.filter(slice__ip__pool__datacenter=datacenter)
         .annotate(
@@ -217,13 +229,31 @@ def hot_slices(*, datacenter: Datacenter, above: float) -> tuple[int, list[HotSl
             ports=F("slice__hi") - F("slice__lo") + 1,
         )
         .filter(sockets__gt=above * F("ports"))
-        .values_list(
-            "slice__machine__hostname", "slice__ip__address", "slice__lo", "slice__hi", "sockets"
-        )
     )
+    use = Least(Cast("sockets", FloatField()) / F("ports"), Value(1.0))
+    hottest = (
+        rows.annotate(use=use, hot_count=Window(Count("pk")))
+        .order_by("-use", _code_point_order("slice__machine__hostname"))
+        .values_list(
+            "slice__machine__hostname",
+            "slice__ip__address",
+            "slice__lo",
+            "slice__hi",
+            "sockets",
+            "hot_count",
+        )[:HOT_LISTED]
+    )
+    found = list(hottest)
     hot = [
         HotSlice(machine, ip, lo, hi, min(sockets / (hi - lo + 1), 1.0))
-        for machine, ip, lo, hi, sockets in rows
+        for machine, ip, lo, hi, sockets, _ in found
     ]
-    hot.sort(key=lambda s: (-s.use, s.machine))
-    return len(hot), hot[:HOT_LISTED]
+    return (found[0][-1] if found else 0), hot
+
+
+def _code_point_order(field_name: str) -> Collate | F:
+    """``field_name`` ordered as Python orders strings: PostgreSQL's "C" collation;
+    SQLite (the quick start) compares bytes already."""
+    if connection.vendor == "postgresql":
+        return Collate(F(field_name), "C")
+    return F(field_name)

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.core.cache import cache
 from django.db import connection
 from django.db.models import Count, F, Max, Sum
 from django.db.models.functions import TruncHour, TruncMinute
@@ -20,8 +19,8 @@ import allocator as alloc
 from allocator.capacity import typical_usable
 from planner.choices import AgentStatus, BundleStatus, MachineState, RevisionStatus
 from planner.constants import USABLE_PORT_COUNT
+from planner.headroom import datacenter_headroom
 from planner.models import (
-    AuditEntry,
     ConfigBundle,
     Datacenter,
     EgressIP,
@@ -37,7 +36,6 @@ from planner.selectors import machine_status_counts, planner_inputs, pool_headro
 PEAK_WINDOW = timedelta(hours=1)
 HISTORY_WINDOW = timedelta(hours=24)
 WHAT_IF_DRAIN = timedelta(hours=1)
-HEADROOM_CACHE_SECONDS = 600
 
 
 #: How each status is shown: only "applied and enforcing" is green.
@@ -274,31 +272,6 @@ def pool_rows(*, datacenter: Datacenter, now: datetime | None = None) -> list[Po
     ]
 
 
-def datacenter_headroom(*, datacenter: Datacenter) -> dict[str, alloc.PoolHeadroom]:
-    """Room per pool key now, counted by the allocator (no planning).
-
-    Counting means loading every live slice (over a second at 80,000), so the
-    answer is cached under the newest audit entry: every write it depends on
-    (inventory rows, pools served, slices written by a plan) is audited, and
-    a new entry makes a new key. Usage and agent acks do not change it.
-    """
-    newest = AuditEntry.objects.aggregate(newest=Max("id"))["newest"] or 0
-    key = f"portslice:headroom:{datacenter.pk}:{newest}"
-    found: dict[str, alloc.PoolHeadroom] | None = cache.get(key)
-    if found is None:
-        inputs = planner_inputs(datacenter=datacenter)
-        found = dict(
-            alloc.headroom(
-                ips=inputs.ips,
-                machines=inputs.machines,
-                slices=inputs.previous,
-                policies=inputs.policies,
-            )
-        )
-        cache.set(key, found, HEADROOM_CACHE_SECONDS)
-    return found
-
-
 def _pool_highs(
     *, datacenter: Datacenter, since: datetime, unit: type[TruncMinute] | type[TruncHour]
 ) -> dict[tuple[int, Any], list[int]]:
@@ -366,13 +339,19 @@ class UseOverTime:
     use: list[list[float | None]]  # [pool][hour]
 
 
-def pool_use_over_time(*, datacenter: Datacenter, now: datetime | None = None) -> UseOverTime:
+def pool_use_over_time(
+    *,
+    datacenter: Datacenter,
+    now: datetime | None = None,
+    handed: dict[int, int] | None = None,
+) -> UseOverTime:
     """Each pool's utilization per hour over the last 24 h, from the usage samples.
 
     Per slice the high-water of the hour (capped at its size), summed over the
     pool, divided by the larger of the ports handed out now and the ports of the
     slices sampled that hour (as the peak): never above 100 %, and an hour
-    without a sample is None (no report), not 0 %.
+    without a sample is None (no report), not 0 %. ``handed``, the ports handed
+    out per pool id, spares the pools table's page a second sum.
     """
     now = now or timezone.now()
     first = (now - HISTORY_WINDOW).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
@@ -386,12 +365,13 @@ def pool_use_over_time(*, datacenter: Datacenter, now: datetime | None = None) -
     totals = {(pool_id, _as_aware(hour)): total for (pool_id, hour), total in highs.items()}
     # Over the ports handed out now, as the pools table's use and peak (or the ports
     # that reported, if more: a slice since drained), so the three figures agree.
-    handed = dict(
-        PortSlice.objects.filter(ip__pool__datacenter=datacenter)
-        .values_list("ip__pool_id")
-        .annotate(ports=Sum(F("hi") - F("lo") + 1))
-        .order_by()
-    )
+    if handed is None:
+        handed = dict(
+            PortSlice.objects.filter(ip__pool__datacenter=datacenter)
+            .values_list("ip__pool_id")
+            .annotate(ports=Sum(F("hi") - F("lo") + 1))
+            .order_by()
+        )
     use = [
         [
             round(sockets / max(handed.get(pool.pk) or 0, sampled), 4)

@@ -14,11 +14,17 @@ datacenter page and ``GET /api/v1/datacenters/{code}/heatmap`` both serve it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
+
+from django.core.cache import cache
+from django.db.models import TextField
+from django.db.models.functions import Cast
 
 import allocator as alloc
 import contract
@@ -27,6 +33,7 @@ from allocator.inventory import address_order
 from allocator.ports import PortRange, free_gaps, ranges_of_ports
 from planner import constants
 from planner.choices import SliceState
+from planner.headroom import newest_audit_entry
 from planner.models import Datacenter, EgressIP, EgressPool, Machine, PortSlice, pool_key
 from planner.selectors import current_revision
 
@@ -217,8 +224,9 @@ def stored_slices(
     """The live slices on ``rows``' IPs, with the latest usage when asked.
 
     ``per_bucket`` False leaves out the 64-port bucket counts (spread evenly
-    instead): a pool-wide row does not need them, and decoding 80,000 of them
-    costs most of a second.
+    instead): a pool-wide row does not need them. When they are read, they come
+    as the database's JSON text and are decoded in one ``json.loads`` of them
+    all: one call per slice (what a JSONField does) cost half a second at 80,000.
     """
     addresses = {row.ip for row in rows}
     if not addresses:
@@ -233,16 +241,21 @@ def stored_slices(
     if with_usage:
         fields += ["usage__tcp", "usage__udp"]
         if per_bucket:
-            fields.append("usage__buckets")
+            queryset = queryset.annotate(buckets_json=Cast("usage__buckets", TextField()))
+            fields.append("buckets_json")
+    found = [values for values in queryset.values_list(*fields) if values[0] in addresses]
+    buckets: list[dict[str, int]] = (
+        json.loads("[" + ",".join(values[8] or "{}" for values in found) + "]")
+        if with_usage and per_bucket
+        else []
+    )
     result = []
-    for values in queryset.values_list(*fields):
-        if values[0] not in addresses:
-            continue
+    for number, values in enumerate(found):
         sockets: int | None = None
-        buckets: dict[str, int] = {}
+        counts: dict[str, int] = {}
         if with_usage and values[6] is not None:
             sockets = values[6] + values[7]
-            buckets = (values[8] or {}) if per_bucket else {}
+            counts = (buckets[number] or {}) if per_bucket else {}
         result.append(
             CellSlice(
                 values[0],
@@ -252,7 +265,7 @@ def stored_slices(
                 values[4],
                 values[5],
                 sockets=sockets,
-                buckets=buckets,
+                buckets=counts,
             )
         )
     return result
@@ -357,15 +370,26 @@ def datacenter_heatmap(
     rows, pools = ip_rows(datacenter=datacenter, filters=filters)
     if filters.collapse is None:
         filters = replace(filters, collapse=len(rows) > COLLAPSE_ABOVE)
-    slices = stored_slices(
-        rows=rows,
-        with_usage=mode == UTILIZATION,
-        datacenter=datacenter,
-        per_bucket=not filters.collapse,
-    )
-    return build_heatmap(
-        datacenter=datacenter, mode=mode, rows=rows, pools=pools, slices=slices, filters=filters
-    )
+    coloured = mode == OWNERSHIP and not filters.collapse
+    key = colours_key(datacenter=datacenter, filters=filters) if coloured else None
+    # 80,000 slices and a million cells, none in a reference cycle: the cyclic
+    # collector rescanning them again and again cost a tenth of the build.
+    with alloc.collector_paused():
+        slices = stored_slices(
+            rows=rows,
+            with_usage=mode == UTILIZATION,
+            datacenter=datacenter,
+            per_bucket=not filters.collapse,
+        )
+        return build_heatmap(
+            datacenter=datacenter,
+            mode=mode,
+            rows=rows,
+            pools=pools,
+            slices=slices,
+            filters=filters,
+            colour_key=key,
+        )
 
 
 def build_heatmap(
@@ -376,7 +400,10 @@ def build_heatmap(
     pools: dict[int, EgressPool],
     slices: list[CellSlice],
     filters: HeatmapFilter,
+    colour_key: str | None = None,
 ) -> Heatmap:
+    """The picture of ``slices`` on ``rows``; ``colour_key`` (:func:`colours_key`), for
+    the stored slices only, lets an ownership grid take its colouring from the cache."""
     width = bucket_width((pool.slice_size for pool in pools.values()), filters.bucket)
     edges = column_edges(width)
     collapse = filters.collapse
@@ -396,6 +423,8 @@ def build_heatmap(
         defaultdict(lambda: MACHINE_BASE)
         if collapse or mode != OWNERSHIP
         else _machine_colours(rows, by_ip)
+        if colour_key is None
+        else cached_colours(colour_key, rows, by_ip)
     )
     z: list[list[Any]] = []
     hover: list[list[Any]] = []
@@ -483,6 +512,36 @@ def fit_range(
     return start, end
 
 
+# The colouring outlives no write (its key changes); this only bounds the cache's size.
+COLOURS_CACHE_SECONDS = 600
+
+
+def colours_key(*, datacenter: Datacenter, filters: HeatmapFilter) -> str:
+    """Where the colouring of the datacenter's stored slices under ``filters`` is cached.
+
+    The colours depend on the live slices and on which rows sit next to which;
+    both change only with an audited write (a plan apply, drains ending, which
+    apply a plan, an inventory edit), so the key holds the newest audit entry,
+    with the filters that choose the rows. Read it before the slices: a write
+    in between then leaves the colours under the key it made obsolete.
+    """
+    chosen = repr((filters.pool, filters.purpose, filters.country.upper(), filters.ip))
+    rows = hashlib.sha256(chosen.encode()).hexdigest()[:16]
+    return f"portslice:colours:{datacenter.pk}:{newest_audit_entry()}:{rows}"
+
+
+def cached_colours(
+    key: str, rows: Sequence[IpRow], by_ip: dict[str, list[CellSlice]]
+) -> dict[tuple[int, str], int]:
+    """:func:`_machine_colours`, from the cache every web process shares if another
+    view picked them already under ``key``."""
+    found: dict[tuple[int, str], int] | None = cache.get(key)
+    if found is None:
+        found = _machine_colours(rows, by_ip)
+        cache.set(key, found, COLOURS_CACHE_SECONDS)
+    return found
+
+
 def _machine_colours(
     rows: Sequence[IpRow], by_ip: dict[str, list[CellSlice]]
 ) -> dict[tuple[int, str], int]:
@@ -494,52 +553,59 @@ def _machine_colours(
     all ten are taken around a machine does its colour repeat a neighbour's. Colours
     repeat across pools, which is fine: the hover names the host.
     """
-    touching: dict[tuple[int, str], set[str]] = defaultdict(set)
+    # Pairs of machines whose slices touch, per pool, gathered first (a row's
+    # neighbours in one C-level zip): 80,000 slices give as many pairs, most twice.
+    pairs: dict[int, set[tuple[str, str]]] = defaultdict(set)
+    owners: dict[int, set[str]] = defaultdict(set)
     above: tuple[int, list[CellSlice]] | None = None
     for row in rows:
         cells = by_ip.get(row.ip, [])
-        for left, right in zip(cells, cells[1:], strict=False):
-            _touch(touching, row.pool_id, left.machine, right.machine)
+        names = [cell.machine for cell in cells]
+        pairs[row.pool_id].update(zip(names, names[1:], strict=False))
+        owners[row.pool_id].update(names)
         if above is not None and above[0] == row.pool_id:
-            _touch_overlapping(touching, row.pool_id, above[1], cells)
+            pairs[row.pool_id].update(_overlapping(above[1], cells))
         above = (row.pool_id, cells)
-    owners: dict[int, set[str]] = defaultdict(set)
-    for row in rows:
-        owners[row.pool_id].update(cell.machine for cell in by_ip.get(row.ip, ()))
     colours: dict[tuple[int, str], int] = {}
-    for pool, names in owners.items():
-        used = [0] * MACHINE_COLOURS  # the least used free colour: all ten get used
-        for rank, name in enumerate(sorted(names)):
-            taken = {colours.get((pool, other)) for other in touching[(pool, name)]}
-            free = [c for c in range(MACHINE_COLOURS) if MACHINE_BASE + c not in taken]
-            pick = min(free, key=lambda c: (used[c], c)) if free else rank % MACHINE_COLOURS
-            used[pick] += 1
-            colours[(pool, name)] = MACHINE_BASE + pick
+    for pool, names_of_pool in owners.items():
+        for name, code in _pool_colours(names_of_pool, pairs[pool]).items():
+            colours[(pool, name)] = code
     return colours
 
 
-def _touch(touching: dict[tuple[int, str], set[str]], pool: int, one: str, other: str) -> None:
-    if one != other:
-        touching[(pool, one)].add(other)
-        touching[(pool, other)].add(one)
+def _pool_colours(owners: set[str], pairs: set[tuple[str, str]]) -> dict[str, int]:
+    """The colours of one pool's ``owners``, given the ``pairs`` whose slices touch."""
+    touching: dict[str, set[str]] = defaultdict(set)
+    for one, other in pairs:
+        if one != other:
+            touching[one].add(other)
+            touching[other].add(one)
+    colours: dict[str, int] = {}
+    used = [0] * MACHINE_COLOURS  # the least used free colour: all ten get used
+    palette = range(MACHINE_COLOURS)
+    for rank, name in enumerate(sorted(owners)):
+        taken = {colours.get(other) for other in touching[name]}
+        free = [c for c in palette if MACHINE_BASE + c not in taken]
+        # The first of the least used: free is in palette order.
+        pick = min(free, key=used.__getitem__) if free else rank % MACHINE_COLOURS
+        used[pick] += 1
+        colours[name] = MACHINE_BASE + pick
+    return colours
 
 
-def _touch_overlapping(
-    touching: dict[tuple[int, str], set[str]],
-    pool: int,
-    upper: list[CellSlice],
-    lower: list[CellSlice],
-) -> None:
+def _overlapping(upper: list[CellSlice], lower: list[CellSlice]) -> list[tuple[str, str]]:
     """Machines whose slices overlap in ports on two neighbouring rows (both sorted by lo)."""
+    found = []
     i = j = 0
     while i < len(upper) and j < len(lower):
         a, b = upper[i], lower[j]
         if a.hi >= b.lo and b.hi >= a.lo:
-            _touch(touching, pool, a.machine, b.machine)
+            found.append((a.machine, b.machine))
         if a.hi <= b.hi:
             i += 1
         else:
             j += 1
+    return found
 
 
 def _slice_use(cell: CellSlice) -> float | None:
@@ -573,6 +639,10 @@ class _Grid:
         self.columns = len(edges) - 1
         self._templates: dict[tuple[int, int, tuple[int, ...], int], list[int]] = {}
         self._spans: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        self._columns: dict[tuple[int, int], tuple[int, int]] = {}
+        self._util_templates: dict[tuple[int, int, tuple[int, ...], int], list[Any]] = {}
+        # Utilization of (sockets, ports) as drawn: thousands of cells share a few pairs.
+        self._ratios: dict[tuple[float, int], float] = {}
         self._bucket_columns: dict[str, int] = {}
 
     def column(self, port: int) -> int:
@@ -619,9 +689,17 @@ class _Grid:
                     kept += 1
             else:
                 code = colour[(row.pool_id, cell.machine)]
-            a, b = self.column(cell.lo), self.column(cell.hi)
+            a, b = self.columns_of(cell.lo, cell.hi)
             values[a : b + 1] = [code] * (b - a + 1)
         return values
+
+    def columns_of(self, lo: int, hi: int) -> tuple[int, int]:
+        """The first and last column ``lo``-``hi`` touches; cached like :meth:`spans`."""
+        key = (lo, hi)
+        found = self._columns.get(key)
+        if found is None:
+            found = self._columns[key] = (self.column(lo), self.column(hi))
+        return found
 
     def ports_in(self, index: int, lo: int, hi: int) -> int:
         return max(0, min(hi, self.edges[index + 1] - 1) - max(lo, self.edges[index]) + 1)
@@ -644,28 +722,48 @@ class _Grid:
 
     def sockets_per_column(self, cell: CellSlice) -> dict[int, float]:
         """Sockets of a slice per column: from its 64-port buckets, else spread evenly."""
-        per_column: dict[int, float] = defaultdict(float)
+        per_column: dict[int, float] = {}
         if cell.buckets:
+            columns = self._bucket_columns
             for bucket_lo, sockets in cell.buckets.items():
-                per_column[self.bucket_column(bucket_lo)] += sockets
+                index = columns.get(bucket_lo)
+                if index is None:
+                    index = self.bucket_column(bucket_lo)
+                per_column[index] = per_column.get(index, 0.0) + sockets
         elif cell.sockets:
             size = cell.hi - cell.lo + 1
             for index, ports in self.spans(cell.lo, cell.hi):
-                per_column[index] += cell.sockets * ports / size
+                per_column[index] = per_column.get(index, 0.0) + cell.sockets * ports / size
         return per_column
 
+    def utilization_template(self, row: IpRow) -> list[Any]:
+        """:meth:`template` in utilization's bands (None where a slot could go)."""
+        key = (row.usable_lo, row.usable_hi, row.reserved, row.slice_size)
+        if key not in self._util_templates:
+            grey = {UNUSABLE: UTIL_UNUSABLE, RESERVED: UTIL_RESERVED, FREE: None}
+            self._util_templates[key] = [grey[code] for code in self.template(row)]
+        return self._util_templates[key]
+
     def utilization_row(self, row: IpRow, cells: Sequence[CellSlice]) -> list[Any]:
-        grey = {UNUSABLE: UTIL_UNUSABLE, RESERVED: UTIL_RESERVED, FREE: None}
-        values: list[Any] = [grey[code] for code in self.template(row)]
+        """Each cell a slice covers: its sockets there over its ports there, at most 1,
+        to four places (memoized: thousands of cells share a few (sockets, ports);
+        inline, as it runs 640,000 times for 4,000 IPs)."""
+        values = list(self.utilization_template(row))
+        ratios = self._ratios
         for cell in cells:
+            spans = self.spans(cell.lo, cell.hi)
             if cell.sockets is None:  # no report: not the same as idle
-                for index, _ in self.spans(cell.lo, cell.hi):
+                for index, _ in spans:
                     values[index] = UTIL_NO_REPORT
                 continue
             per_column = self.sockets_per_column(cell)
-            for index, ports in self.spans(cell.lo, cell.hi):
+            for index, ports in spans:
                 if ports:
-                    values[index] = round(min(per_column.get(index, 0.0) / ports, 1.0), 4)
+                    key = (per_column.get(index, 0.0), ports)
+                    ratio = ratios.get(key)
+                    if ratio is None:
+                        ratio = ratios[key] = round(min(key[0] / ports, 1.0), 4)
+                    values[index] = ratio
         return values
 
 

@@ -20,6 +20,7 @@ import allocator as alloc
 from planner import constants, forecast, signing
 from planner.choices import AgentStatus, BundleStatus, MachineState, RevisionStatus, SliceState
 from planner.constants import USABLE_PORT_COUNT
+from planner.headroom import datacenter_headroom
 from planner.inventory_io import GeofeedEntry
 from planner.models import (
     ConfigBundle,
@@ -427,19 +428,14 @@ def gateways(*, datacenter: Datacenter | None = None) -> QuerySet[Gateway]:
 def pool_headroom() -> list[alloc.PoolHeadroom]:
     """Per pool: its slots, free slots, machines short of slices and IPs needed.
 
-    The allocator's own counting (:func:`allocator.headroom`: reserved ports,
-    weights and the slot grid), over each datacenter's planner inputs; a few
-    queries per datacenter and no planning, cheap enough for every scrape.
+    The allocator's own counting (:func:`allocator.headroom_of_counts`: reserved
+    ports, weights, IP states and the slot grid), fed by counts the database
+    makes (:mod:`planner.headroom`); four queries per datacenter, no slice
+    loaded, and cached until the next audited write: cheap enough for every scrape.
     """
     result: list[alloc.PoolHeadroom] = []
     for datacenter in Datacenter.objects.order_by("code"):
-        inputs = planner_inputs(datacenter=datacenter)
-        found = alloc.headroom(
-            ips=inputs.ips,
-            machines=inputs.machines,
-            slices=inputs.previous,
-            policies=inputs.policies,
-        )
+        found = datacenter_headroom(datacenter=datacenter)
         result.extend(found[pool] for pool in sorted(found))
     return result
 
@@ -766,15 +762,21 @@ def _machine_need(pool: EgressPool, weight: int, sockets: int, hot: float) -> in
 
 
 def _forecast_members(pools: QuerySet[EgressPool] | None = None) -> dict[int, Members]:
-    """Per pool id: its machines that are not retired, with join time and weight."""
+    """Per pool id: its machines that are not retired, with join time and weight.
+
+    Each machine's join time and weight read once, the memberships as id pairs:
+    reading them per membership converted 40,000 timestamps for 1,000 machines.
+    """
     links = Machine.pools.through.objects.exclude(machine__state=MachineState.RETIRED)
     if pools is not None:
         links = links.filter(egresspool__in=pools)
+    machines = Machine.objects.filter(pk__in=links.values("machine_id")).order_by()
+    joined = {
+        pk: (at, weight) for pk, at, weight in machines.values_list("pk", "joined_at", "weight")
+    }
     members: dict[int, Members] = {}
-    for pool_id, machine_id, joined, weight in links.values_list(
-        "egresspool_id", "machine_id", "machine__joined_at", "machine__weight"
-    ):
-        members.setdefault(pool_id, {})[machine_id] = (joined, weight)
+    for pool_id, machine_id in links.order_by().values_list("egresspool_id", "machine_id"):
+        members.setdefault(pool_id, {})[machine_id] = joined[machine_id]
     return members
 
 

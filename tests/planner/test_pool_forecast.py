@@ -205,4 +205,6 @@ def test_the_forecast_costs_a_fixed_number_of_queries(site: Site, machines: int)
         make_pool(datacenter=site.datacenter, purpose=f"p{n}")
     with CaptureQueriesContext(connection) as queries:
         selectors.pool_outlooks()
-    assert len(queries) < 12
+    # 12: the members' join times read once per machine, not per membership (one
+    # query more than before, 0.15 s less at 40,000 memberships).
+    assert len(queries) <= 12

@@ -8,12 +8,14 @@ import re
 
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
-from planner.models import Machine, PlanRevision
+from planner.attention import hot_slices
+from planner.models import Machine, PlanRevision, SliceUsage
 from planner.services.inventory import machine_save
 from planner.services.plans import plan_preview
 from planner.services.rebalance import PlanUsage, rebalance_policy_save, revision_draft
-from tests.planner.factories import make_machine
+from tests.planner.factories import make_datacenter, make_ip, make_machine, make_pool, make_slice
 from tests.planner.ui.fixtures import UiSite
 from tests.planner.ui.test_machine_status import (
     ADDRESSES_MISSING,
@@ -108,3 +110,35 @@ def test_agents_not_enforcing_are_listed_by_status(
     item = html.split('data-item="agents"')[1].split("</li>")[0]
     # edge1 failed, edge2 never reported: named by status; edge0 is not counted.
     assert "1 failed" in item and "1 never seen" in item and "enforcing" not in item
+
+
+def test_hot_slices_are_all_counted_and_the_hottest_five_named_ties_by_name(db: None) -> None:
+    """Counted and ranked by the database: seven hot slices, three of them full
+    (a tie the names break, in Python's order: '-' sorts before letters there,
+    not in a language collation), one cold slice left out."""
+    dc = make_datacenter(code="hot1")
+    ip = make_ip("198.51.100.9", pool=make_pool(datacenter=dc, slice_size=1024))
+    sockets = {
+        "hb.hot1.example.net": 1024,
+        "h-c.hot1.example.net": 2000,  # more than its ports: capped at 100 %
+        "ha.hot1.example.net": 1024,
+        "hd.hot1.example.net": 1000,
+        "he.hot1.example.net": 900,
+        "hf.hot1.example.net": 800,
+        "hg.hot1.example.net": 700,
+        "cold.hot1.example.net": 100,
+    }
+    for n, (hostname, count) in enumerate(sockets.items()):
+        machine = make_machine(hostname, datacenter=dc)
+        lo = 1024 * (n + 2)
+        held = make_slice(ip=ip, machine=machine, lo=lo, hi=lo + 1023)
+        SliceUsage.objects.create(slice=held, at=timezone.now(), tcp=count, udp=0)
+    count, hottest = hot_slices(datacenter=dc, above=0.5)
+    assert count == 7
+    assert [(s.machine.split(".")[0], s.use) for s in hottest] == [
+        ("h-c", 1.0),
+        ("ha", 1.0),
+        ("hb", 1.0),
+        ("hd", 1000 / 1024),
+        ("he", 900 / 1024),
+    ]

@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+from django.core.cache import cache
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from planner.heatmap import MACHINE_COLOURS, CellSlice, IpRow, _machine_colours
+from planner.heatmap import (
+    MACHINE_COLOURS,
+    OWNERSHIP,
+    CellSlice,
+    HeatmapFilter,
+    IpRow,
+    _machine_colours,
+    datacenter_heatmap,
+)
+from planner.models import Datacenter
+from planner.services.keys import signing_key_generate
+from planner.services.plans import plan_apply_current
+from tests.planner.factories import make_datacenter, make_ip, make_machine, make_pool
 
 SIZE = 2048
 
@@ -50,3 +68,54 @@ def test_it_gives_touching_machines_different_colours(
         crowded = crowded >= MACHINE_COLOURS
         if one != other and not crowded:
             assert colours[(1, one)] != colours[(1, other)], (one, other)
+
+
+# --- the colouring cache: shared by every web process, keyed so it is never stale ----
+
+
+def _ownership(dc: Datacenter, **narrowed: Any) -> list[list[Any]]:
+    filters = HeatmapFilter(collapse=False, **narrowed)
+    return datacenter_heatmap(datacenter=dc, mode=OWNERSHIP, filters=filters).z
+
+
+def _fresh(dc: Datacenter, **narrowed: Any) -> list[list[Any]]:
+    cache.clear()
+    return _ownership(dc, **narrowed)
+
+
+@pytest.mark.django_db
+def test_cached_colours_follow_each_audited_write_and_the_rows_chosen(key_dir: Path) -> None:
+    """The colouring comes from the cache until a write (here a plan apply adding
+    machines, which recolours neighbours), and a narrowed view (one IP: no row
+    above it) gets its own, as when nothing was cached."""
+    signing_key_generate()
+    dc = make_datacenter(code="col1")
+    pool = make_pool(datacenter=dc, slice_size=2048)
+    for n in range(3):
+        make_ip(f"198.51.100.{n + 1}", pool=pool)
+    for n in range(12):
+        make_machine(f"h{n:02d}.col1.example.net", datacenter=dc).pools.set([pool])
+    plan_apply_current(datacenter=dc, reason="first", full=True)
+    cache.clear()
+    before = _ownership(dc)
+    calls: list[int] = []
+    with mock.patch("planner.heatmap._machine_colours", side_effect=record(calls)):
+        assert _ownership(dc) == before
+        assert calls == []  # from the cache
+    for n in range(12, 40):
+        make_machine(f"h{n:02d}.col1.example.net", datacenter=dc).pools.set([pool])
+    plan_apply_current(datacenter=dc, reason="more", full=True)  # audited: a new key
+    after = _ownership(dc)
+    assert after == _fresh(dc) and after != before
+    _ownership(dc)  # the whole datacenter's colouring cached, then one IP alone:
+    assert _ownership(dc, ip="198.51.100.2") == _fresh(dc, ip="198.51.100.2")
+
+
+def record(calls: list[int]) -> Any:
+    """The real colouring, counting its calls."""
+
+    def colour(*args: Any) -> Any:
+        calls.append(1)
+        return _machine_colours(*args)
+
+    return colour
