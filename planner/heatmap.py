@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -33,7 +33,6 @@ from allocator.inventory import address_order
 from allocator.ports import PortRange, free_gaps, ranges_of_ports
 from planner import constants
 from planner.choices import SliceState
-from planner.headroom import newest_audit_entry
 from planner.models import Datacenter, EgressIP, EgressPool, Machine, PortSlice, pool_key
 from planner.selectors import current_revision
 
@@ -424,7 +423,9 @@ def build_heatmap(
         if collapse or mode != OWNERSHIP
         else _machine_colours(rows, by_ip)
         if colour_key is None
-        else cached_colours(colour_key, rows, by_ip)
+        else cached_colours(
+            colour_key, rows, by_ip, {pk: pool.plan_version for pk, pool in pools.items()}
+        )
     )
     z: list[list[Any]] = []
     hover: list[list[Any]] = []
@@ -512,34 +513,62 @@ def fit_range(
     return start, end
 
 
-# The colouring outlives no write (its key changes); this only bounds the cache's size.
+# A pool's colouring outlives no change of its slices (its key changes); this only
+# bounds the cache's size.
 COLOURS_CACHE_SECONDS = 600
 
 
 def colours_key(*, datacenter: Datacenter, filters: HeatmapFilter) -> str:
-    """Where the colouring of the datacenter's stored slices under ``filters`` is cached.
+    """Where the colourings of the datacenter's pools under ``filters`` are cached,
+    one entry per pool and plan version under this prefix (:func:`cached_colours`).
 
-    The colours depend on the live slices and on which rows sit next to which;
-    both change only with an audited write (a plan apply, drains ending, which
-    apply a plan, an inventory edit), so the key holds the newest audit entry,
-    with the filters that choose the rows. Read it before the slices: a write
-    in between then leaves the colours under the key it made obsolete.
+    A pool's colours depend on its live slices and on which of its rows sit
+    next to which: both change only with a change the database counts in the
+    pool's ``plan_version`` (its slices, its IPs; planner/plan_triggers.py), and
+    the filters choose the rows. A join recolours the pool it joined, not the
+    forty others.
     """
     chosen = repr((filters.pool, filters.purpose, filters.country.upper(), filters.ip))
     rows = hashlib.sha256(chosen.encode()).hexdigest()[:16]
-    return f"portslice:colours:{datacenter.pk}:{newest_audit_entry()}:{rows}"
+    return f"portslice:colours:{datacenter.pk}:{rows}"
 
 
 def cached_colours(
-    key: str, rows: Sequence[IpRow], by_ip: dict[str, list[CellSlice]]
+    key: str,
+    rows: Sequence[IpRow],
+    by_ip: dict[str, list[CellSlice]],
+    versions: Mapping[int, int],
 ) -> dict[tuple[int, str], int]:
-    """:func:`_machine_colours`, from the cache every web process shares if another
-    view picked them already under ``key``."""
-    found: dict[tuple[int, str], int] | None = cache.get(key)
-    if found is None:
-        found = _machine_colours(rows, by_ip)
-        cache.set(key, found, COLOURS_CACHE_SECONDS)
-    return found
+    """:func:`_machine_colours`, pool by pool from the cache every web process shares
+    when another view picked them already at the pool's version in ``versions``
+    (read before the slices: a write in between leaves its colours under the
+    version it made obsolete). Only the pools missing are coloured here; an
+    entry whose machines are not the pool's owners now (a machine renamed, which
+    bumps no version) is picked again."""
+    rows_of: dict[int, list[IpRow]] = defaultdict(list)
+    for row in rows:
+        rows_of[row.pool_id].append(row)
+    keys = {pool: f"{key}:{pool}:{versions[pool]}" for pool in rows_of}
+    found = cache.get_many(list(keys.values()))
+    colours: dict[tuple[int, str], int] = {}
+    missing = []
+    for pool, pool_rows in rows_of.items():
+        cached = found.get(keys[pool])
+        owners = {cell.machine for row in pool_rows for cell in by_ip.get(row.ip, ())}
+        if cached is None or cached.keys() != owners:
+            missing.append(pool)
+            continue
+        colours.update(((pool, name), code) for name, code in cached.items())
+    if missing:
+        picked = _machine_colours([row for pool in missing for row in rows_of[pool]], by_ip)
+        per_pool: dict[int, dict[str, int]] = {pool: {} for pool in missing}
+        for (pool, name), code in picked.items():
+            per_pool[pool][name] = code
+        cache.set_many(
+            {keys[pool]: codes for pool, codes in per_pool.items()}, COLOURS_CACHE_SECONDS
+        )
+        colours.update(picked)
+    return colours
 
 
 def _machine_colours(

@@ -20,7 +20,7 @@ from planner.heatmap import (
     _machine_colours,
     datacenter_heatmap,
 )
-from planner.models import Datacenter
+from planner.models import Datacenter, Machine
 from planner.services.keys import signing_key_generate
 from planner.services.plans import plan_apply_current
 from tests.planner.factories import make_datacenter, make_ip, make_machine, make_pool
@@ -119,3 +119,41 @@ def record(calls: list[int]) -> Any:
         return _machine_colours(*args)
 
     return colour
+
+
+@pytest.mark.django_db
+def test_a_join_recolours_the_pool_it_joined_and_no_other(key_dir: Path) -> None:
+    """Cached per pool and plan version: a scoped plan that writes one pool's slices
+    leaves the other pools' colourings in the cache; a rename (no version bump)
+    is caught by the owners no longer matching."""
+    signing_key_generate()
+    dc = make_datacenter(code="col2")
+    pools = [make_pool(datacenter=dc, purpose=p, slice_size=2048) for p in ("warp", "cdn")]
+    for p, pool in enumerate(pools):
+        for n in range(2):
+            make_ip(f"198.51.{p}.{n + 1}", pool=pool)
+    for n in range(20):
+        make_machine(f"h{n:02d}.col2.example.net", datacenter=dc).pools.set(pools)
+    plan_apply_current(datacenter=dc, reason="first", full=True)
+    cache.clear()
+    _ownership(dc)
+    make_machine("late.col2.example.net", datacenter=dc).pools.set([pools[1]])
+    plan_apply_current(datacenter=dc, reason="join")  # scoped: cdn only
+    coloured: list[set[int]] = []
+
+    def colour(rows: Any, by_ip: Any) -> Any:
+        coloured.append({row.pool_id for row in rows})
+        return _machine_colours(rows, by_ip)
+
+    with mock.patch("planner.heatmap._machine_colours", side_effect=colour):
+        after = _ownership(dc)
+    assert coloured == [{pools[1].pk}]
+    assert after == _fresh(dc)
+    Machine.objects.filter(hostname="h03.col2.example.net").update(
+        hostname="renamed.col2.example.net"
+    )
+    coloured.clear()
+    with mock.patch("planner.heatmap._machine_colours", side_effect=colour):
+        renamed = _ownership(dc)
+    assert coloured == [{pools[0].pk, pools[1].pk}]  # both pools had it
+    assert renamed == _fresh(dc)
