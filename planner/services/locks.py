@@ -47,7 +47,13 @@ def datacenter_lock(datacenter_id: int | None, *, code: str = "") -> None:
     with connection.cursor() as cursor:
         cursor.execute(f"SET LOCAL lock_timeout = {wait_ms}")
     try:
-        list(Datacenter.objects.select_for_update().filter(pk=datacenter_id).values_list("pk"))
+        # FOR NO KEY UPDATE: exclusive among lockers, but not against the KEY SHARE a
+        # foreign-key check takes. An agent's ack updates its machine row more than
+        # once, so PostgreSQL checks the machine's datacenter key at commit; with
+        # FOR UPDATE that ack and a locker waiting for the machine's row (steering
+        # marks, a plan's bundles) deadlocked.
+        rows = Datacenter.objects.select_for_update(no_key=True).filter(pk=datacenter_id)
+        list(rows.values_list("pk"))
     except OperationalError:
         raise DatacenterBusy(constants.ERR_LOCKED % {"datacenter": code or datacenter_id}) from None
     with connection.cursor() as cursor:

@@ -8,16 +8,19 @@ the way). Never a 500, never an overlap, never a slice across datacenters.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import psycopg
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from rest_framework.test import APIClient
 
 from planner.models import EgressPool, Machine, PortSlice
+from planner.services.locks import datacenter_lock
 from tests.planner.conftest import Site
 from tests.planner.factories import make_ip, make_machine
 
@@ -147,3 +150,46 @@ def test_scoped_joins_of_two_pools_racing_each_other_never_fail_with_a_500(
     ]
     assert not unserved, unserved
     assert seen[201], seen
+
+
+def test_an_ack_committing_while_a_datacenter_locker_waits_for_its_machine_is_no_deadlock(
+    postgres: None, site: Site
+) -> None:
+    """An ack updates its machine row more than once, so PostgreSQL checks the row's
+    datacenter key (KEY SHARE) at commit. A locker of the datacenter (steering marks,
+    a plan's bundles) that waits for that machine's row must not hold a lock the
+    check conflicts with: with FOR UPDATE the two deadlocked (seen in bench_loop)."""
+    machine = site.machines[0]
+    dsn = "postgresql://{USER}@{HOST}:{PORT}/{NAME}".format(**connection.settings_dict)
+    ack = psycopg.connect(dsn)  # the agent's ack, in a transaction of its own
+    ack.execute("UPDATE planner_machine SET stale_since = NULL WHERE id = %s", [machine.pk])
+    ack.execute("UPDATE planner_machine SET last_seen = now() WHERE id = %s", [machine.pk])
+    committed: list[BaseException | None] = []
+
+    def commit_once_the_locker_waits() -> None:
+        with psycopg.connect(dsn, autocommit=True) as watcher:
+            for _ in range(600):
+                waiting = watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = %s "
+                    "AND wait_event_type = 'Lock'",
+                    [locker_pid],
+                ).fetchone()
+                if waiting and waiting[0]:
+                    break
+                time.sleep(0.05)
+        try:
+            ack.commit()
+            committed.append(None)
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            committed.append(error)
+
+    with transaction.atomic():
+        locker_pid = connection.connection.info.backend_pid
+        datacenter_lock(site.datacenter.pk, code="fra1")
+        thread = threading.Thread(target=commit_once_the_locker_waits)
+        thread.start()
+        Machine.objects.filter(pk=machine.pk).update(steering_mark=12345)  # waits for the ack
+        thread.join(timeout=60)
+    ack.close()
+    assert committed == [None]
+    assert Machine.objects.get(pk=machine.pk).steering_mark == 12345
