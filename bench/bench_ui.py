@@ -171,9 +171,10 @@ def naive_figure(dc: Any) -> bytes:
         bars["y"].append(f"{s.ip.pool.purpose} · {s.ip.pool.country} · {s.ip.address}")
         bars["base"].append(s.lo)
         bars["x"].append(s.size)
+        usage = getattr(s, "usage", None)  # a joined machine has not reported yet
+        sockets = usage.tcp + usage.udp if usage is not None else ""
         bars["text"].append(
-            f"{s.ip.address} {s.lo}-{s.hi} {s.machine.hostname} {s.state} "
-            f"{s.drain_until} {s.usage.tcp + s.usage.udp}"
+            f"{s.ip.address} {s.lo}-{s.hi} {s.machine.hostname} {s.state} {s.drain_until} {sockets}"
         )
     figure = go.Figure(
         [
@@ -198,6 +199,12 @@ def mb(n: int) -> str:
 
 
 def main() -> None:
+    from django.core.management import call_command
+
+    # The pages name their assets through the hashed manifest, and plotly.js is
+    # measured as whitenoise serves it pre-compressed: both made by collectstatic
+    # (into var/static, as `make run` does).
+    call_command("collectstatic", interactive=False, verbosity=0)
     setup_test_environment()
     old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
     try:
