@@ -95,7 +95,9 @@ def publish_revision(revision_id: int) -> int:
 @shared_task(
     name=contract.STEERING_TASK,
     bind=True,
-    max_retries=None,
+    # Two minutes of waiting for another publish; past that the next plan's task
+    # (or the gateway's own poll of the API) brings the table.
+    max_retries=int(120 / settings.STEERING_RETRY_SECONDS),
     autoretry_for=(OSError,),
     retry_backoff=True,
 )
@@ -104,14 +106,25 @@ def publish_steering(self: Any, datacenter_id: int, revision: int) -> bool:
 
     One at a time per datacenter (:func:`planner.services.locks.steering_publish_lock`):
     while another process publishes, this one retries shortly. Skipped when a
-    newer revision has been applied since: that revision's own task publishes a
-    table that has this one's slices too. True when a table was sent.
+    newer revision has been applied since (asked before waiting, and again once
+    the lock is taken): that revision's own task publishes a table that has this
+    one's slices too. True when a table was sent.
     """
+
+    def still_newest() -> Datacenter | None:
+        """The datacenter, unless it is gone or a newer revision was applied."""
+        datacenter = Datacenter.objects.filter(pk=datacenter_id).first()
+        if datacenter is None or selectors.current_revision(datacenter=datacenter) > revision:
+            return None
+        return datacenter
+
+    if still_newest() is None:
+        return False
     with steering_publish_lock(datacenter_id) as mine:
         if not mine:
             raise self.retry(countdown=settings.STEERING_RETRY_SECONDS)
-        datacenter = Datacenter.objects.filter(pk=datacenter_id).first()
-        if datacenter is None or selectors.current_revision(datacenter=datacenter) > revision:
+        datacenter = still_newest()
+        if datacenter is None:
             return False
         return steering_services.steering_publish(datacenter=datacenter, send=_send_steering)
 

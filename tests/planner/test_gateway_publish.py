@@ -188,6 +188,8 @@ def test_a_steering_table_waits_while_another_process_publishes_one(site: Site) 
         other.execute("SELECT pg_advisory_lock(%s, %s)", [0x5354, site.datacenter.pk])
         with pytest.raises(Retry):
             publish_steering(site.datacenter.pk, 1)
+        # A superseded revision does not wait for the lock at all.
+        assert publish_steering(site.datacenter.pk, 0) is False
         assert _gateway_messages("fra1") == []
     finally:
         other.close()  # its lock goes with its session
