@@ -638,7 +638,10 @@ def enforcement_parts(*, enforcement: object) -> tuple[EnforcementPart, ...]:
 def machines_with_bundle_status(queryset: QuerySet[Machine]) -> QuerySet[Machine]:
     """``queryset`` annotated with its newest bundle's status and error (one subquery each),
     what :func:`machine_status` needs besides the machine's own columns."""
-    newest = ConfigBundle.objects.filter(machine=OuterRef("pk"), serial=OuterRef("bundle_serial"))
+    # (machine, serial) is unique: no ordering (the default one joined machines to sort).
+    newest = ConfigBundle.objects.filter(
+        machine=OuterRef("pk"), serial=OuterRef("bundle_serial")
+    ).order_by()
     return queryset.annotate(
         newest_bundle_status=Subquery(newest.values("status")[:1]),
         newest_bundle_error=Subquery(newest.values("error")[:1]),
