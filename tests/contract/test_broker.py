@@ -48,3 +48,24 @@ def test_it_passes_every_message_whole_between_a_writer_and_a_reader(tmp_path: P
         reader.join()
     assert sorted(r["n"] for r in received) == list(range(40))
     assert not list(tmp_path.glob(".*.part"))
+
+
+def test_a_binding_another_connection_has_begun_is_written_before_anyone_publishes(
+    tmp_path: Path,
+) -> None:
+    """kombu records a binding in its per-process state before it writes the exchange
+    table, and skipped the write for a binding the state had: a publisher in another
+    thread then routed its message to nobody. Here a first connection stopped right
+    after recording (the table not written); a second one binds and publishes."""
+    options = filesystem_options(tmp_path)
+    with Connection(transport=filesystem_transport(), transport_options=options) as first:
+        state = first.default_channel.state  # type: ignore[attr-defined]
+        state.binding_declare("q", "q", "q", None)
+        try:
+            with Connection(transport=filesystem_transport(), transport_options=options) as second:
+                queue = second.SimpleQueue("q")
+                queue.put({"n": 1})
+                assert queue.get(timeout=10).payload == {"n": 1}
+                queue.close()
+        finally:
+            state.binding_delete("q", "q", "q")
