@@ -24,7 +24,6 @@ from django.db import connection
 from django.db.models import Max
 
 import allocator as alloc
-from planner import constants
 from planner.choices import MachineState
 from planner.models import (
     AuditEntry,
@@ -33,7 +32,6 @@ from planner.models import (
     EgressPool,
     Machine,
     PortSlice,
-    pool_key,
 )
 
 # The datacenter's IPs, for the queries below.
@@ -126,31 +124,11 @@ def newest_audit_entry() -> int:
 
 def headroom_counted(*, datacenter: Datacenter) -> dict[str, alloc.PoolHeadroom]:
     """Each pool's :class:`allocator.PoolHeadroom` by pool key, in four queries."""
-    keys: dict[int, str] = {}
-    policies: dict[str, alloc.PoolPolicy] = {}
-    pools = EgressPool.objects.filter(datacenter=datacenter).order_by()
-    for pk, purpose, country, region, city, *policy in pools.values_list(
-        "pk", "purpose", "country", "region", "city", *constants.POLICY_FIELDS
-    ):
-        keys[pk] = pool_key(datacenter.code, purpose, country, region, city)
-        policies[keys[pk]] = alloc.PoolPolicy(
-            **dict(zip(constants.POLICY_FIELDS, policy, strict=True))
-        )
-    addresses: dict[int, str] = {}
-    ips = []
-    for pk, address, pool_id, lo, hi, reserved, state in (
-        EgressIP.objects.filter(pool_id__in=list(keys))
-        .order_by()
-        .values_list(
-            "pk", "address", "pool_id", "usable_lo", "usable_hi", "reserved_ports", "state"
-        )
-    ):
-        addresses[pk] = address
-        ips.append(
-            alloc.EgressIP(
-                address, keys[pool_id], alloc.PortRange(lo, hi), frozenset(reserved), state
-            )
-        )
+    # planner.selectors imports this module (its pool_headroom): imported here.
+    from planner.selectors import pool_inputs
+
+    pools = pool_inputs(datacenter=datacenter)
+    keys, addresses = pools.keys, pools.addresses
     arguments: dict[str, int | str] = {
         "datacenter": datacenter.pk,
         "active": MachineState.ACTIVE.value,
@@ -170,7 +148,9 @@ def headroom_counted(*, datacenter: Datacenter) -> dict[str, alloc.PoolHeadroom]
             shapes = members.setdefault(keys[pool_id], Counter())
             if active:
                 shapes[(weight, held)] += count
-    return alloc.headroom_of_counts(ips=ips, policies=policies, taken=taken, members=members)
+    return alloc.headroom_of_counts(
+        ips=pools.ips, policies=pools.policies, taken=taken, members=members
+    )
 
 
 def _sql(query: str) -> str:

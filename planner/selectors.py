@@ -103,6 +103,34 @@ def planner_inputs(
     so it waits for this transaction, and the versions read are those of the
     inputs read after them.
     """
+    pools = pool_inputs(datacenter=datacenter, pool_ids=pool_ids, lock=lock)
+    names: dict[int, str] = {}
+    machines = []
+    serving = _serving_machines(datacenter, pools.keys, pool_ids)
+    for pk, hostname, weight, state, served in serving:
+        names[pk] = hostname
+        machines.append(alloc.Machine(hostname, frozenset(served), weight, state))
+    previous = _scope_slices(pools.addresses, names)
+    return PlannerInputs(pools.ips, tuple(machines), previous, pools.policies, pools.versions)
+
+
+@dataclass(frozen=True)
+class PoolInputs:
+    """A datacenter's pools (or some) and their IPs, as the allocator takes them."""
+
+    keys: dict[int, str]  # pool id -> pool key
+    policies: dict[str, alloc.PoolPolicy]
+    versions: dict[str, int]  # pool key -> plan_version as read
+    addresses: dict[int, str]  # IP id -> address
+    ips: tuple[alloc.EgressIP, ...]
+
+
+def pool_inputs(
+    *, datacenter: Datacenter, pool_ids: Collection[int] | None = None, lock: bool = False
+) -> PoolInputs:
+    """The pools of ``datacenter`` (those of ``pool_ids`` only, if given) with their
+    policies and versions, and their IPs: what a plan and a headroom count both start
+    from. ``lock``: see :func:`planner_inputs`."""
     pools = EgressPool.objects.filter(datacenter=datacenter).order_by()
     if pool_ids is not None:
         pools = pools.filter(pk__in=list(pool_ids))
@@ -133,13 +161,7 @@ def planner_inputs(
                 address, keys[pool_id], alloc.PortRange(lo, hi), frozenset(reserved), state
             )
         )
-    names: dict[int, str] = {}
-    machines = []
-    for pk, hostname, weight, state, served in _serving_machines(datacenter, keys, pool_ids):
-        names[pk] = hostname
-        machines.append(alloc.Machine(hostname, frozenset(served), weight, state))
-    previous = _scope_slices(addresses, names)
-    return PlannerInputs(tuple(ips), tuple(machines), previous, policies, versions)
+    return PoolInputs(keys, policies, versions, addresses, tuple(ips))
 
 
 def _serving_machines(
