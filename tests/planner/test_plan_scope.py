@@ -257,35 +257,18 @@ def test_a_planned_ip_removal_frees_its_slices_in_a_scoped_plan(signed: None) ->
     assert after is not None and after.diff.summary()["added"] == 0
 
 
-def test_it_marks_the_pools_each_kind_of_change_affects() -> None:
+def test_each_kind_of_change_marks_its_pools_dirty_and_bumps_their_versions() -> None:
+    """A scoped plan covers the dirty pools, and the digest is over the versions: a
+    change that marked or bumped none would go unplanned or be applied over unseen;
+    one that touched an untouched pool would plan it, or refuse applies, for nothing."""
     pools = _site([(0,), (1,)], ips_per_pool=1, size=8192)
     EgressPool.objects.update(plan_dirty=False)
+    seen = dict(EgressPool.objects.values_list("purpose", "plan_version"))
 
     def dirty() -> set[str]:
         found = {p.purpose for p in EgressPool.objects.filter(plan_dirty=True)}
         EgressPool.objects.update(plan_dirty=False)
         return found
-
-    h0 = Machine.objects.get(hostname="h0.ams1.example.net")
-    Machine.objects.filter(pk=h0.pk).update(last_seen=NOW, applied_serial=3)
-    assert dirty() == set()  # agent reports change no plan
-    Machine.objects.filter(pk=h0.pk).update(weight=3)
-    assert dirty() == {"warp"}
-    h0.pools.add(pools["int"])
-    assert dirty() == {"int"}
-    EgressIP.objects.filter(pool=pools["cdn"]).update(pool=pools["int"])
-    assert dirty() == {"cdn", "int"}
-    EgressPool.objects.filter(purpose="warp").update(max_slices_per_machine=4)
-    assert dirty() == {"warp"}
-    EgressPool.objects.filter(purpose="warp").update(max_slices_per_machine=4)
-    assert dirty() == set()  # the same value again changes nothing
-
-
-def test_every_change_to_a_pools_inputs_bumps_its_version_and_only_its() -> None:
-    """The digest is over these versions: a change that bumped none would be applied
-    over unseen, and a bump of an untouched pool would refuse applies for nothing."""
-    pools = _site([(0,), (1,)], ips_per_pool=1, size=8192)
-    seen = dict(EgressPool.objects.values_list("purpose", "plan_version"))
 
     def bumped() -> set[str]:
         now = dict(EgressPool.objects.values_list("purpose", "plan_version"))
@@ -293,30 +276,37 @@ def test_every_change_to_a_pools_inputs_bumps_its_version_and_only_its() -> None
         seen.update(now)
         return changed
 
+    def marked() -> tuple[set[str], set[str]]:
+        return dirty(), bumped()
+
     h0 = Machine.objects.get(hostname="h0.ams1.example.net")
     Machine.objects.filter(pk=h0.pk).update(last_seen=NOW, applied_serial=3)
-    assert bumped() == set()  # agent reports change no plan
+    assert marked() == (set(), set())  # agent reports change no plan
     Machine.objects.filter(pk=h0.pk).update(weight=3)
-    assert bumped() == {"warp"}
+    assert marked() == ({"warp"}, {"warp"})
     h0.pools.add(pools["int"])
-    assert bumped() == {"int"}
+    assert marked() == ({"int"}, {"int"})
     EgressIP.objects.filter(pool=pools["cdn"]).update(usable_hi=60000)
-    assert bumped() == {"cdn"}
+    assert marked() == ({"cdn"}, {"cdn"})
+    EgressIP.objects.filter(pool=pools["cdn"]).update(pool=pools["int"])
+    assert marked() == ({"cdn", "int"}, {"cdn", "int"})
+    EgressIP.objects.filter(address="198.51.1.1").update(pool=pools["cdn"])  # back
+    assert marked() == ({"cdn", "int"}, {"cdn", "int"})
+    EgressPool.objects.filter(purpose="warp").update(max_slices_per_machine=4)
+    assert marked() == ({"warp"}, {"warp"})
+    EgressPool.objects.filter(purpose="warp").update(max_slices_per_machine=4)
+    assert marked() == (set(), set())  # the same value again changes nothing
     EgressPool.objects.filter(purpose="warp").update(aligned=True)
-    assert bumped() == {"warp"}
-    EgressPool.objects.filter(purpose="warp").update(plan_dirty=False)
-    assert bumped() == set()  # bookkeeping, not an input
+    assert marked() == ({"warp"}, {"warp"})
 
     # Slices too, whoever writes them: the plan's own writes, and a raw UPDATE.
+    # They are the plan's output: writing them bumps, it does not ask for a plan.
     plan_apply_current(datacenter=h0.datacenter, reason="test", full=True)
-    assert bumped() == {"warp", "cdn", "int"}
+    assert marked() == (set(), {"warp", "cdn", "int"})
     PortSlice.objects.filter(ip__pool=pools["warp"]).update(lo=F("lo") + 1)
-    assert bumped() == {"warp"}
-    EgressPool.objects.update(plan_dirty=False)
+    assert marked() == (set(), {"warp"})
     PortSlice.objects.filter(ip__pool=pools["int"]).delete()
-    assert bumped() == {"int"}
-    # Slices are the plan's output: writing them bumps, it does not ask for a plan.
-    assert not EgressPool.objects.filter(plan_dirty=True).exists()
+    assert marked() == (set(), {"int"})
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite bumps per row")
